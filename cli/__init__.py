@@ -1,0 +1,1 @@
+"""The ``otbr`` command line (installed as the ``otbr.cli`` package)."""

@@ -1,0 +1,115 @@
+"""Options and helpers shared by the ``otbr`` commands."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from otbr.errors import OtbrError
+
+
+def parse_json_kwargs(text: str | None, what: str) -> dict[str, Any]:
+    """``--arch-kwargs '{"width": 16}'`` → dict (one-line error otherwise)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OtbrError(f"{what} must be a JSON object, e.g. '{{\"width\": 16}}' ({exc.msg})") from exc
+    if not isinstance(value, dict):
+        raise OtbrError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_floats(text: str | None, what: str, n: int | None = None) -> tuple[float, ...] | None:
+    """``"0.5,0.5,0.5"`` → tuple of floats."""
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise OtbrError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if n is not None and len(vals) != n:
+        raise OtbrError(f"{what} needs {n} numbers, got {len(vals)}")
+    return vals
+
+
+def model_options(fn: Callable) -> Callable:
+    """Options that tell how to read a model file lacking otbr metadata."""
+    options = [
+        click.option("--arch", help="Architecture (registered name or file.py:Factory) for files without metadata."),
+        click.option("--arch-kwargs", help="JSON keyword arguments of the architecture."),
+        click.option("--input-shape", help="C,H,W of one input, for files without metadata."),
+        click.option("--mean", help="Per-channel input mean, comma-separated."),
+        click.option("--std", help="Per-channel input std, comma-separated."),
+        click.option("--allow-pickle", is_flag=True, help="Permit full unpickling of .pt files (runs code!)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def load_model_from_options(path: str, kw: dict[str, Any]):
+    """Load MODEL with the :func:`model_options` values in ``kw`` (which it pops)."""
+    from otbr.device import resolve_device
+    from otbr.models import load_model
+
+    shape = parse_floats(kw.pop("input_shape", None), "--input-shape", 3)
+    arch = kw.pop("arch", None)
+    return load_model(
+        path,
+        arch=arch,
+        arch_kwargs=parse_json_kwargs(kw.pop("arch_kwargs", None), "--arch-kwargs"),
+        input_shape=tuple(int(s) for s in shape) if shape else None,
+        mean=parse_floats(kw.pop("mean", None), "--mean"),
+        std=parse_floats(kw.pop("std", None), "--std"),
+        allow_pickle=kw.pop("allow_pickle", False),
+        trust_arch_code=arch is not None,
+        device=resolve_device(kw.pop("device", "auto")),
+    )
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain fixed-width text table (numbers already formatted as strings)."""
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(out)
+
+
+def pct(value: float | None) -> str:
+    """0.9312 → '93.12' ('-' for None)."""
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON via a temporary file and rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def progress_enabled(ctx: click.Context) -> bool:
+    """Progress bars only for a terminal and without --quiet."""
+    return bool((ctx.obj or {}).get("progress", False))
+
+
+def pass_progress(fn: Callable) -> Callable:
+    """Inject ``progress: bool`` from the group context."""
+
+    @functools.wraps(fn)
+    @click.pass_context
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        return ctx.invoke(fn, *args, progress=progress_enabled(ctx), **kwargs)
+
+    return wrapper

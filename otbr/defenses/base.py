@@ -1,0 +1,102 @@
+"""The common shape of every defense: a configured object whose ``run`` returns a result.
+
+A defense is built with keyword-only, validated hyperparameters; ``run(model,
+data=None)`` copies the model once, never modifies its input, and returns a
+:class:`DefenseResult`. Defenses register themselves by name so the command
+line and the tests can iterate them.
+
+Example:
+    >>> sorted(list_defenses())  # doctest: +SKIP
+    ['otbr', ...]
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from otbr.errors import OtbrError
+
+DataNeed = Literal["none", "clean"]
+
+
+@dataclasses.dataclass
+class DefenseResult:
+    """What a defense returns.
+
+    Attributes:
+        model: the defended model (a new module; the input model is untouched).
+        method: registry name of the defense.
+        config: the hyperparameters the run used (JSON-serialisable).
+        timings: wall seconds per stage, plus ``"total"``.
+        scores: per-layer neuron scores (e.g. NWC), if the method computes them.
+        info: method-specific facts (pruned neurons, chosen ratios, warnings, notes).
+        data_used: a description of the data the run touched (``"none"`` for data-free runs).
+    """
+
+    model: nn.Module
+    method: str
+    config: dict[str, Any]
+    timings: dict[str, float]
+    scores: dict[str, torch.Tensor] | None = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data_used: str = "none"
+
+
+class Defense(abc.ABC):
+    """Base class. Subclasses set ``name`` and ``needs``, and implement :meth:`run`."""
+
+    name: ClassVar[str]
+    needs: ClassVar[DataNeed] = "none"
+
+    def config(self) -> dict[str, Any]:
+        """The hyperparameters of this instance (public attributes), JSON-friendly."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    @abc.abstractmethod
+    def run(self, model: nn.Module, data: Any | None = None) -> DefenseResult:
+        """Defend ``model`` (images in [0, 1]); ``data`` is the clean subset for data-dependent methods."""
+
+    def _require_data(self, data: Any | None) -> None:
+        if self.needs == "clean" and data is None:
+            raise OtbrError(f"defense {self.name!r} needs clean data; pass --data NAME (and --clean-ratio)")
+
+
+_DEFENSES: dict[str, type[Defense]] = {}
+
+
+def register_defense(cls: type[Defense]) -> type[Defense]:
+    """Class decorator: register a defense under ``cls.name``."""
+    if cls.name in _DEFENSES:
+        raise ValueError(f"defense {cls.name!r} registered twice")
+    _DEFENSES[cls.name] = cls
+    return cls
+
+
+def list_defenses() -> dict[str, type[Defense]]:
+    """Registered defenses by name."""
+    return dict(_DEFENSES)
+
+
+def create_defense(name: str, **kwargs: Any) -> Defense:
+    """Build a registered defense with its keyword hyperparameters."""
+    if name not in _DEFENSES:
+        raise OtbrError(f"unknown defense {name!r}; known: {', '.join(sorted(_DEFENSES))}")
+    return _DEFENSES[name](**kwargs)
+
+
+def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> float:
+    """Validate a hyperparameter range with a one-line OtbrError."""
+    ok = (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise OtbrError(f"{name} must be in {bracket}{low}, {high}], got {value}")
+    return value
+
+
+Factory = Callable[..., Defense]

@@ -1,0 +1,328 @@
+"""Reading and writing model files.
+
+safetensors is the native format: the weights plus a JSON metadata block
+(architecture and its arguments, classes, input shape and normalisation, how
+the model was made, the attack it carries if known, toolkit version, seed), so
+later commands need no flags. ``.pt``/``.pth`` state dicts and BackdoorBench
+``attack_result.pt`` files are read with ``torch.load(weights_only=True)``; a
+file that would need arbitrary unpickling is refused unless the caller passes
+``allow_pickle=True``.
+
+Example:
+    >>> from otbr.models import create_model, ModelMeta, save_model, load_model
+    >>> net = create_model("tinycnn", num_classes=4, in_channels=1)
+    >>> meta = ModelMeta(arch="tinycnn", arch_kwargs={"num_classes": 4, "in_channels": 1},
+    ...                  num_classes=4, input_shape=(1, 8, 8), mean=(0.5,), std=(0.5,))
+    >>> save_model(net, "/tmp/tiny.safetensors", meta)  # doctest: +SKIP
+    >>> model, meta = load_model("/tmp/tiny.safetensors")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from otbr.errors import OtbrError
+from otbr.models.normalize import Normalized, unwrap
+from otbr.models.registry import arch_source_sha256, create_model, is_custom_arch
+
+log = logging.getLogger(__name__)
+
+META_KEY = "otbr"
+FORMAT_VERSION = 1
+_PREFIXES = ("module.", "_orig_mod.")
+
+# BackdoorBench's num_classes → (input shape, mean, std) of its datasets.
+_BACKDOORBENCH_DATA: dict[int, tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...], str]] = {
+    10: ((3, 32, 32), (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261), "cifar10"),
+    100: ((3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "cifar100"),
+    43: ((3, 32, 32), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "gtsrb"),
+    200: ((3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), "tiny-imagenet"),
+}
+
+
+@dataclasses.dataclass
+class ModelMeta:
+    """What a model file says about its model.
+
+    Attributes:
+        arch: registered architecture name or ``file.py:Factory``.
+        arch_kwargs: keyword arguments of the architecture factory.
+        num_classes: number of classes.
+        input_shape: (C, H, W) of one input image.
+        mean, std: per-channel input normalisation applied to [0, 1] images.
+        classes: class names, if known.
+        dataset: the dataset the model was trained on, if known.
+        attack: the attack configuration the model carries (for evaluation), if known.
+        history: the steps that made this file (training, defenses), oldest first.
+        seed: seed of the step that wrote the file.
+        source_sha256: sha256 of the architecture's source file, for ``file.py:Factory`` archs.
+        otbr_version: toolkit version that wrote the file.
+    """
+
+    arch: str
+    arch_kwargs: dict[str, Any]
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str] | None = None
+    dataset: str | None = None
+    attack: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    seed: int | None = None
+    source_sha256: str | None = None
+    otbr_version: str | None = None
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["format_version"] = FORMAT_VERSION
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMeta:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OtbrError(f"model metadata is not valid JSON: {exc}") from exc
+        d.pop("format_version", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = {"arch", "arch_kwargs", "num_classes", "input_shape", "mean", "std"} - d.keys()
+        if missing:
+            raise OtbrError(f"model metadata lacks {sorted(missing)}")
+        d = {k: v for k, v in d.items() if k in known}
+        d["input_shape"] = tuple(d["input_shape"])
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+    def derived(self, step: dict[str, Any], seed: int | None = None) -> ModelMeta:
+        """A copy for a model derived from this one by ``step`` (appended to the history)."""
+        return dataclasses.replace(self, history=[*self.history, step], seed=seed)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_model(meta: ModelMeta) -> Normalized:
+    """A freshly initialised model, wrapped with the normalisation of ``meta``."""
+    return Normalized(create_model(meta.arch, **meta.arch_kwargs), meta.mean, meta.std)
+
+
+def save_model(model: nn.Module, path: str | Path, meta: ModelMeta) -> Path:
+    """Write ``model`` (bare or :class:`Normalized`) and ``meta`` to a safetensors file.
+
+    The write is atomic: a temporary file in the same folder is renamed into
+    place, so a failure never leaves a half-written model.
+    """
+    from safetensors.torch import save_file
+
+    from otbr import __version__
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise OtbrError(f"model files are written as .safetensors, got {path.name}")
+    meta = dataclasses.replace(meta, otbr_version=__version__)
+    if meta.source_sha256 is None and is_custom_arch(meta.arch):
+        meta.source_sha256 = arch_source_sha256(meta.arch)
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={META_KEY: meta.to_json(), "created": _dt.datetime.now(_dt.UTC).isoformat()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_meta(path: str | Path) -> ModelMeta | None:
+    """The metadata of a safetensors model file (``None`` if it has none of ours)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as exc:  # safetensors raises its own error types
+        raise OtbrError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return ModelMeta.from_json(raw) if raw else None
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def _torch_load(path: Path, allow_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not allow_pickle:
+            raise OtbrError(
+                f"{path} needs arbitrary unpickling, which can run code; "
+                "re-run with --allow-pickle only if you trust its source"
+            ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise OtbrError(f"{path}: not a readable PyTorch file ({exc})") from exc
+    log.warning("loading %s with full unpickling (--allow-pickle)", path)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _state_from_object(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Find the state dict inside a loaded .pt object; also return BackdoorBench facts."""
+    facts: dict[str, Any] = {}
+    if isinstance(obj, nn.Module):
+        return obj.state_dict(), facts
+    if not isinstance(obj, dict):
+        raise OtbrError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    if "model" in obj and isinstance(obj["model"], dict) and "model_name" in obj:  # BackdoorBench
+        facts = {"model_name": obj["model_name"], "num_classes": obj.get("num_classes"), "img_size": obj.get("img_size")}
+        obj = obj["model"]
+    for key in ("state_dict", "model_state_dict", "model"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise OtbrError(f"{path}: no tensor state dict found")
+    return _strip_prefixes(obj), facts
+
+
+def _meta_for_foreign(
+    state: dict[str, torch.Tensor], facts: dict[str, Any], arch: str | None, arch_kwargs: dict[str, Any] | None,
+    input_shape: tuple[int, int, int] | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+    path: Path,
+) -> ModelMeta:
+    kwargs = dict(arch_kwargs or {})
+    dataset = None
+    if arch is None and facts:
+        arch = str(facts["model_name"])
+        if facts.get("num_classes") is not None:
+            kwargs.setdefault("num_classes", int(facts["num_classes"]))
+    if arch is None:
+        raise OtbrError(f"{path} carries no architecture; pass --arch NAME (and --arch-kwargs) to read it")
+    num_classes = kwargs.get("num_classes")
+    if num_classes is None:
+        last_weight = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+        if not last_weight:
+            raise OtbrError(f"{path}: cannot infer num_classes; pass --arch-kwargs '{{\"num_classes\": N}}'")
+        num_classes = int(last_weight[-1].shape[0])
+        kwargs["num_classes"] = num_classes
+    known = _BACKDOORBENCH_DATA.get(int(num_classes))
+    if input_shape is None and facts and known:
+        input_shape = known[0]
+        if facts.get("img_size"):
+            size = tuple(int(s) for s in facts["img_size"])
+            input_shape = (size[2], size[0], size[1]) if len(size) == 3 else input_shape
+    if input_shape is None:
+        raise OtbrError(f"{path}: input shape unknown; pass --input-shape C,H,W")
+    if mean is None or std is None:
+        if facts and known:
+            mean, std, dataset = known[1], known[2], known[3]
+        else:
+            mean, std = (0.0,) * input_shape[0], (1.0,) * input_shape[0]
+            log.warning("%s: no normalisation given; using mean 0, std 1 (pass --mean/--std)", path)
+    if "in_channels" not in kwargs and arch in ("preactresnet18", "tinycnn") or arch.startswith("vgg"):
+        kwargs.setdefault("in_channels", input_shape[0])
+    step = {"step": "import", "source": str(path), "source_sha256": file_sha256(path)}
+    if facts:
+        step["backdoorbench"] = {k: v for k, v in facts.items() if k != "img_size"}
+    return ModelMeta(arch=arch, arch_kwargs=kwargs, num_classes=int(num_classes), input_shape=tuple(input_shape),
+                     mean=tuple(mean), std=tuple(std), dataset=dataset, history=[step])
+
+
+def load_model(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    allow_pickle: bool = False,
+    trust_arch_code: bool = False,
+    device: str | torch.device | None = None,
+) -> tuple[Normalized, ModelMeta]:
+    """Load a model file into a :class:`Normalized` module (inputs in [0, 1]) in eval mode.
+
+    Args:
+        path: ``.safetensors`` (metadata makes the other arguments unnecessary),
+            ``.pt``/``.pth``/``.bin`` state dict, or a BackdoorBench ``attack_result.pt``.
+        arch, arch_kwargs: architecture, required for plain state dicts; override the file's.
+        input_shape, mean, std: input facts for files that do not carry them.
+        allow_pickle: permit full unpickling of ``.pt`` files (runs code from the file).
+        trust_arch_code: permit a safetensors file whose metadata names a ``file.py:Factory``
+            architecture to import that code (otherwise pass ``arch`` yourself).
+        device: where to put the model (default CPU).
+
+    Returns:
+        ``(model, meta)``.
+
+    Raises:
+        OtbrError: missing file, unreadable or unsafe content, weights not matching the architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OtbrError(f"model file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        meta = read_meta(path)
+        state = load_file(str(path))
+        if meta is None:
+            meta = _meta_for_foreign(_strip_prefixes(state), {}, arch, arch_kwargs, input_shape, mean, std, path)
+        else:
+            if is_custom_arch(meta.arch) and arch is None and not trust_arch_code:
+                raise OtbrError(
+                    f"{path} names the custom architecture {meta.arch!r}, which would import code; "
+                    "pass --arch with it to confirm"
+                )
+            if arch is not None:
+                meta.arch = arch
+            meta.arch_kwargs.update(arch_kwargs or {})
+            for name, value in (("input_shape", input_shape), ("mean", mean), ("std", std)):
+                if value is not None:
+                    setattr(meta, name, tuple(value))
+        state = _strip_prefixes(state)
+    else:
+        obj = _torch_load(path, allow_pickle)
+        state, facts = _state_from_object(obj, path)
+        meta = _meta_for_foreign(state, facts, arch, arch_kwargs, input_shape, mean, std, path)
+    model = build_model(meta)
+    try:
+        model.net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise OtbrError(f"{path}: weights do not fit architecture {meta.arch!r}: {detail[:400]}") from exc
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, meta
