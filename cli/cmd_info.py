@@ -13,18 +13,17 @@ from .common import format_table, load_model_from_options, model_options, pct
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(as_json: bool) -> None:
     """List architectures, datasets, attacks and defenses."""
-    from otbr.attacks import list_attacks
-    from otbr.attacks import not_included as attacks_not_included
+    from otbr.attacks import NOT_INCLUDED, list_attacks
     from otbr.data import list_datasets
     from otbr.defenses import list_defenses
     from otbr.models import list_architectures
 
     defenses = {name: cls.needs for name, cls in sorted(list_defenses().items())}
     payload = {
-        "architectures": list_architectures() + ["path/to/file.py:Factory", "package.module:Factory"],
-        "datasets": list_datasets() + ["imagefolder:PATH", "npz:FILE"],
+        "architectures": [*list_architectures(), "path/to/file.py:Factory", "package.module:Factory"],
+        "datasets": [*list_datasets(), "imagefolder:PATH", "npz:FILE"],
         "attacks": list_attacks(),
-        "attacks_not_included": attacks_not_included(),
+        "attacks_not_included": NOT_INCLUDED,
         "defenses": {k: ("data-free" if v == "none" else "needs clean data") for k, v in defenses.items()},
     }
     if as_json:

@@ -55,7 +55,10 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
       otbr defend otbr bd.safetensors -o clean.safetensors
     """
     level = logging.WARNING if quiet else (logging.INFO if verbose == 0 else logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname).1s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    # Our own messages at the chosen level; third-party libraries only speak up with -vv.
+    logging.basicConfig(level=logging.WARNING if verbose < 2 else logging.DEBUG,
+                        format="%(levelname).1s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("otbr").setLevel(level)
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
     ctx.obj["progress"] = not quiet and sys.stderr.isatty()

@@ -52,7 +52,9 @@ def evaluation_sets(
         raise OtbrError("the model names no dataset; pass --data NAME")
     test = load_dataset(name, split="test", root=data_root)
     if tuple(test.input_shape) != tuple(meta.input_shape):
-        raise OtbrError(f"dataset {name} has images {tuple(test.input_shape)}, the model expects {tuple(meta.input_shape)}")
+        raise OtbrError(
+            f"dataset {name} has images {tuple(test.input_shape)}, the model expects {tuple(meta.input_shape)}"
+        )
     clean = (test.x[:limit], test.y[:limit])
     pois = None
     pois_name = None
@@ -66,7 +68,8 @@ def evaluation_sets(
 
         attack = attack_from_config(meta.attack)
         ps = attack.poison_test(test)
-        pois, pois_name = (ps.x[:limit], ps.y_true[:limit], int(ps.target)), f"{meta.attack.get('name')} (from metadata)"
+        pois = (ps.x[:limit], ps.y_true[:limit], int(ps.target))
+        pois_name = f"{meta.attack.get('name')} (from metadata)"
     return EvalSets(clean=clean, poisoned=pois, clean_name=name, poisoned_name=pois_name)
 
 

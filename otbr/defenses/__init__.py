@@ -1,10 +1,15 @@
 """Defenses, one module per method, all registered by name.
 
+Importing this package registers every shipped defense.
+
 Example:
-    >>> from otbr.defenses import create_defense
-    >>> d = create_defense("otbr", gamma=0.05)  # doctest: +SKIP
+    >>> from otbr.defenses import create_defense, list_defenses
+    >>> list_defenses()["otbr"].needs
+    'none'
+    >>> d = create_defense("otbr", gamma=0.05, input_shape=(1, 28, 28))
 """
 
+from otbr.defenses import otbr as _otbr  # noqa: F401  (registers "otbr")
 from otbr.defenses.base import (
     Defense,
     DefenseResult,

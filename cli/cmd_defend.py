@@ -1,0 +1,301 @@
+"""``otbr defend METHOD``, ``otbr nwc`` and ``otbr fuse``.
+
+Each defense command loads the model, runs the library's defense, writes the
+defended model (atomically, only after success), and — when the attack is
+known from the metadata or ``--poisoned`` — evaluates before and after.
+Evaluation data is never given to a data-free defense.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from otbr.errors import OtbrError
+
+from .common import format_table, load_model_from_options, model_options, parse_floats, pct
+
+log = logging.getLogger(__name__)
+
+
+# -- shared pieces ---------------------------------------------------------------------------------------------
+def output_options(fn: Callable) -> Callable:
+    """-o/--force/--report and the evaluation options every defense command shares."""
+    options = [
+        click.option("-o", "--output", type=click.Path(dir_okay=False), help="Defended model (.safetensors)."),
+        click.option("--force", is_flag=True, help="Overwrite an existing output file."),
+        click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON report of the run here."),
+        click.option("--eval-data", "eval_data",
+                     help="Clean test set for the before/after table (default: the model's dataset)."),
+        click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding dataset files."),
+        click.option("--poisoned", type=click.Path(dir_okay=False),
+                     help="Poisoned test set (.npz) for ASR/RA (default: rebuilt from the model's attack metadata)."),
+        click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation."),
+        click.option("--eval-limit", type=click.IntRange(1), help="Evaluate on the first N test images only."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of the defense."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def check_output(output: str | None, model: str, force: bool, required: bool = True) -> Path | None:
+    """Validate -o before any work is done (suffix, not the input, no silent overwrite)."""
+    if output is None:
+        if required:
+            raise OtbrError("missing -o/--output FILE.safetensors")
+        return None
+    out = Path(output)
+    if out.suffix != ".safetensors":
+        raise OtbrError(f"output must be a .safetensors file, got {out.name}")
+    if out.exists() and out.resolve() == Path(model).resolve():
+        raise OtbrError("output would overwrite the input model; choose another -o")
+    if out.exists() and not force:
+        raise OtbrError(f"{out} exists; pass --force to overwrite it")
+    if out.parent != Path("") and not out.parent.exists():
+        raise OtbrError(f"output folder does not exist: {out.parent}")
+    return out
+
+
+def _eval_sets(meta, kw: dict[str, Any]):
+    from otbr.evaluation import evaluation_sets
+
+    if kw.get("no_eval"):
+        return None
+    if not (kw.get("eval_data") or meta.dataset):
+        log.info("no dataset known for this model: skipping evaluation (pass --eval-data)")
+        return None
+    return evaluation_sets(meta, data=kw.get("eval_data"), poisoned=kw.get("poisoned"),
+                           data_root=kw.get("data_root"), limit=kw.get("eval_limit"))
+
+
+def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | None, sets) -> dict[str, Any]:
+    """Evaluate, save, print the table and write the report of one defense run."""
+    from otbr.device import model_device
+    from otbr.evaluation import compare_row, measure
+    from otbr.models import file_sha256, save_model
+    from otbr.report import environment, write_json
+
+    payload: dict[str, Any] = {
+        "method": result.method,
+        "config": result.config,
+        "data_used": result.data_used,
+        "timings_s": result.timings,
+        "info": {k: v for k, v in result.info.items() if k != "pruned"},
+        "pruned": result.info.get("pruned"),
+        "input": {"path": model_path, "sha256": file_sha256(model_path)},
+        "environment": environment(model_device(result.model)),
+        "oracle": False,
+    }
+    if sets is not None:
+        before, after = measure(net, sets), measure(result.model, sets)
+        payload["evaluation"] = {"clean": sets.clean_name, "poisoned": sets.poisoned_name,
+                                 "n_clean": len(sets.clean[1]), **compare_row(before, after)}
+        rows = [{"model": "before", "ACC": pct(before.acc), "ASR": pct(before.asr), "RA": pct(before.ra), "DER": ""},
+                {"model": "after", "ACC": pct(after.acc), "ASR": pct(after.asr), "RA": pct(after.ra),
+                 "DER": pct(payload["evaluation"].get("der"))}]
+        click.echo(format_table(rows, ["model", "ACC", "ASR", "RA", "DER"]))
+        if sets.poisoned is None:
+            click.echo("(attack unknown: pass --poisoned FILE.npz for ASR, RA and DER)")
+    if out is not None:
+        step = {"step": "defend", "method": result.method, "config": result.config, "data_used": result.data_used,
+                "input_sha256": payload["input"]["sha256"]}
+        save_model(result.model, out, meta.derived(step, seed=result.config.get("seed")))
+        payload["output"] = {"path": str(out), "sha256": file_sha256(out)}
+        click.echo(f"defended model written to {out}")
+    click.echo(f"{result.method}: {result.timings.get('total', 0.0):.1f} s; data used by the defense: "
+               f"{result.data_used}")
+    if kw.get("report"):
+        write_json(kw["report"], payload)
+        click.echo(f"report written to {kw['report']}")
+    return payload
+
+
+def _progress(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        kwargs["progress"] = bool((ctx.find_root().obj or {}).get("progress", False))
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# -- otbr defend ----------------------------------------------------------------------------------------------
+@click.group("defend")
+def defend() -> None:
+    """Run a defense on a model file and write the defended model."""
+
+
+@defend.command("otbr")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--gamma", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+              help="Fraction of neurons pruned (global NWC ranking).")
+@click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Fusion weight λ of the aligned pruned model.")
+@click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,
+              help="default: improved fusion; paper: the published procedure; prune: pruning only.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Random-unlearning steps.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Noise batch size.")
+@click.option("--lr", default=1e-4, show_default=True, type=float, help="Unlearning learning rate.")
+@click.option("--solver", type=click.Choice(["emd", "sinkhorn"]), default="emd", show_default=True)
+@click.option("--sweep", help="Comma-separated γ grid to evaluate (an ORACLE table: scored on poisoned data).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
+@output_options
+@model_options
+@_progress
+def defend_otbr(model: str, gamma: float, lam: float, variant: str, steps: int, batch_size: int, lr: float,
+                solver: str, sweep: str | None, plot: str | None, progress: bool, **kw: Any) -> None:
+    """Data-free OTBR: random-noise unlearning → NWC pruning → optimal-transport fusion.
+
+    Needs only the model file. The defense reads no data; the test set is used only for the
+    before/after table (skip it with --no-eval).
+    """
+    from otbr.defenses import create_defense
+
+    out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
+    net, meta = load_model_from_options(model, kw)
+    defense = create_defense("otbr", gamma=gamma, lam=lam, variant=variant, steps=steps, batch_size=batch_size,
+                             lr=lr, solver=solver, input_shape=meta.input_shape, num_classes=meta.num_classes,
+                             seed=kw["seed"], progress=progress)
+    sets = _eval_sets(meta, kw)
+    if sweep is not None:
+        _otbr_sweep(defense, net, sets, parse_floats(sweep, "--sweep") or (), plot, kw, model)
+        if out is None:
+            return
+    result = defense.run(net)
+    finish(model, net, meta, result, kw, out, sets)
+
+
+def _otbr_sweep(defense, net, sets, gammas, plot: str | None, kw: dict[str, Any], model: str) -> None:
+    from otbr.evaluation import measure
+    from otbr.metrics import der
+    from otbr.report import ORACLE_NOTE, plot_sweep, write_json
+
+    if sets is None:
+        raise OtbrError("--sweep needs a test set to score each γ (drop --no-eval or pass --eval-data)")
+    base = measure(net, sets)
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for g, pruned, fused in defense.sweep(net, gammas):
+        for series, m in (("prune", pruned), (defense.variant, fused)):
+            if series == "prune" and defense.variant == "prune" and rows and rows[-1]["gamma"] == g:
+                continue
+            r = measure(m, sets)
+            rows.append({"series": series, "gamma": g, "acc": 100 * r.acc,
+                         "asr": None if r.asr is None else 100 * r.asr, "ra": None if r.ra is None else 100 * r.ra,
+                         "der": None if r.asr is None or base.asr is None else 100 * der(base.acc, base.asr, r.acc,
+                                                                                        r.asr)})
+    click.echo(ORACLE_NOTE)
+    click.echo(f"original: ACC {pct(base.acc)}  ASR {pct(base.asr)}  RA {pct(base.ra)}")
+    text_rows = [{k: (f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))) for k, v in r.items()}
+                 for r in rows]
+    click.echo(format_table(text_rows, ["series", "gamma", "acc", "asr", "ra", "der"]))
+    click.echo(f"sweep: {time.perf_counter() - t0:.1f} s")
+    if plot:
+        plot_sweep(rows, plot, title=f"OTBR γ sweep: {Path(model).name}", oracle=sets.poisoned is not None)
+        click.echo(f"plot written to {plot}")
+    if kw.get("report") and kw.get("output") is None:
+        write_json(kw["report"], {"method": "otbr-sweep", "oracle": True, "note": ORACLE_NOTE, "model": model,
+                                  "config": defense.config(), "original": base.as_dict(), "rows": rows})
+        click.echo(f"report written to {kw['report']}")
+
+
+# -- otbr nwc ---------------------------------------------------------------------------------------------------
+@click.command("nwc")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--mode", type=click.Choice(["random", "clean"]), default="random", show_default=True,
+              help="random: noise (data-free); clean: a clean subset of --data.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Random mode: noise batches.")
+@click.option("--data", help="Clean mode: dataset whose training split provides the subset.")
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--clean-ratio", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--include-linear", is_flag=True, help="Also score hidden Linear layers.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Scores (.csv).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Histogram of the scores (.png).")
+@model_options
+@_progress
+def nwc_cmd(model: str, mode: str, steps: int, data: str | None, data_root: str | None, clean_ratio: float,
+            include_linear: bool, seed: int, output: str, plot: str | None, progress: bool, **kw: Any) -> None:
+    """Score every considered neuron by its weight change under unlearning (NWC) and save CSV (+ PNG)."""
+    from otbr.nwc import nwc_scores
+    from otbr.report import plot_histogram
+
+    if not output.endswith(".csv"):
+        raise OtbrError(f"scores are written as .csv, got {output}")
+    net, meta = load_model_from_options(model, kw)
+    if mode == "random":
+        scores = nwc_scores(net, "random", include_linear=include_linear, steps=steps,
+                            input_shape=meta.input_shape, num_classes=meta.num_classes, seed=seed, progress=progress)
+    else:
+        from otbr.data import load_dataset, make_loader, sample_subset
+
+        if not data:
+            raise OtbrError("--mode clean needs --data NAME")
+        subset = sample_subset(load_dataset(data, "train", root=data_root), ratio=clean_ratio, seed=seed)
+        scores = nwc_scores(net, "clean", include_linear=include_linear, seed=seed, progress=progress,
+                            loader=make_loader(subset, batch_size=128, shuffle=True, seed=seed))
+    tmp = Path(output).with_name(f".{Path(output).name}.tmp")
+    scores.to_csv(tmp)
+    tmp.replace(output)
+    flat = scores.flat()
+    click.echo(f"{scores.total} neurons in {len(scores.layers)} layers scored ({mode} unlearning); "
+               f"max NWC {float(flat.values.max()):.6g} at {flat.neuron(int(flat.values.argmax()))}")
+    click.echo(f"scores written to {output}")
+    if plot:
+        plot_histogram(scores.layers, plot, title=f"{mode}-unlearning NWC: {Path(model).name}")
+        click.echo(f"histogram written to {plot}")
+
+
+# -- otbr fuse --------------------------------------------------------------------------------------------------
+@click.command("fuse")
+@click.argument("pruned", type=click.Path(dir_okay=False))
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.option("--scores", type=click.Path(dir_okay=False),
+              help="NWC scores (.csv from `otbr nwc`); default: computed by random unlearning of ORIGINAL.")
+@click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--variant", type=click.Choice(["default", "paper"]), default="default", show_default=True)
+@click.option("--solver", type=click.Choice(["emd", "sinkhorn"]), default="emd", show_default=True)
+@output_options
+@model_options
+@_progress
+def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant: str, solver: str, progress: bool,
+             **kw: Any) -> None:
+    """Fuse any PRUNED model (OTBR, CLP, fine-pruning …) back with its ORIGINAL by OT alignment.
+
+    Pruned neurons are the rows that are all zero in PRUNED but not in ORIGINAL.
+    """
+    from otbr.defenses.base import DefenseResult
+    from otbr.fusion import fuse
+    from otbr.nwc import NWCScores, nwc_scores
+
+    out = check_output(kw.get("output"), original, kw.get("force", False))
+    load_kw = dict(kw)
+    orig_net, meta = load_model_from_options(original, kw)
+    pruned_net, _ = load_model_from_options(pruned, load_kw)
+    t0 = time.perf_counter()
+    if scores:
+        sc = NWCScores.from_csv(scores)
+    else:
+        sc = nwc_scores(orig_net, "random", input_shape=meta.input_shape, num_classes=meta.num_classes,
+                        seed=kw["seed"], progress=progress)
+        sc.unlearn = None
+    t1 = time.perf_counter()
+    fr = fuse(pruned_net, orig_net, sc, lam=lam, variant=variant, solver=solver)
+    t2 = time.perf_counter()
+    result = DefenseResult(model=fr.model, method="fuse",
+                           config={"lam": lam, "variant": variant, "solver": solver, "seed": kw["seed"],
+                                   "scores": scores or "random unlearning", "pruned_model": pruned},
+                           timings={"score": t1 - t0, "fuse": t2 - t1, "total": t2 - t0},
+                           info={"fusion": fr.info}, data_used="none")
+    finish(original, orig_net, meta, result, kw, out, _eval_sets(meta, kw))
+
+
+COMMANDS = [defend, nwc_cmd, fuse_cmd]

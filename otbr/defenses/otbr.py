@@ -1,0 +1,213 @@
+"""OTBR (Lin et al., AAAI 2025): data-free backdoor removal.
+
+Random-noise unlearning → NWC scores → prune the top γ of neurons (global
+ranking, ``int(γ · N)`` neurons) → optimal-transport fusion of the pruned and
+the backdoored model (:mod:`otbr.fusion`). No data is read at any stage.
+
+``variant``: ``"default"`` (improved fusion, per-neuron λ), ``"paper"`` (the
+published fusion), ``"prune"`` (pruning only, no fusion). The Linear classifier
+is never scored or pruned (its rows are the classes); ``include_linear`` adds
+hidden Linear layers (e.g. VGG's classifier.0/.3).
+
+The published method gives no rule to choose γ without poisoned data;
+:func:`sweep` makes one unlearning run and yields the pruned and fused model for
+every γ so that evaluation code can compare them.
+
+Example:
+    >>> from otbr.models import create_model, Normalized
+    >>> net = Normalized(create_model("tinycnn", num_classes=4, in_channels=1), (0.5,), (0.25,))
+    >>> res = OTBR(gamma=0.1, steps=2, input_shape=(1, 8, 8), progress=False).run(net)
+    >>> res.info["num_pruned"]
+    2
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
+from otbr.device import model_device, resolve_device
+from otbr.errors import OtbrError
+from otbr.fusion import fuse
+from otbr.layers import classifier_layer, considered_layers
+from otbr.models.normalize import unwrap
+from otbr.models.registry import output_classes
+from otbr.nwc import NWCScores, neuron_weight_change, unlearn
+from otbr.pruning import global_topk, mask_count, mask_indices, prune_neurons
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("default", "paper", "prune")
+
+
+@register_defense
+class OTBR(Defense):
+    """Data-free OTBR: random unlearning, NWC pruning, OT fusion.
+
+    Args:
+        gamma: fraction of considered neurons to prune, in [0, 1].
+        lam: fusion weight λ of the aligned pruned model, in [0, 1].
+        steps: random-unlearning steps (noise batches).
+        batch_size: noise batch size.
+        lr: unlearning learning rate (SGD, momentum 0.9).
+        variant: ``"default"``, ``"paper"`` or ``"prune"``.
+        solver: ``"emd"`` or ``"sinkhorn"``.
+        include_linear: also score hidden ``Linear`` layers (never the classifier).
+        input_shape: ``(C, H, W)`` of one input (required; from the model file's metadata).
+        num_classes: number of classes (inferred with one forward pass when ``None``).
+        seed: seed of the noise generator.
+        device: run on this device (a copy of the model is moved); ``None``: where the model is.
+        progress: tqdm progress bars.
+    """
+
+    name = "otbr"
+    needs = "none"
+
+    def __init__(
+        self,
+        *,
+        gamma: float = 0.05,
+        lam: float = 0.5,
+        steps: int = 20,
+        batch_size: int = 256,
+        lr: float = 1e-4,
+        variant: str = "default",
+        solver: str = "emd",
+        include_linear: bool = False,
+        input_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        seed: int = 0,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.gamma = check_range("gamma", float(gamma), 0.0, 1.0)
+        self.lam = check_range("lam", float(lam), 0.0, 1.0)
+        if int(steps) < 1 or int(batch_size) < 1:
+            raise OtbrError(f"steps and batch_size must be ≥ 1, got {steps}, {batch_size}")
+        self.steps, self.batch_size = int(steps), int(batch_size)
+        self.lr = check_range("lr", float(lr), 0.0, 10.0, low_open=True)
+        if variant not in VARIANTS:
+            raise OtbrError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        if solver not in ("emd", "sinkhorn"):
+            raise OtbrError(f"solver must be emd or sinkhorn, got {solver!r}")
+        self.variant, self.solver = variant, solver
+        self.include_linear = bool(include_linear)
+        if input_shape is not None:
+            if len(tuple(input_shape)) != 3 or any(int(s) < 1 for s in input_shape):
+                raise OtbrError(f"input_shape must be (C, H, W) with positive sizes, got {input_shape}")
+            input_shape = [int(s) for s in input_shape]
+        self.input_shape = input_shape
+        if num_classes is not None and int(num_classes) < 2:
+            raise OtbrError(f"num_classes must be ≥ 2, got {num_classes}")
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.seed = int(seed)
+        self.device = None if device is None else str(resolve_device(device))
+        self.progress = bool(progress)
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def _prepare(self, model: nn.Module, data: Any | None) -> tuple[nn.Module, tuple[int, ...], int]:
+        if data is not None:
+            log.warning("OTBR is data-free: the data passed to run() is ignored")
+        if self.input_shape is None:
+            raise OtbrError("OTBR needs the model's input shape (C, H, W); give input_shape (model metadata)")
+        shape = tuple(self.input_shape)
+        work = model
+        if self.device is not None and model_device(model) != torch.device(self.device):
+            work = copy.deepcopy(model).to(self.device)
+        num_classes = self.num_classes or output_classes(work, shape)
+        return work, shape, num_classes
+
+    def _layers(self, model: nn.Module) -> list[str]:
+        net = unwrap(model)
+        names = [n for n, _ in considered_layers(net, include_linear=self.include_linear)]
+        if self.include_linear and any(isinstance(m, nn.Linear) for m in net.modules()):
+            clf = classifier_layer(net)[0]
+            names = [n for n in names if n != clf]
+        if not names:
+            raise OtbrError("the model has no Conv2d layer for OTBR to score")
+        return names
+
+    def _scores(self, work: nn.Module, shape: tuple[int, ...], num_classes: int) -> NWCScores:
+        res = unlearn(work, "random", steps=self.steps, input_shape=shape, num_classes=num_classes, lr=self.lr,
+                      batch_size=self.batch_size, seed=self.seed, progress=self.progress)
+        return NWCScores(neuron_weight_change(work, res.model, self._layers(work)), "random", res)
+
+    def scores(self, model: nn.Module, data: Any | None = None) -> NWCScores:
+        """Random unlearning of a copy of ``model`` and the NWC of every considered neuron."""
+        return self._scores(*self._prepare(model, data))
+
+    def _defend(self, work: nn.Module, scores: NWCScores, gamma: float) -> tuple[nn.Module, nn.Module, dict]:
+        t0 = time.perf_counter()
+        masks = global_topk(scores, gamma)
+        pruned = prune_neurons(work, masks)
+        t1 = time.perf_counter()
+        notes: list[str] = []
+        if self.variant == "prune" or mask_count(masks) == 0:
+            fused, fusion_info = pruned, {}
+            if mask_count(masks) == 0:
+                notes.append("no neuron pruned (gamma·N < 1): the model is unchanged")
+        else:
+            fr = fuse(pruned, work, scores, masks=masks, lam=self.lam, variant=self.variant, solver=self.solver)
+            fused, fusion_info = fr.model, fr.info
+        t2 = time.perf_counter()
+        info = {
+            "gamma": gamma,
+            "lambda": self.lam,
+            "variant": self.variant,
+            "num_pruned": mask_count(masks),
+            "num_neurons": scores.total,
+            "pruned": mask_indices(masks),
+            "fusion": fusion_info,
+            "notes": notes,
+            "_timings": {"prune": t1 - t0, "fuse": t2 - t1},
+        }
+        return pruned, fused, info
+
+    # -- public ---------------------------------------------------------------------------------------
+    def run(self, model: nn.Module, data: Any | None = None) -> DefenseResult:
+        """Defend ``model`` (images in [0, 1]) without data; returns the pruned (``"prune"``) or fused model."""
+        start = time.perf_counter()
+        work, shape, num_classes = self._prepare(model, data)
+        t0 = time.perf_counter()
+        scores = self._scores(work, shape, num_classes)
+        t_unlearn = scores.unlearn.seconds if scores.unlearn is not None else 0.0
+        scores.unlearn = None  # drop the unlearned copy
+        t2 = time.perf_counter()
+        _, fused, info = self._defend(work, scores, self.gamma)
+        stage = info.pop("_timings")
+        info["notes"].append("data-free: no data was read")
+        info["num_classes"] = num_classes
+        timings = {"unlearn": t_unlearn, "score": (t2 - t0) - t_unlearn, "prune": stage["prune"], "fuse": stage["fuse"],
+                   "total": time.perf_counter() - start}
+        return DefenseResult(model=fused, method=self.name, config=self.config(), timings=timings,
+                             scores=scores.layers, info=info, data_used="none")
+
+    def sweep(self, model: nn.Module, gammas: Sequence[float]) -> Iterator[tuple[float, nn.Module, nn.Module]]:
+        """One random-unlearning run, then ``(gamma, pruned model, fused model)`` for every γ.
+
+        With ``variant="prune"`` the fused model is the pruned one.
+
+        Example:
+            >>> for g, pruned, fused in OTBR(input_shape=(1, 8, 8)).sweep(net, [0.05, 0.1]):  # doctest: +SKIP
+            ...     print(g, evaluate(fused, ...))
+        """
+        for g in gammas:
+            check_range("gamma", float(g), 0.0, 1.0)
+        work, shape, num_classes = self._prepare(model, None)
+        scores = self._scores(work, shape, num_classes)
+        scores.unlearn = None
+        for g in gammas:
+            pruned, fused, _ = self._defend(work, scores, float(g))
+            yield float(g), pruned, fused
+
+
+def sweep(model: nn.Module, gammas: Sequence[float], **kwargs: Any) -> Iterator[tuple[float, nn.Module, nn.Module]]:
+    """Module-level shortcut for ``OTBR(**kwargs).sweep(model, gammas)``."""
+    return OTBR(**kwargs).sweep(model, gammas)
