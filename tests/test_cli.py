@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from otbr.cli.main import main
 
 from otbr.attacks import create_attack
-from otbr.cli.main import main
 from otbr.models import ModelMeta, create_model, save_model
 
 

@@ -24,7 +24,7 @@ def expected_preact_keys() -> list[str]:
             keys += [p + "bn2." + s for s in BN] + [p + "conv2.weight"]
             if block == 0 and layer > 1:
                 keys.append(p + "shortcut.0.weight")
-    return keys + ["linear.weight", "linear.bias"]
+    return [*keys, "linear.weight", "linear.bias"]
 
 
 def tiny_meta(**kw) -> ModelMeta:

@@ -202,7 +202,8 @@ def _state_from_object(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], d
     if not isinstance(obj, dict):
         raise OtbrError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     if "model" in obj and isinstance(obj["model"], dict) and "model_name" in obj:  # BackdoorBench
-        facts = {"model_name": obj["model_name"], "num_classes": obj.get("num_classes"), "img_size": obj.get("img_size")}
+        facts = {"model_name": obj["model_name"], "num_classes": obj.get("num_classes"),
+                 "img_size": obj.get("img_size")}
         obj = obj["model"]
     for key in ("state_dict", "model_state_dict", "model"):
         if key in obj and isinstance(obj[key], dict):
@@ -249,7 +250,7 @@ def _meta_for_foreign(
         else:
             mean, std = (0.0,) * input_shape[0], (1.0,) * input_shape[0]
             log.warning("%s: no normalisation given; using mean 0, std 1 (pass --mean/--std)", path)
-    if "in_channels" not in kwargs and arch in ("preactresnet18", "tinycnn") or arch.startswith("vgg"):
+    if not is_custom_arch(arch):  # every registered architecture takes in_channels
         kwargs.setdefault("in_channels", input_shape[0])
     step = {"step": "import", "source": str(path), "source_sha256": file_sha256(path)}
     if facts:

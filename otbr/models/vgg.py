@@ -39,7 +39,7 @@ def _make_features(cfg: list[int | str], in_channels: int, scale: float, pools: 
             else:
                 layers.append(nn.Identity())
             continue
-        out = max(1, int(round(int(v) * scale)))
+        out = max(1, round(int(v) * scale))
         layers += [nn.Conv2d(in_channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
         in_channels = out
     return nn.Sequential(*layers)
@@ -77,7 +77,7 @@ class VGG(nn.Module):
             side //= 2
             pools += 1
         self.features = _make_features(cfg, in_channels, width / 64, pools)
-        last = max(1, int(round(512 * width / 64)))
+        last = max(1, round(512 * width / 64))
         self.avgpool = nn.AdaptiveAvgPool2d((pool_size, pool_size))
         self.classifier = nn.Sequential(
             nn.Linear(last * pool_size * pool_size, classifier_width),
