@@ -45,6 +45,36 @@ def output_options(fn: Callable) -> Callable:
     return fn
 
 
+def clean_data_options(fn: Callable) -> Callable:
+    """--data/--clean-ratio/--clean-count/--balanced for defenses that need a clean subset."""
+    options = [
+        click.option("--data", "clean_data", help="Dataset whose TRAINING split provides the clean subset."),
+        click.option("--clean-ratio", type=click.FloatRange(0, 1, min_open=True),
+                     help="Fraction of the training split to use (default: the defense's own, e.g. 0.05)."),
+        click.option("--clean-count", type=click.IntRange(1), help="Number of clean images instead of a ratio."),
+        click.option("--balanced", is_flag=True, help="Sample the subset class-balanced."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def clean_subset(kw: dict[str, Any], default_ratio: float, method: str):
+    """The seeded clean subset of the training split named by --data (one-line error without it)."""
+    from otbr.data import load_dataset, sample_subset
+
+    name = kw.get("clean_data")
+    if not name:
+        raise OtbrError(f"{method} needs clean data: pass --data NAME (its training split is subsampled)")
+    train = load_dataset(name, "train", root=kw.get("data_root"))
+    count = kw.get("clean_count")
+    ratio = None if count else (kw.get("clean_ratio") or default_ratio)
+    subset = sample_subset(train, ratio=ratio, count=count, seed=kw.get("seed", 0), balanced=kw.get("balanced", False))
+    log.info("clean subset: %d images of %s train (%s)", len(subset), name,
+             f"ratio {ratio}" if ratio else f"count {count}")
+    return subset
+
+
 def check_output(output: str | None, model: str, force: bool, required: bool = True) -> Path | None:
     """Validate -o before any work is done (suffix, not the input, no silent overwrite)."""
     if output is None:
