@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -88,15 +87,6 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def pct(value: float | None) -> str:
     """0.9312 → '93.12' ('-' for None)."""
     return "-" if value is None else f"{100 * value:.2f}"
-
-
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON via a temporary file and rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
 
 
 def progress_enabled(ctx: click.Context) -> bool:

@@ -78,6 +78,18 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     return "\n".join(lines)
 
 
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Save a matplotlib figure atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def plot_sweep(
     rows: Sequence[dict[str, Any]], path: str | Path, *, x: str = "gamma", title: str = "", oracle: bool = True
 ) -> Path:
@@ -105,12 +117,7 @@ def plot_sweep(
     ax.legend(fontsize=8)
     ax.set_title((title + "\n" if title else "") + ("ORACLE sweep: scored on the poisoned test set" if oracle else ""),
                  fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_histogram(scores: dict[str, torch.Tensor], path: str | Path, *, title: str = "NWC") -> Path:
@@ -132,9 +139,4 @@ def plot_histogram(scores: dict[str, torch.Tensor], path: str | Path, *, title: 
     ax2.bar(range(len(names)), [float(scores[n].double().mean()) for n in names], color="tab:orange")
     ax2.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
     ax2.set_ylabel("mean NWC per layer")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure(fig, path)

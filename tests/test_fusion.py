@@ -14,15 +14,6 @@ from otbr.models import Normalized, create_model
 from otbr.pruning import global_topk, prune_neurons
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead on a shared CPU (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(arch: str, **kw) -> nn.Module:
     torch.manual_seed(0)
     net = Normalized(create_model(arch, num_classes=4, in_channels=1, **kw), (0.5,), (0.25,))

@@ -14,15 +14,6 @@ from otbr.nwc import NWCScores, neuron_weight_change, nwc_scores, unlearn
 from otbr.pruning import global_topk, mask_count, num_selected, prune_neurons
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead on a shared CPU (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(width: int = 4, classes: int = 4) -> nn.Module:
     torch.manual_seed(0)
     return Normalized(create_model("tinycnn", num_classes=classes, in_channels=1, width=width), (0.5,), (0.25,))
