@@ -16,7 +16,6 @@ stamp="$venv/.otbr-installed"
 want="$(cat "$here/setup.cfg" "$here/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing otbr and its dependencies (torch 2.14.1 from the local wheel store, ~2 min)" >&2
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
     "$venv/bin/python" -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[test]"
     echo "$want" > "$stamp"
