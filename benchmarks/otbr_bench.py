@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent
 ZOO = ROOT / "zoo"
 RESULTS = ROOT / "results"
 MODELS = ["badnets", "blended", "sig", "wanet", "lf", "trojan", "vgg11-badnets"]
-GRID = [0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3]
+GRID = [0.02, 0.05, 0.1, 0.2]
 DEFAULT_GAMMA = 0.05
 SERIES = ("prune", "paper", "default")
 

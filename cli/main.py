@@ -19,7 +19,7 @@ import click
 
 from otbr import OtbrError, __version__
 
-_COMMAND_MODULES = ("cmd_info", "cmd_train", "cmd_defend")
+_COMMAND_MODULES = ("cmd_info", "cmd_train", "cmd_defend", "cmd_tsbd", "cmd_baselines", "cmd_compare")
 
 
 class _Group(click.Group):

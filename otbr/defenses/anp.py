@@ -1,0 +1,180 @@
+"""ANP — adversarial neuron pruning (Wu & Wang, NeurIPS 2021), on BatchNorm neurons.
+
+Every channel k of every ``BatchNorm2d`` gets a mask ``m_k ∈ [0, 1]`` (start 1)
+and bounded multiplicative perturbations ``δ_k, ξ_k ∈ [−ε, ε]``: the layer
+computes with ``γ·(m + δ)`` and ``β·(1 + ξ)``. Per clean batch:
+
+1. draw δ, ξ uniformly in [−ε, ε], then ``steps`` signed-gradient ascent steps
+   of size ε/steps on the cross-entropy (the adversarial neuron perturbation);
+2. update the masks by SGD (lr 0.2, momentum 0.9) on
+   ``α · CE(masked) + (1 − α) · CE(masked and perturbed)``, then clip to [0, 1].
+
+After ``iterations`` batches, channels whose mask is below ``threshold`` (0.2)
+are pruned by zeroing their BN γ (the published pruning; β is kept). Defaults
+ε = 0.4, α = 0.2, 2000 iterations of batch 128 (reduce ``iterations`` on a CPU).
+The parameters are swapped in through :func:`torch.func.functional_call`; the
+network is not modified and stays in eval mode (running statistics fixed;
+the published code trains with batch statistics).
+
+Example:
+    >>> import torch
+    >>> from otbr.models import Normalized, create_model
+    >>> net = Normalized(create_model("tinycnn", num_classes=4), (0.5,), (0.5,))
+    >>> data = (torch.rand(32, 1, 8, 8), torch.randint(0, 4, (32,)))
+    >>> ANP(iterations=2, batch_size=16, progress=False).run(net, data).method
+    'anp'
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
+from otbr.device import model_device, resolve_device
+from otbr.errors import OtbrError
+from otbr.finetune import clean_tensors
+from otbr.models.normalize import unwrap
+from otbr.training import iterate_batches
+
+log = logging.getLogger(__name__)
+
+
+@register_defense
+class ANP(Defense):
+    """Adversarial neuron pruning.
+
+    Args:
+        eps: perturbation budget ε.
+        steps: ascent steps of the perturbation per batch.
+        alpha: weight of the natural loss (1 − α on the perturbed loss).
+        mask_lr: SGD learning rate of the masks (momentum 0.9).
+        iterations: number of mask-update batches.
+        threshold: prune neurons whose mask is below this.
+        batch_size: clean batch size.
+        seed: seeds batch order and perturbation draws.
+        device: run on this device (``None``: where the model is).
+        progress: tqdm bar.
+    """
+
+    name = "anp"
+    needs = "clean"
+    default_clean_ratio: ClassVar[float] = 0.01
+
+    def __init__(self, *, eps: float = 0.4, steps: int = 1, alpha: float = 0.2, mask_lr: float = 0.2,
+                 iterations: int = 2000, threshold: float = 0.2, batch_size: int = 128, seed: int = 0,
+                 device: str | None = None, progress: bool = True) -> None:
+        self.eps = check_range("eps", float(eps), 0.0, 1.0)
+        self.steps = int(check_range("steps", int(steps), 1, 100))
+        self.alpha = check_range("alpha", float(alpha), 0.0, 1.0)
+        self.mask_lr = check_range("mask_lr", float(mask_lr), 0.0, 10.0, low_open=True)
+        self.iterations = int(check_range("iterations", int(iterations), 1, 1_000_000))
+        self.threshold = check_range("threshold", float(threshold), 0.0, 1.0)
+        self.batch_size = int(check_range("batch_size", int(batch_size), 1, 1_000_000))
+        self.seed = int(seed)
+        self.device = None if device is None else str(resolve_device(device))
+        self.progress = bool(progress)
+
+    def learn_masks(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Learn the per-channel masks of every BatchNorm2d (``{bn name in model: mask}``)."""
+        bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and m.affine}
+        if not bns:
+            raise OtbrError("ANP needs BatchNorm2d layers with affine parameters")
+        device = model_device(model)
+        gamma = {n: m.weight.detach() for n, m in bns.items()}
+        beta = {n: m.bias.detach() for n, m in bns.items()}
+        masks = {n: torch.ones_like(g, requires_grad=True) for n, g in gamma.items()}
+        opt = torch.optim.SGD(list(masks.values()), lr=self.mask_lr, momentum=0.9)
+        gen = torch.Generator().manual_seed(self.seed)
+        noise_gen = torch.Generator(device=device).manual_seed(self.seed + 1)
+
+        def forward(xb: torch.Tensor, delta: dict | None, xi: dict | None) -> torch.Tensor:
+            params = {}
+            for n in bns:
+                scale = masks[n] + delta[n] if delta is not None else masks[n]
+                params[f"{n}.weight"] = gamma[n] * scale
+                params[f"{n}.bias"] = beta[n] * (1 + xi[n]) if xi is not None else beta[n]
+            return functional_call(model, params, (xb,))
+
+        was_training = model.training
+        model.eval()
+        done = 0
+        bar = tqdm(total=self.iterations, desc="ANP masks", leave=False, disable=not self.progress)
+        try:
+            while done < self.iterations:
+                for xb, yb in iterate_batches(x, y, self.batch_size, shuffle=True, generator=gen):
+                    xb, yb = xb.to(device), yb.to(device)
+                    loss_rob = torch.zeros((), device=device)
+                    if self.eps > 0:
+                        delta = {n: ((torch.rand(g.shape, generator=noise_gen, device=device) * 2 - 1) * self.eps)
+                                 .requires_grad_() for n, g in gamma.items()}
+                        xi = {n: ((torch.rand(g.shape, generator=noise_gen, device=device) * 2 - 1) * self.eps)
+                              .requires_grad_() for n, g in gamma.items()}
+                        for _ in range(self.steps):
+                            loss = F.cross_entropy(forward(xb, delta, xi), yb)
+                            grads = torch.autograd.grad(loss, [*delta.values(), *xi.values()])
+                            with torch.no_grad():
+                                for t, g in zip([*delta.values(), *xi.values()], grads, strict=True):
+                                    t.add_(g.sign(), alpha=self.eps / self.steps).clamp_(-self.eps, self.eps)
+                        delta = {n: t.detach() for n, t in delta.items()}
+                        xi = {n: t.detach() for n, t in xi.items()}
+                        loss_rob = F.cross_entropy(forward(xb, delta, xi), yb)
+                    loss_nat = F.cross_entropy(forward(xb, None, None), yb)
+                    loss = self.alpha * loss_nat + (1 - self.alpha) * loss_rob
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    with torch.no_grad():
+                        for m in masks.values():
+                            m.clamp_(0, 1)
+                    done += 1
+                    bar.update(1)
+                    if done >= self.iterations:
+                        break
+        finally:
+            bar.close()
+            model.train(was_training)
+        return {n: m.detach() for n, m in masks.items()}
+
+    def run(self, model: nn.Module, data: Any | None = None) -> DefenseResult:
+        """Learn masks on the clean subset ``data`` and prune a copy of ``model``."""
+        self._require_data(data)
+        start = time.perf_counter()
+        x, y = clean_tensors(data)
+        work = copy.deepcopy(model)
+        if self.device is not None:
+            work = work.to(self.device)
+        for p in work.parameters():
+            p.requires_grad_(False)
+        masks = self.learn_masks(work, x, y)
+        t1 = time.perf_counter()
+        mods = dict(work.named_modules())
+        prefix = "net." if unwrap(work) is not work else ""
+        pruned: dict[str, list[int]] = {}
+        with torch.no_grad():
+            for n, m in masks.items():
+                low = m < self.threshold
+                if bool(low.any()):
+                    mods[n].weight[low] = 0
+                    pruned[n.removeprefix(prefix)] = torch.nonzero(low).flatten().tolist()
+        for p in work.parameters():
+            p.requires_grad_(True)
+        info = {
+            "num_pruned": sum(len(v) for v in pruned.values()),
+            "num_neurons": sum(int(m.numel()) for m in masks.values()),
+            "pruned": pruned,
+            "mask_mean": float(torch.cat([m.reshape(-1) for m in masks.values()]).mean()),
+            "notes": [] if pruned else ["no mask fell below the threshold: the model is unchanged"],
+        }
+        timings = {"masks": t1 - start, "prune": time.perf_counter() - t1, "total": time.perf_counter() - start}
+        scores = {n.removeprefix(prefix): m.cpu() for n, m in masks.items()}
+        return DefenseResult(model=work, method=self.name, config=self.config(), timings=timings, scores=scores,
+                             info=info, data_used=f"clean subset: {len(y)} images")

@@ -1,0 +1,107 @@
+"""``otbr.compare``: the grid, its resume, workers, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from otbr.attacks import create_attack
+from otbr.compare import run_compare
+from otbr.errors import OtbrError
+from otbr.models import ModelMeta, Normalized, create_model, save_model
+
+SIDE, CLASSES = 8, 4
+FAST = {"ft": {"epochs": 1, "batch_size": 16}, "ulrl": {"unlearn_epochs": 1, "relearn_epochs": 1, "batch_size": 16}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def zoo(tmp_path):
+    """Two tiny model files whose metadata names an 8×8 npz dataset and a BadNets attack."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=rng.integers(0, 256, (80, 1, SIDE, SIDE), dtype=np.uint8),
+             y_train=rng.integers(0, CLASSES, 80), x_test=rng.integers(0, 256, (40, 1, SIDE, SIDE), dtype=np.uint8),
+             y_test=rng.integers(0, CLASSES, 40))
+    paths = []
+    for i, name in enumerate(("a", "b")):
+        torch.manual_seed(i)
+        net = Normalized(create_model("tinycnn", num_classes=CLASSES, in_channels=1), (0.5,), (0.25,))
+        meta = ModelMeta(arch="tinycnn", arch_kwargs={"num_classes": CLASSES, "in_channels": 1},
+                         num_classes=CLASSES, input_shape=(1, SIDE, SIDE), mean=(0.5,), std=(0.25,),
+                         dataset=f"npz:{data}", attack=create_attack("badnets").config())
+        paths.append(tmp_path / f"{name}.safetensors")
+        save_model(net, paths[-1], meta)
+    return {"data": f"npz:{data}", "models": [str(p) for p in paths], "dir": tmp_path}
+
+
+def test_grid_rows_files_and_resume(zoo):
+    out = zoo["dir"] / "cmp"
+    kw = {"out_dir": out, "data": zoo["data"], "overrides": {"ft": FAST["ft"]}}
+    res = run_compare(zoo["models"][:1], ["clp", "ft"], **kw)
+    assert [r["defense"] for r in res.rows] == ["original", "clp", "ft"]
+    assert res.ran == 3 and res.reused == 0
+    modes = {r["defense"]: r["mode"] for r in res.rows}
+    assert modes == {"original": "-", "clp": "data-free", "ft": "data-dependent"}
+    ft = json.loads((out / "cells" / "a__ft.json").read_text())
+    assert ft["data_used"].startswith("clean subset") and ft["ratio"] == 0.05 and "der" in ft
+    for suffix in ("md", "csv", "json", "png"):
+        assert (out / f"compare.{suffix}").is_file()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+
+    again = run_compare(zoo["models"][:1], ["clp", "ft"], **kw)
+    assert again.ran == 0 and again.reused == 3
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == mtimes
+    assert again.rows == res.rows
+
+    changed = run_compare(zoo["models"][:1], ["clp", "ft"], **{**kw, "overrides": {"ft": {**FAST["ft"], "lr": 0.02}}})
+    assert changed.ran == 1  # only the cell whose settings changed runs again
+
+
+def test_without_data_data_dependent_defenses_are_skipped(zoo):
+    res = run_compare(zoo["models"][:1], ["clp", "ft"], out_dir=zoo["dir"] / "nodata")
+    assert [r["defense"] for r in res.rows] == ["original", "clp"]
+    assert any("ft" in n and "skipped" in n for n in res.notes)
+    with pytest.raises(OtbrError, match="clean data"):
+        run_compare(zoo["models"][:1], ["ft", "ulrl"], out_dir=zoo["dir"] / "nodata2")
+    with pytest.raises(OtbrError, match="unknown defense"):
+        run_compare(zoo["models"][:1], ["nope"], out_dir=zoo["dir"] / "x")
+
+
+def test_workers_process_pool(zoo):
+    # one model: the original cell runs here, the two defense cells in one pool of two spawned workers
+    res = run_compare(zoo["models"][:1], ["clp", "ulrl"], out_dir=zoo["dir"] / "pool", data=zoo["data"], workers=2,
+                      clean_ratio=0.5, overrides={"ulrl": FAST["ulrl"]}, plot=False)
+    assert [(r["model"], r["defense"]) for r in res.rows] == [("a", "original"), ("a", "clp"), ("a", "ulrl")]
+    assert res.ran == 3 and all(r["acc"] is not None for r in res.rows)
+
+
+def test_a_failing_cell_is_reported_not_fatal(zoo):
+    # 1 % of 80 training images is one image: ULRL refuses; the grid goes on and says so
+    res = run_compare(zoo["models"][:1], ["clp", "ulrl"], out_dir=zoo["dir"] / "fail", data=zoo["data"], plot=False)
+    assert [r["defense"] for r in res.rows] == ["original", "clp", "ulrl"]
+    assert res.rows[-1]["acc"] is None and "FAILED" in res.rows[-1]["notes"]
+    assert not (zoo["dir"] / "fail" / "cells" / "a__ulrl.json").exists()
+
+
+def test_cli_compare_prints_table_and_refuses_without_data(zoo):
+    from otbr.cli.main import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["compare", *zoo["models"][:1], "--defenses", "ft", "--out", str(zoo["dir"] / "c")])
+    assert res.exit_code == 2 and "clean data" in res.output and len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(main, ["compare", *zoo["models"][:1], "--defenses", "clp,ft", "--out", str(zoo["dir"] / "c"),
+                               "--no-plot"])
+    assert res.exit_code == 0, res.output
+    assert "clp" in res.output and "skipped without --data" in res.output
