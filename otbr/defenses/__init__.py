@@ -14,6 +14,7 @@ from otbr.defenses import clp as _clp  # noqa: F401  (registers "clp")
 from otbr.defenses import fp as _fp  # noqa: F401  (registers "fp")
 from otbr.defenses import ft as _ft  # noqa: F401  (registers "ft")
 from otbr.defenses import otbr as _otbr  # noqa: F401  (registers "otbr")
+from otbr.defenses import tsbd as _tsbd  # noqa: F401  (registers "tsbd")
 from otbr.defenses import ulrl as _ulrl  # noqa: F401  (registers "ulrl")
 from otbr.defenses.base import (
     Defense,
