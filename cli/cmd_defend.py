@@ -8,8 +8,10 @@ Evaluation data is never given to a data-free defense.
 
 from __future__ import annotations
 
+import datetime as _dt
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,14 +21,43 @@ import click
 
 from otbr.errors import OtbrError
 
-from .common import format_table, load_model_from_options, model_options, parse_floats, pct
+from .common import (
+    check_new_output,
+    check_writable,
+    format_table,
+    load_model_from_options,
+    model_options,
+    parse_floats,
+    pct,
+    same_file,
+)
 
 log = logging.getLogger(__name__)
 
 
 # -- shared pieces ---------------------------------------------------------------------------------------------
+_INPUT_KEYS = ("model", "original", "pruned", "poisoned", "scores", "clean_model")
+
+
+def _check_report_early(fn: Callable) -> Callable:
+    """Before any work: --report must be writable, differ from every input and from -o, and exist only with --force."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        report = kwargs.get("report")
+        if report:
+            inputs = [kwargs.get(k) for k in _INPUT_KEYS]
+            if kwargs.get("output") and (Path(report).resolve() == Path(kwargs["output"]).resolve()):
+                raise OtbrError("--report and -o name the same file; choose another --report")
+            check_new_output(report, kwargs.get("force", False), inputs, what="--report")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def output_options(fn: Callable) -> Callable:
     """-o/--force/--report and the evaluation options every defense command shares."""
+    fn = _check_report_early(fn)
     options = [
         click.option("-o", "--output", type=click.Path(dir_okay=False), help="Defended model (.safetensors)."),
         click.option("--force", is_flag=True, help="Overwrite an existing output file."),
@@ -76,7 +107,7 @@ def clean_subset(kw: dict[str, Any], default_ratio: float, method: str):
 
 
 def check_output(output: str | None, model: str, force: bool, required: bool = True) -> Path | None:
-    """Validate -o before any work is done (suffix, not the input, no silent overwrite)."""
+    """Validate -o before any work is done (suffix, not the input, writable folder, no silent overwrite)."""
     if output is None:
         if required:
             raise OtbrError("missing -o/--output FILE.safetensors")
@@ -84,12 +115,11 @@ def check_output(output: str | None, model: str, force: bool, required: bool = T
     out = Path(output)
     if out.suffix != ".safetensors":
         raise OtbrError(f"output must be a .safetensors file, got {out.name}")
-    if out.exists() and out.resolve() == Path(model).resolve():
+    if same_file(out, model) or out.resolve() == Path(model).resolve():
         raise OtbrError("output would overwrite the input model; choose another -o")
+    check_writable(out)
     if out.exists() and not force:
         raise OtbrError(f"{out} exists; pass --force to overwrite it")
-    if out.parent != Path("") and not out.parent.exists():
-        raise OtbrError(f"output folder does not exist: {out.parent}")
     return out
 
 
@@ -110,17 +140,21 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
     from otbr.device import model_device
     from otbr.evaluation import compare_row, measure
     from otbr.models import file_sha256, save_model
+    from otbr.models.io import weights_sha256
     from otbr.report import environment, write_json
 
     payload: dict[str, Any] = {
         "method": result.method,
+        "seed": result.config.get("seed", kw.get("seed")),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
         "config": result.config,
         "data_used": result.data_used,
         "timings_s": result.timings,
         "info": {k: v for k, v in result.info.items() if k != "pruned"},
         "pruned": result.info.get("pruned"),
         "input": {"path": model_path, "sha256": file_sha256(model_path)},
-        "environment": environment(model_device(result.model)),
+        "environment": {**environment(model_device(result.model)), "packages": _package_versions()},
         "oracle": False,
     }
     if sets is not None:
@@ -137,7 +171,8 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
         step = {"step": "defend", "method": result.method, "config": result.config, "data_used": result.data_used,
                 "input_sha256": payload["input"]["sha256"]}
         save_model(result.model, out, meta.derived(step, seed=result.config.get("seed")))
-        payload["output"] = {"path": str(out), "sha256": file_sha256(out)}
+        payload["output"] = {"path": str(out), "sha256": file_sha256(out),
+                             "weights_sha256": weights_sha256(result.model)}
         click.echo(f"defended model written to {out}")
     click.echo(f"{result.method}: {result.timings.get('total', 0.0):.1f} s; data used by the defense: "
                f"{result.data_used}")
@@ -145,6 +180,19 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
         write_json(kw["report"], payload)
         click.echo(f"report written to {kw['report']}")
     return payload
+
+
+def _package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape a defended model."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in ("numpy", "pot", "safetensors", "scipy", "click"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def _progress(fn: Callable) -> Callable:
@@ -249,17 +297,23 @@ def _otbr_sweep(defense, net, sets, gammas, plot: str | None, kw: dict[str, Any]
 @click.option("--include-linear", is_flag=True, help="Also score hidden Linear layers.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Scores (.csv).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Histogram of the scores (.png).")
 @model_options
 @_progress
 def nwc_cmd(model: str, mode: str, steps: int, data: str | None, data_root: str | None, clean_ratio: float,
-            include_linear: bool, seed: int, output: str, plot: str | None, progress: bool, **kw: Any) -> None:
+            include_linear: bool, seed: int, output: str, force: bool, plot: str | None, progress: bool,
+            **kw: Any) -> None:
     """Score every considered neuron by its weight change under unlearning (NWC) and save CSV (+ PNG)."""
+    from otbr.atomic import atomic_path
     from otbr.nwc import nwc_scores
     from otbr.report import plot_histogram
 
     if not output.endswith(".csv"):
         raise OtbrError(f"scores are written as .csv, got {output}")
+    check_new_output(output, force, [model])
+    if plot:
+        check_new_output(plot, force, [model, output], what="--plot")
     net, meta = load_model_from_options(model, kw)
     if mode == "random":
         scores = nwc_scores(net, "random", include_linear=include_linear, steps=steps,
@@ -272,9 +326,8 @@ def nwc_cmd(model: str, mode: str, steps: int, data: str | None, data_root: str 
         subset = sample_subset(load_dataset(data, "train", root=data_root), ratio=clean_ratio, seed=seed)
         scores = nwc_scores(net, "clean", include_linear=include_linear, seed=seed, progress=progress,
                             loader=make_loader(subset, batch_size=128, shuffle=True, seed=seed))
-    tmp = Path(output).with_name(f".{Path(output).name}.tmp")
-    scores.to_csv(tmp)
-    tmp.replace(output)
+    with atomic_path(output) as tmp:
+        scores.to_csv(tmp)
     flat = scores.flat()
     click.echo(f"{scores.total} neurons in {len(scores.layers)} layers scored ({mode} unlearning); "
                f"max NWC {float(flat.values.max()):.6g} at {flat.neuron(int(flat.values.argmax()))}")

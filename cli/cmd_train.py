@@ -17,6 +17,8 @@ import click
 
 from otbr.errors import OtbrError
 
+from .common import check_new_output
+
 log = logging.getLogger(__name__)
 
 
@@ -79,11 +81,12 @@ def _pct(v: float | None) -> str:
               help="also write the poisoned test set (.npz)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="model file (.safetensors)")
+@click.option("--force", is_flag=True, help="overwrite existing output files")
 def train(data: str, data_root: str | None, arch: str, width: int | None, arch_kwargs: str | None,
           attack: str | None, target: int | None, poison_rate: float | None, attack_kwargs: str | None,
           clean_model: str | None, epochs: int, batch_size: int, lr: float, no_augment: bool,
           train_limit: int | None, seed: int, device: str, poisoned_out: str | None, quiet: bool,
-          output: str) -> None:
+          output: str, force: bool) -> None:
     """Train a clean or backdoored model and save it with its metadata."""
     from otbr.models import load_model, save_model
     from otbr.training import train_backdoored
@@ -98,6 +101,9 @@ def train(data: str, data_root: str | None, arch: str, width: int | None, arch_k
         atk = _build_attack(attack, target, poison_rate, seed, attack_kwargs)
     elif target is not None or poison_rate is not None or attack_kwargs:
         raise OtbrError("--target, --poison-rate and --attack-kwargs need --attack")
+    check_new_output(output, force, [clean_model])
+    if poisoned_out is not None:
+        check_new_output(poisoned_out, force, [clean_model, output], what="--poisoned-out")
     clean = None
     if clean_model is not None:
         clean, _ = load_model(clean_model)
@@ -128,8 +134,10 @@ def train(data: str, data_root: str | None, arch: str, width: int | None, arch_k
               help="clean model on which a trojan attack optimises its patch")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="output .npz")
+@click.option("--force", is_flag=True, help="overwrite an existing output file")
 def poison(attack: str | None, model_path: str | None, data: str, data_root: str | None, split: str,
-           target: int | None, attack_kwargs: str | None, clean_model: str | None, seed: int, output: str) -> None:
+           target: int | None, attack_kwargs: str | None, clean_model: str | None, seed: int, output: str,
+           force: bool) -> None:
     """Write the triggered non-target-class images of a dataset split (.npz: x, y, target, attack)."""
     from otbr.attacks import Trojan, attack_from_config
     from otbr.data import load_dataset
@@ -150,6 +158,7 @@ def poison(attack: str | None, model_path: str | None, data: str, data_root: str
         atk = attack_from_config(cfg)
     else:
         atk = _build_attack(attack, target, None, seed, attack_kwargs)
+    check_new_output(output, force, [model_path, clean_model])
     ds = load_dataset(data, split, root=data_root)
     if isinstance(atk, Trojan) and atk.patch is None:
         if clean_model is None:

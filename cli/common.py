@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -36,6 +39,49 @@ def parse_floats(text: str | None, what: str, n: int | None = None) -> tuple[flo
     if n is not None and len(vals) != n:
         raise OtbrError(f"{what} needs {n} numbers, got {len(vals)}")
     return vals
+
+
+def check_writable(path: str | Path, what: str = "-o") -> Path:
+    """Fail early, with one line, if ``path`` cannot be written: a folder, a missing or read-only parent.
+
+    The check creates and removes a temporary file in the parent folder, so it also catches read-only
+    file systems and permission rules that ``os.access`` misses.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OtbrError(f"{what} {path} is a folder; give a file name")
+    if not parent.exists():
+        raise OtbrError(f"output folder does not exist: {parent}; create it or choose another {what}")
+    if not parent.is_dir():
+        raise OtbrError(f"{parent} is not a folder; choose another {what}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".otbr-write-check.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OtbrError(f"cannot write to folder {parent} ({exc.strerror}); choose a writable {what}") from None
+    return path
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when both paths exist and name the same file (symlinks and hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_new_output(path: str | Path, force: bool, inputs: Iterable[str | Path | None] = (), what: str = "-o") -> Path:
+    """An output path that is writable, is none of ``inputs``, and exists only if ``force`` allows overwriting."""
+    path = Path(path)
+    for src in inputs:
+        if src is not None and (same_file(path, src) or path.resolve() == Path(src).resolve()):
+            raise OtbrError(f"{what} {path} would overwrite the input {src}; choose another {what}")
+    check_writable(path, what)
+    if path.exists() and not force:
+        raise OtbrError(f"{path} exists; pass --force to overwrite it")
+    return path
 
 
 def model_options(fn: Callable) -> Callable:

@@ -51,9 +51,17 @@ def evaluation_sets(
     if name is None:
         raise OtbrError("the model names no dataset; pass --data NAME")
     test = load_dataset(name, split="test", root=data_root)
+    if len(test) == 0:
+        raise OtbrError(f"dataset {name} (test split) holds no images; pass a test set with images (--data)")
     if tuple(test.input_shape) != tuple(meta.input_shape):
         raise OtbrError(
-            f"dataset {name} has images {tuple(test.input_shape)}, the model expects {tuple(meta.input_shape)}"
+            f"dataset {name} has images {tuple(test.input_shape)}, the model expects {tuple(meta.input_shape)}; "
+            "pass the dataset the model was trained on (--data), or resize/convert it"
+        )
+    if test.num_classes != meta.num_classes:
+        raise OtbrError(
+            f"dataset {name} has {test.num_classes} classes, the model outputs {meta.num_classes}; "
+            "pass the dataset the model was trained on (--data)"
         )
     clean = (test.x[:limit], test.y[:limit])
     pois = None
@@ -62,6 +70,7 @@ def evaluation_sets(
         from otbr.attacks import PoisonedSet
 
         ps = PoisonedSet.load_npz(poisoned)
+        _check_poisoned(ps.x, int(ps.target), meta, str(poisoned))
         pois, pois_name = (ps.x[:limit], ps.y_true[:limit], int(ps.target)), str(poisoned)
     elif meta.attack:
         from otbr.attacks import attack_from_config
@@ -71,6 +80,17 @@ def evaluation_sets(
         pois = (ps.x[:limit], ps.y_true[:limit], int(ps.target))
         pois_name = f"{meta.attack.get('name')} (from metadata)"
     return EvalSets(clean=clean, poisoned=pois, clean_name=name, poisoned_name=pois_name)
+
+
+def _check_poisoned(x: torch.Tensor, target: int, meta: ModelMeta, name: str) -> None:
+    """A poisoned test set must hold images of the model's input shape and a target class the model has."""
+    if len(x) == 0:
+        raise OtbrError(f"poisoned set {name} holds no images; export one with `otbr poison`")
+    if tuple(x.shape[1:]) != tuple(meta.input_shape):
+        raise OtbrError(f"poisoned set {name} has images {tuple(x.shape[1:])}, the model expects "
+                        f"{tuple(meta.input_shape)}; export it from the model's dataset with `otbr poison`")
+    if not 0 <= target < meta.num_classes:
+        raise OtbrError(f"poisoned set {name} targets class {target}, the model has classes 0..{meta.num_classes - 1}")
 
 
 def measure(model: nn.Module, sets: EvalSets, batch_size: int = 512) -> Metrics:

@@ -46,12 +46,14 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, payload: Any) -> Path:
-    """Atomic JSON write (temporary file, then rename)."""
+    """Atomic JSON write (temporary file, then rename; removed again on failure or Ctrl-C)."""
+    from otbr.atomic import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
-    tmp.replace(path)
+    text = json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path
 
 

@@ -588,7 +588,7 @@ def read_npz(file: str | Path, split: str = "train", name: str | None = None) ->
     file = Path(file)
     name = name or f"npz:{file}"
     if not file.is_file():
-        raise OtbrError(f"missing npz file {file}")
+        raise OtbrError(f"missing npz file {file}; check the path (npz:FILE, a .npz with arrays x and y)")
     try:
         with np.load(file, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -264,6 +264,8 @@ def load_dataset(
             searched = ", ".join(str(r) for r in roots)
             raise OtbrError(f"{info.name} ({split}) not found under {searched}: expected {info.layout}; {info.hint}")
         ds = found
+    if len(ds) == 0:
+        raise OtbrError(f"dataset {spec} ({split} split, {where}) holds no images; give a dataset with images")
     if image_size is not None and ds.input_shape[1:] != (image_size, image_size):
         ds = _resize(ds, image_size)
     log.info(

@@ -20,22 +20,21 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import pickle
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from otbr.atomic import atomic_path
 from otbr.errors import OtbrError
 from otbr.models.normalize import Normalized, unwrap
-from otbr.models.registry import arch_source_sha256, create_model, is_custom_arch
+from otbr.models.registry import arch_source_sha256, create_model, is_custom_arch, output_classes
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,9 @@ def save_model(model: nn.Module, path: str | Path, meta: ModelMeta) -> Path:
     """Write ``model`` (bare or :class:`Normalized`) and ``meta`` to a safetensors file.
 
     The write is atomic: a temporary file in the same folder is renamed into
-    place, so a failure never leaves a half-written model.
+    place, so a failure or Ctrl-C never leaves a half-written model. The file
+    holds no timestamp, so the same weights and metadata give the same bytes.
+    Weights with NaN or Inf values are refused (nothing is written).
     """
     from safetensors.torch import save_file
 
@@ -142,16 +143,37 @@ def save_model(model: nn.Module, path: str | Path, meta: ModelMeta) -> Path:
     if meta.source_sha256 is None and is_custom_arch(meta.arch):
         meta.source_sha256 = arch_source_sha256(meta.arch)
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise OtbrError(f"refusing to write {path}: the weights hold {bad}; the run diverged "
+                        "(try a smaller learning rate or another seed)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={META_KEY: meta.to_json(), "created": _dt.datetime.now(_dt.UTC).isoformat()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={META_KEY: meta.to_json()})
     return path
+
+
+def non_finite(state: dict[str, torch.Tensor], limit: int = 3) -> str:
+    """``"conv1.weight: 2 NaN, fc.bias: 1 Inf"`` for the floating tensors with NaN/Inf entries ('' if none)."""
+    parts = []
+    for k, v in state.items():
+        if not v.is_floating_point() or bool(torch.isfinite(v).all()):
+            continue
+        nan, inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+        parts.append(f"{k}: " + ", ".join(f"{n} {w}" for n, w in ((nan, "NaN"), (inf, "Inf")) if n))
+    if len(parts) > limit:
+        parts = [*parts[:limit], f"… {len(parts) - limit} more tensors"]
+    return "; ".join(parts)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes in key order): equal iff the weights are equal."""
+    h = hashlib.sha256()
+    for k, v in unwrap(model).state_dict().items():
+        t = v.detach().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def read_meta(path: str | Path) -> ModelMeta | None:
@@ -162,7 +184,8 @@ def read_meta(path: str | Path) -> ModelMeta | None:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
     except Exception as exc:  # safetensors raises its own error types
-        raise OtbrError(f"{path}: not a readable safetensors file ({exc})") from exc
+        raise OtbrError(f"{path}: not a readable safetensors file ({exc}); it is truncated or corrupt — "
+                        "copy or export it again") from exc
     return ModelMeta.from_json(raw) if raw else None
 
 
@@ -179,17 +202,27 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+_GLOBAL_RE = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
 def _torch_load(path: Path, allow_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Unsupported global" not in text and "Unsupported class" not in text:
+            raise OtbrError(f"{path}: not a readable PyTorch file (corrupt, truncated or another format); "
+                            "copy or export it again") from exc
         if not allow_pickle:
+            found = _GLOBAL_RE.search(text)
+            what = f" (it references {found.group(1)})" if found else ""
             raise OtbrError(
-                f"{path} needs arbitrary unpickling, which can run code; "
+                f"{path} needs arbitrary unpickling, which can run code{what}; "
                 "re-run with --allow-pickle only if you trust its source"
             ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise OtbrError(f"{path}: not a readable PyTorch file ({exc})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise OtbrError(f"{path}: not a readable PyTorch file ({type(exc).__name__}: {str(exc)[:120] or 'empty'}); "
+                        "it is truncated or corrupt — copy or export it again") from exc
     log.warning("loading %s with full unpickling (--allow-pickle)", path)
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -259,6 +292,47 @@ def _meta_for_foreign(
                      mean=tuple(mean), std=tuple(std), dataset=dataset, history=[step])
 
 
+def _is_safetensors(path: Path) -> bool:
+    """Content sniffing: an 8-byte little-endian header length followed by a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def _names(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """Why ``found`` does not load into a model whose state is ``expected`` ('' when it does).
+
+    Example:
+        >>> state_mismatch({"a": torch.zeros(2), "b": torch.zeros(1)}, {"a": torch.zeros(3), "c": torch.zeros(1)})
+        'missing: b; unexpected: c; shape mismatch: a (file (3,) vs model (2,))'
+    """
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k} (file {tuple(found[k].shape)} vs model {tuple(v.shape)})"
+              for k, v in expected.items() if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    parts = [f"{label}: {_names(keys, 5 if label != 'shape mismatch' else 3)}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+    return "; ".join(parts)
+
+
+def _check_io(model: Normalized, meta: ModelMeta, path: Path) -> None:
+    """One forward pass on zeros: the model must take ``meta.input_shape`` and give ``meta.num_classes`` logits."""
+    try:
+        n = output_classes(model, tuple(meta.input_shape))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise OtbrError(f"{path}: the {meta.arch!r} model does not accept inputs of shape {tuple(meta.input_shape)} "
+                        f"({first}); pass the right --input-shape C,H,W") from exc
+    if n != meta.num_classes:
+        raise OtbrError(f"{path}: the model outputs {n} classes but its metadata says {meta.num_classes}; "
+                        "pass --arch-kwargs with the right num_classes")
+
+
 def load_model(
     path: str | Path,
     *,
@@ -291,12 +365,19 @@ def load_model(
     """
     path = Path(path)
     if not path.is_file():
-        raise OtbrError(f"model file not found: {path}")
-    if path.suffix == ".safetensors":
+        hint = "it is a folder" if path.is_dir() else "check the path"
+        raise OtbrError(f"model file not found: {path} ({hint})")
+    if path.stat().st_size == 0:
+        raise OtbrError(f"model file is empty (0 bytes): {path}; the copy or download did not finish — fetch it again")
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors.torch import load_file
 
         meta = read_meta(path)
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise OtbrError(f"{path}: not a readable safetensors file ({exc}); it is truncated or corrupt — "
+                            "copy or export it again") from exc
         if meta is None:
             meta = _meta_for_foreign(_strip_prefixes(state), {}, arch, arch_kwargs, input_shape, mean, std, path)
         else:
@@ -316,14 +397,27 @@ def load_model(
         obj = _torch_load(path, allow_pickle)
         state, facts = _state_from_object(obj, path)
         meta = _meta_for_foreign(state, facts, arch, arch_kwargs, input_shape, mean, std, path)
-    model = build_model(meta)
+    bad = non_finite(state)
+    if bad:
+        raise OtbrError(f"{path}: the weights hold {bad}; the file is corrupt or its training diverged — "
+                        "use a checkpoint with finite weights")
+    if len(meta.input_shape) != 3 or min(meta.input_shape) < 1:
+        raise OtbrError(f"{path}: input shape must be C,H,W with positive sizes, got {meta.input_shape}")
+    if len(meta.mean) != meta.input_shape[0] or len(meta.std) != meta.input_shape[0]:
+        raise OtbrError(f"{path}: {meta.input_shape[0]} input channels but {len(meta.mean)} means and "
+                        f"{len(meta.std)} stds; pass --mean/--std with one value per channel")
     try:
-        model.net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise OtbrError(f"{path}: weights do not fit architecture {meta.arch!r}: {detail[:400]}") from exc
+        model = build_model(meta)
+    except OtbrError as exc:
+        raise OtbrError(f"{path}: {exc}; pass --arch NAME (and --arch-kwargs) to read it as another one") from exc
+    mismatch = state_mismatch(model.net.state_dict(), state)
+    if mismatch:
+        raise OtbrError(f"{path}: weights do not fit architecture {meta.arch!r} {json.dumps(meta.arch_kwargs)}: "
+                        f"{mismatch}; pass the --arch/--arch-kwargs (width, num_classes, in_channels …) "
+                        "of the model that was saved")
+    model.net.load_state_dict(state, strict=True)
     model.eval()
+    _check_io(model, meta, path)
     if device is not None:
         model.to(device)
     return model, meta
