@@ -19,17 +19,8 @@ import click
 
 from otbr.errors import OtbrError
 
-from .cmd_defend import (
-    _eval_sets,
-    _progress,
-    check_output,
-    clean_data_options,
-    clean_subset,
-    defend,
-    finish,
-    output_options,
-)
-from .common import load_model_from_options, model_options
+from .cmd_defend import _eval_sets, batch_size_option, check_output, clean_subset, defend, defense_options, finish
+from .common import load_model_from_options
 
 
 def _run(method: str, model: str, hyper: dict[str, Any], progress: bool, kw: dict[str, Any]) -> None:
@@ -52,7 +43,7 @@ def _sgd_options(epochs: int, lr: float) -> Callable[[Callable], Callable]:
         for opt in reversed([
             click.option("--epochs", default=epochs, show_default=True, type=click.IntRange(0), help="Epochs."),
             click.option("--lr", default=lr, show_default=True, type=click.FloatRange(0, min_open=True)),
-            click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1)),
+            batch_size_option(),
         ]):
             fn = opt(fn)
         return fn
@@ -71,11 +62,8 @@ def _sgd_options(epochs: int, lr: float) -> Callable[[Callable], Callable]:
 @click.option("--relearn-epochs", default=20, show_default=True, type=click.IntRange(0))
 @click.option("--relearn-lr", default=0.005, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--alpha", default=0.7, show_default=True, type=click.FloatRange(0), help="Cosine penalty weight.")
-@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
-@clean_data_options
-@output_options
-@model_options
-@_progress
+@batch_size_option()
+@defense_options(clean=True)
 def defend_ulrl(model: str, unlearn_epochs: int, unlearn_lr: float, stop_acc: float, z_threshold: float,
                 max_rows: int, relearn_epochs: int, relearn_lr: float, alpha: float, batch_size: int, progress: bool,
                 **kw: Any) -> None:
@@ -88,10 +76,7 @@ def defend_ulrl(model: str, unlearn_epochs: int, unlearn_lr: float, stop_acc: fl
 @defend.command("ft")
 @click.argument("model", type=click.Path(dir_okay=False))
 @_sgd_options(10, 0.01)
-@clean_data_options
-@output_options
-@model_options
-@_progress
+@defense_options(clean=True)
 def defend_ft(model: str, epochs: int, lr: float, batch_size: int, progress: bool, **kw: Any) -> None:
     """Plain fine-tuning (default 5 % clean data, SGD + cosine, 10 epochs)."""
     _run("ft", model, {"epochs": max(1, epochs), "lr": lr, "batch_size": batch_size}, progress, kw)
@@ -103,10 +88,7 @@ def defend_ft(model: str, epochs: int, lr: float, batch_size: int, progress: boo
               help="Stop pruning before clean-subset accuracy drops by more than this.")
 @click.option("--max-ratio", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @_sgd_options(10, 0.01)
-@clean_data_options
-@output_options
-@model_options
-@_progress
+@defense_options(clean=True)
 def defend_fp(model: str, max_acc_drop: float, max_ratio: float, epochs: int, lr: float, batch_size: int,
               progress: bool, **kw: Any) -> None:
     """Fine-pruning (default 5 % clean data): prune the least active feature channels, then fine-tune."""
@@ -118,9 +100,7 @@ def defend_fp(model: str, max_acc_drop: float, max_ratio: float, epochs: int, lr
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--u", "u", default=3.0, show_default=True, type=click.FloatRange(0),
               help="Prune channels with UCLC above mean + u·std of their layer.")
-@output_options
-@model_options
-@_progress
+@defense_options()
 def defend_clp(model: str, u: float, progress: bool, **kw: Any) -> None:
     """Data-free CLP: prune channels with an outlying channel Lipschitz bound (BN pairing from the graph)."""
     _run("clp", model, {"u": u}, progress, kw)
@@ -132,11 +112,8 @@ def defend_clp(model: str, u: float, progress: bool, **kw: Any) -> None:
 @click.option("--threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1), help="Pruning threshold.")
 @click.option("--iterations", default=2000, show_default=True, type=click.IntRange(1), help="Mask-update batches.")
 @click.option("--alpha", default=0.2, show_default=True, type=click.FloatRange(0, 1), help="Natural-loss weight.")
-@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
-@clean_data_options
-@output_options
-@model_options
-@_progress
+@batch_size_option()
+@defense_options(clean=True)
 def defend_anp(model: str, eps: float, threshold: float, iterations: int, alpha: float, batch_size: int,
                progress: bool, **kw: Any) -> None:
     """ANP (default 1 % clean data): learn BN-neuron masks under adversarial perturbation, prune low masks."""

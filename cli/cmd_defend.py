@@ -205,6 +205,59 @@ def _progress(fn: Callable) -> Callable:
     return wrapper
 
 
+def defense_options(clean: bool = False) -> Callable[[Callable], Callable]:
+    """The options every defense command shares: the clean-subset options (when ``clean``), the output
+    and evaluation options, the model options, and the global ``--progress`` flag."""
+    def deco(fn: Callable) -> Callable:
+        fn = _progress(fn)
+        fn = model_options(fn)
+        fn = output_options(fn)
+        return clean_data_options(fn) if clean else fn
+
+    return deco
+
+
+def batch_size_option(default: int = 128, help: str | None = None) -> Callable[[Callable], Callable]:
+    """``--batch-size`` (a positive integer)."""
+    return click.option("--batch-size", default=default, show_default=True, type=click.IntRange(1), help=help)
+
+
+def sweep_row(series: str, key: str, value: float, model, sets, base) -> dict[str, Any]:
+    """One row of a sweep table: ACC, ASR, RA and DER (in %) of ``model`` against the original ``base``."""
+    from otbr.evaluation import measure
+    from otbr.metrics import der
+
+    r = measure(model, sets)
+    return {"series": series, key: value, "acc": 100 * r.acc,
+            "asr": None if r.asr is None else 100 * r.asr, "ra": None if r.ra is None else 100 * r.ra,
+            "der": None if r.asr is None or base.asr is None else 100 * der(base.acc, base.asr, r.acc, r.asr)}
+
+
+def echo_sweep(rows: list[dict[str, Any]], key: str, base, seconds: float, *, plot: str | None, plot_title: str,
+               sets, kw: dict[str, Any], method: str, model: str, config: dict[str, Any],
+               extra: dict[str, Any] | None = None, timing_note: str = "") -> None:
+    """Print a sweep table (an ORACLE), then write its plot and (without ``-o``) its JSON report.
+
+    The report holds ``method``, the ORACLE note, ``model``, ``config``, the ``extra`` entries, the
+    original model's metrics and the rows.
+    """
+    from otbr.report import ORACLE_NOTE, plot_sweep, write_json
+
+    click.echo(ORACLE_NOTE)
+    click.echo(f"original: ACC {pct(base.acc)}  ASR {pct(base.asr)}  RA {pct(base.ra)}")
+    text_rows = [{k: (f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))) for k, v in r.items()}
+                 for r in rows]
+    click.echo(format_table(text_rows, ["series", key, "acc", "asr", "ra", "der"]))
+    click.echo(f"sweep: {seconds:.1f} s{timing_note}")
+    if plot:
+        plot_sweep(rows, plot, x=key, title=plot_title, oracle=sets.poisoned is not None)
+        click.echo(f"plot written to {plot}")
+    if kw.get("report") and kw.get("output") is None:
+        write_json(kw["report"], {"method": method, "oracle": True, "note": ORACLE_NOTE, "model": model,
+                                  "config": config, **(extra or {}), "original": base.as_dict(), "rows": rows})
+        click.echo(f"report written to {kw['report']}")
+
+
 # -- otbr defend ----------------------------------------------------------------------------------------------
 @click.group("defend")
 def defend() -> None:
@@ -220,14 +273,12 @@ def defend() -> None:
 @click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,
               help="default: improved fusion; paper: the published procedure; prune: pruning only.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Random-unlearning steps.")
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Noise batch size.")
+@batch_size_option(256, help="Noise batch size.")
 @click.option("--lr", default=1e-4, show_default=True, type=float, help="Unlearning learning rate.")
 @click.option("--solver", type=click.Choice(["emd", "sinkhorn"]), default="emd", show_default=True)
 @click.option("--sweep", help="Comma-separated γ grid to evaluate (an ORACLE table: scored on poisoned data).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
-@output_options
-@model_options
-@_progress
+@defense_options()
 def defend_otbr(model: str, gamma: float, lam: float, variant: str, steps: int, batch_size: int, lr: float,
                 solver: str, sweep: str | None, plot: str | None, progress: bool, **kw: Any) -> None:
     """Data-free OTBR: random-noise unlearning → NWC pruning → optimal-transport fusion.
@@ -253,8 +304,6 @@ def defend_otbr(model: str, gamma: float, lam: float, variant: str, steps: int, 
 
 def _otbr_sweep(defense, net, sets, gammas, plot: str | None, kw: dict[str, Any], model: str) -> None:
     from otbr.evaluation import measure
-    from otbr.metrics import der
-    from otbr.report import ORACLE_NOTE, plot_sweep, write_json
 
     if sets is None:
         raise OtbrError("--sweep needs a test set to score each γ (drop --no-eval or pass --eval-data)")
@@ -265,24 +314,10 @@ def _otbr_sweep(defense, net, sets, gammas, plot: str | None, kw: dict[str, Any]
         for series, m in (("prune", pruned), (defense.variant, fused)):
             if series == "prune" and defense.variant == "prune" and rows and rows[-1]["gamma"] == g:
                 continue
-            r = measure(m, sets)
-            rows.append({"series": series, "gamma": g, "acc": 100 * r.acc,
-                         "asr": None if r.asr is None else 100 * r.asr, "ra": None if r.ra is None else 100 * r.ra,
-                         "der": None if r.asr is None or base.asr is None else 100 * der(base.acc, base.asr, r.acc,
-                                                                                        r.asr)})
-    click.echo(ORACLE_NOTE)
-    click.echo(f"original: ACC {pct(base.acc)}  ASR {pct(base.asr)}  RA {pct(base.ra)}")
-    text_rows = [{k: (f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))) for k, v in r.items()}
-                 for r in rows]
-    click.echo(format_table(text_rows, ["series", "gamma", "acc", "asr", "ra", "der"]))
-    click.echo(f"sweep: {time.perf_counter() - t0:.1f} s")
-    if plot:
-        plot_sweep(rows, plot, title=f"OTBR γ sweep: {Path(model).name}", oracle=sets.poisoned is not None)
-        click.echo(f"plot written to {plot}")
-    if kw.get("report") and kw.get("output") is None:
-        write_json(kw["report"], {"method": "otbr-sweep", "oracle": True, "note": ORACLE_NOTE, "model": model,
-                                  "config": defense.config(), "original": base.as_dict(), "rows": rows})
-        click.echo(f"report written to {kw['report']}")
+            rows.append(sweep_row(series, "gamma", g, m, sets, base))
+    echo_sweep(rows, "gamma", base, time.perf_counter() - t0, plot=plot,
+               plot_title=f"OTBR γ sweep: {Path(model).name}", sets=sets, kw=kw, method="otbr-sweep", model=model,
+               config=defense.config())
 
 
 # -- otbr nwc ---------------------------------------------------------------------------------------------------
@@ -346,9 +381,7 @@ def nwc_cmd(model: str, mode: str, steps: int, data: str | None, data_root: str 
 @click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--variant", type=click.Choice(["default", "paper"]), default="default", show_default=True)
 @click.option("--solver", type=click.Choice(["emd", "sinkhorn"]), default="emd", show_default=True)
-@output_options
-@model_options
-@_progress
+@defense_options()
 def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant: str, solver: str, progress: bool,
              **kw: Any) -> None:
     """Fuse any PRUNED model (OTBR, CLP, fine-pruning …) back with its ORIGINAL by OT alignment.

@@ -21,15 +21,16 @@ from otbr.errors import OtbrError
 
 from .cmd_defend import (
     _eval_sets,
-    _progress,
+    batch_size_option,
     check_output,
-    clean_data_options,
     clean_subset,
     defend,
+    defense_options,
+    echo_sweep,
     finish,
-    output_options,
+    sweep_row,
 )
-from .common import format_table, load_model_from_options, model_options, parse_floats, pct
+from .common import load_model_from_options, parse_floats
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,13 @@ log = logging.getLogger(__name__)
               help="Epoch cap of clean unlearning.")
 @click.option("--stop-acc", default=0.10, show_default=True, type=click.FloatRange(0, 1),
               help="Unlearning stops at the first epoch with subset accuracy ≤ this.")
-@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
+@batch_size_option()
 @click.option("--no-augment", is_flag=True, help="No random-crop augmentation during fine-tuning.")
 @click.option("--include-linear", is_flag=True, help="Also score hidden Linear layers (never the classifier).")
 @click.option("--sweep", help="Comma-separated neuron-ratio grid to evaluate (an ORACLE table: scored on poisoned "
                               "data; one unlearning run).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against n.")
-@clean_data_options
-@output_options
-@model_options
-@_progress
+@defense_options(clean=True)
 def defend_tsbd(model: str, neuron_ratio: float, weight_ratio: float, finetune: str, ft_epochs: int, ft_lr: float,
                 r: float, alpha: float, unlearn_lr: float, unlearn_max_epochs: int, stop_acc: float, batch_size: int,
                 no_augment: bool, include_linear: bool, sweep: str | None, plot: str | None, progress: bool,
@@ -98,42 +96,22 @@ def defend_tsbd(model: str, neuron_ratio: float, weight_ratio: float, finetune: 
 
 def _tsbd_sweep(defense, net, subset, sets, ratios, plot: str | None, kw: dict[str, Any], model: str) -> None:
     from otbr.evaluation import measure
-    from otbr.metrics import der
-    from otbr.report import ORACLE_NOTE, plot_sweep, write_json
 
     if sets is None:
         raise OtbrError("--sweep needs a test set to score each ratio (drop --no-eval or pass --eval-data)")
     base = measure(net, sets)
-
-    def row(series: str, n: float, m) -> dict[str, Any]:
-        r = measure(m, sets)
-        return {"series": series, "neuron_ratio": n, "acc": 100 * r.acc,
-                "asr": None if r.asr is None else 100 * r.asr, "ra": None if r.ra is None else 100 * r.ra,
-                "der": None if r.asr is None or base.asr is None else 100 * der(base.acc, base.asr, r.acc, r.asr)}
-
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for n, reinit, res in defense.sweep(net, subset, ratios):
-        rows.append(row("stage1", n, reinit))
+        rows.append(sweep_row("stage1", "neuron_ratio", n, reinit, sets, base))
         if defense.finetune != "none":
-            rows.append(row(defense.finetune, n, res.model))
+            rows.append(sweep_row(defense.finetune, "neuron_ratio", n, res.model, sets, base))
         for note in res.info.get("notes", []) if n == ratios[0] else []:
             click.echo(f"note: {note}")
-    click.echo(ORACLE_NOTE)
-    click.echo(f"original: ACC {pct(base.acc)}  ASR {pct(base.asr)}  RA {pct(base.ra)}")
-    text_rows = [{k: (f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))) for k, v in r.items()}
-                 for r in rows]
-    click.echo(format_table(text_rows, ["series", "neuron_ratio", "acc", "asr", "ra", "der"]))
-    click.echo(f"sweep: {time.perf_counter() - t0:.1f} s (one clean-unlearning run)")
-    if plot:
-        plot_sweep(rows, plot, x="neuron_ratio", title=f"TSBD neuron-ratio sweep: {Path(model).name}",
-                   oracle=sets.poisoned is not None)
-        click.echo(f"plot written to {plot}")
-    if kw.get("report") and kw.get("output") is None:
-        write_json(kw["report"], {"method": "tsbd-sweep", "oracle": True, "note": ORACLE_NOTE, "model": model,
-                                  "config": defense.config(), "data_used": f"clean subset: {len(subset)} images",
-                                  "original": base.as_dict(), "rows": rows})
-        click.echo(f"report written to {kw['report']}")
+    echo_sweep(rows, "neuron_ratio", base, time.perf_counter() - t0, plot=plot,
+               plot_title=f"TSBD neuron-ratio sweep: {Path(model).name}", sets=sets, kw=kw, method="tsbd-sweep",
+               model=model, config=defense.config(), extra={"data_used": f"clean subset: {len(subset)} images"},
+               timing_note=" (one clean-unlearning run)")
 
 
 COMMANDS: list = []

@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 from otbr.device import model_device
 from otbr.errors import OtbrError
-from otbr.training import iterate_batches, random_crop, show_progress
+from otbr.training import iterate_batches, random_crop, sgd_cosine, show_progress, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +256,9 @@ def finetune(
     device = model_device(model)
     gen = torch.Generator().manual_seed(int(seed))
     aug_gen = torch.Generator().manual_seed(int(seed) + 1)
-    steps_per_epoch = n // batch_size + (1 if n % batch_size > 1 else 0)
+    per_epoch = steps_per_epoch(n, batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    opt, sched = sgd_cosine(params, lr=lr, momentum=momentum, weight_decay=weight_decay, total_steps=epochs * per_epoch)
     step: ActivenessStep | None = None
     if mode == "activeness":
         step = (_CopyPerBatchStep if _copy_per_batch else ActivenessStep)(model, r=r, alpha=alpha)
@@ -271,7 +270,7 @@ def finetune(
         for epoch in range(epochs):
             t0 = time.perf_counter()
             seen, correct, loss_sum = 0, 0, 0.0
-            bar = tqdm(iterate_batches(x, y, batch_size, shuffle=True, generator=gen), total=steps_per_epoch,
+            bar = tqdm(iterate_batches(x, y, batch_size, shuffle=True, generator=gen), total=per_epoch,
                        desc=f"{desc} {epoch + 1}/{epochs}", leave=False, unit="batch",
                        disable=not show_progress(progress))
             for xb, yb in bar:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from otbr.errors import OtbrError
-from otbr.report import markdown_table, write_json
+from otbr.report import markdown_table, save_figure, write_json
 
 log = logging.getLogger(__name__)
 
@@ -457,9 +457,4 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     ax.set_title(title or "Defenses: ACC vs ASR (● data-free, △ data-dependent, × original)", fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from otbr.errors import OtbrError
-from otbr.training import iterate_batches, run_epoch
+from otbr.training import iterate_batches, run_epoch, sgd_cosine, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,6 @@ def clean_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if len(x) != len(y) or len(y) < 2:
         raise OtbrError(f"clean data needs at least 2 images with one label each, got {len(x)} / {len(y)}")
     return x, y.long()
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Batches per shuffled epoch of :func:`otbr.training.iterate_batches` (a last batch of one is dropped)."""
-    return max(1, n // batch_size + (1 if n % batch_size > 1 else 0))
 
 
 def finetune(
@@ -123,9 +118,8 @@ def finetune(
     x, y = clean_tensors(data)
     gen = torch.Generator().manual_seed(int(seed))
     params = [p for p in work.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     per_epoch = steps_per_epoch(len(y), batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch)
+    opt, sched = sgd_cosine(params, lr=lr, momentum=momentum, weight_decay=weight_decay, total_steps=epochs * per_epoch)
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, labels)

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from otbr.errors import OtbrError
+from otbr.models.normalize import unwrap
+
 SHORTCUT_MARKERS = ("shortcut", "downsample")
 
 
@@ -44,3 +47,28 @@ def classifier_layer(model: nn.Module) -> tuple[str, nn.Linear]:
     if not linears:
         raise ValueError("model has no Linear layer")
     return linears[-1]
+
+
+def scored_layers(model: nn.Module, *, include_linear: bool = False, method: str = "OTBR") -> list[str]:
+    """Names of the layers a neuron-level defense scores: the considered layers minus the classifier.
+
+    ``model`` may be wrapped (:class:`otbr.models.Normalized`); the names are those of the bare
+    network. With ``include_linear`` the hidden ``Linear`` layers are scored too, never the
+    classifier (the last ``Linear``: its rows are the classes).
+
+    Raises:
+        OtbrError: no layer is left to score (the message names ``method``).
+
+    Example:
+        >>> from otbr.models import create_model
+        >>> scored_layers(create_model("tinycnn"), include_linear=True)
+        ['conv1', 'conv2']
+    """
+    net = unwrap(model)
+    names = [n for n, _ in considered_layers(net, include_linear=include_linear)]
+    if include_linear and any(isinstance(m, nn.Linear) for m in net.modules()):
+        clf = classifier_layer(net)[0]
+        names = [n for n in names if n != clf]
+    if not names:
+        raise OtbrError(f"the model has no Conv2d layer for {method} to score")
+    return names

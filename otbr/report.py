@@ -80,7 +80,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     return "\n".join(lines)
 
 
-def _save_figure(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     """Save a matplotlib figure atomically (temporary file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
@@ -119,7 +119,7 @@ def plot_sweep(
     ax.legend(fontsize=8)
     ax.set_title((title + "\n" if title else "") + ("ORACLE sweep: scored on the poisoned test set" if oracle else ""),
                  fontsize=9)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_histogram(scores: dict[str, torch.Tensor], path: str | Path, *, title: str = "NWC") -> Path:
@@ -141,4 +141,4 @@ def plot_histogram(scores: dict[str, torch.Tensor], path: str | Path, *, title: 
     ax2.bar(range(len(names)), [float(scores[n].double().mean()) for n in names], color="tab:orange")
     ax2.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
     ax2.set_ylabel("mean NWC per layer")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

@@ -117,6 +117,28 @@ def iterate_batches(
         yield (xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()), y[idx]
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches per shuffled epoch of :func:`iterate_batches` (a last batch of one is dropped).
+
+    Example:
+        >>> steps_per_epoch(257, 128), steps_per_epoch(258, 128), steps_per_epoch(1, 128)
+        (2, 3, 1)
+    """
+    return max(1, n // batch_size + (1 if n % batch_size > 1 else 0))
+
+
+def sgd_cosine(
+    params: Iterable[torch.Tensor], *, lr: float, momentum: float, weight_decay: float, total_steps: int | None
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.CosineAnnealingLR | None]:
+    """SGD (momentum, weight decay) and a cosine schedule from ``lr`` to 0 over ``total_steps`` per-batch steps.
+
+    ``total_steps=None``: a constant learning rate (no scheduler).
+    """
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = None if total_steps is None else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    return opt, sched
+
+
 def run_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -255,11 +277,9 @@ def train_model(
     gen = torch.Generator().manual_seed(int(seed))
     aug_gen = torch.Generator().manual_seed(int(seed) + 1)
     x, y = train_ds.x, train_ds.y
-    steps_per_epoch = max(1, len(y) // batch_size + (1 if len(y) % batch_size > 1 else 0))
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scheduler = None
-    if schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    per_epoch = steps_per_epoch(len(y), batch_size)
+    optimizer, scheduler = sgd_cosine(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      total_steps=epochs * per_epoch if schedule == "cosine" else None)
 
     def aug(xb: torch.Tensor) -> torch.Tensor:
         return random_crop(xb, crop_padding, aug_gen)
@@ -271,7 +291,7 @@ def train_model(
         t0 = time.perf_counter()
         loss, acc = run_epoch(
             model, iterate_batches(x, y, batch_size, shuffle=True, generator=gen), optimizer, scheduler=scheduler,
-            augment=aug if augment else None, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+            augment=aug if augment else None, total=per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
             progress=progress,
         )
         report.loss.append(loss)

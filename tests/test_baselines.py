@@ -27,14 +27,6 @@ TINY: dict[str, dict] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny() -> nn.Module:
     torch.manual_seed(0)
     return Normalized(create_model("tinycnn", num_classes=CLASSES, in_channels=1), (0.5,), (0.25,)).eval()

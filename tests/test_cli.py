@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
+from helpers import tiny_files
 from otbr.cli.main import main
-
-from otbr.attacks import create_attack
-from otbr.models import ModelMeta, create_model, save_model
 
 
 @pytest.fixture()
 def tiny(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(40, 1, 8, 8, generator=g) * 255).to(torch.uint8).numpy()
-    y = (torch.arange(40) % 4).numpy()
-    data = tmp_path / "tiny.npz"
-    np.savez(data, x=x, y=y)
-    net = create_model("tinycnn", num_classes=4, in_channels=1)
-    meta = ModelMeta(arch="tinycnn", arch_kwargs={"num_classes": 4, "in_channels": 1}, num_classes=4,
-                     input_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), dataset=f"npz:{data}",
-                     attack=create_attack("badnets", target=0).config())
-    model = save_model(net, tmp_path / "m.safetensors", meta)
-    return model, data
+    return tiny_files(tmp_path, 40)
 
 
 def run(*args):

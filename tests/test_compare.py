@@ -18,14 +18,6 @@ SIDE, CLASSES = 8, 4
 FAST = {"ft": {"epochs": 1, "batch_size": 16}, "ulrl": {"unlearn_epochs": 1, "relearn_epochs": 1, "batch_size": 16}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture()
 def zoo(tmp_path):
     """Two tiny model files whose metadata names an 8×8 npz dataset and a BadNets attack."""

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import CLASSES, SIDE, acc_asr, train_backdoor
 from torch import nn
 
 import otbr.defenses.otbr as otbr_mod
@@ -15,8 +15,6 @@ from otbr.defenses.base import DefenseResult, list_defenses
 from otbr.defenses.otbr import OTBR, sweep
 from otbr.errors import OtbrError
 from otbr.models import Normalized, create_model
-
-SIDE, CLASSES = 12, 4
 
 
 def _same(a: nn.Module, b: nn.Module) -> bool:
@@ -29,52 +27,13 @@ def _tiny(width: int = 8) -> nn.Module:
     return Normalized(create_model("tinycnn", num_classes=CLASSES, in_channels=1, width=width), (0.5,), (0.25,)).eval()
 
 
-def _images(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class = a fixed coarse binary 4×4 pattern upsampled to 12×12, plus uniform noise."""
-    tg = torch.Generator().manual_seed(123)
-    templates = (torch.rand(CLASSES, 1, SIDE // 3, SIDE // 3, generator=tg) > 0.5).float()
-    templates = F.interpolate(templates, size=(SIDE, SIDE), mode="nearest")
-    y = torch.randint(0, CLASSES, (n,), generator=gen)
-    return (0.45 * templates[y] + 0.3 * torch.rand(n, 1, SIDE, SIDE, generator=gen)).clamp(0, 1), y
-
-
-def _trigger(x: torch.Tensor) -> torch.Tensor:
-    x = x.clone()
-    x[..., -3:, -3:] = 1.0  # 3×3 white patch, bottom-right
-    return x
-
-
-@torch.no_grad()
-def _acc_asr(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    net.eval()
-    acc = float((net(x).argmax(1) == y).float().mean())
-    keep = y != 0
-    asr = float((net(_trigger(x[keep])).argmax(1) == 0).float().mean())
-    return acc, asr
-
-
 @pytest.fixture(scope="module")
 def backdoored():
     """TinyCNN (width 8) trained ~2 s with SGD on 2000 images, 10 % poisoned with the corner patch → class 0."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: threading only adds overhead on a shared machine
     try:
-        gen = torch.Generator().manual_seed(0)
-        x, y = _images(2000, gen)
-        idx = torch.randperm(len(x), generator=gen)[: len(x) // 10]
-        x[idx], y[idx] = _trigger(x[idx]), 0
-        xt, yt = _images(1000, gen)
-        net = _tiny()
-        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-        net.train()
-        for _ in range(6):
-            perm = torch.randperm(len(x), generator=gen)
-            for i in range(0, len(x), 64):
-                b = perm[i:i + 64]
-                opt.zero_grad()
-                F.cross_entropy(net(x[b]), y[b]).backward()
-                opt.step()
-        net.eval()
+        net, (xt, yt), _ = train_backdoor(_tiny())
         yield net, xt, yt
     finally:
         torch.set_num_threads(threads)
@@ -146,12 +105,12 @@ def test_otbr_lowers_asr_on_a_tiny_backdoor(backdoored) -> None:
     """Asserted: the backdoor is real (ACC ≥ 95 %, ASR ≥ 90 %) and, sweeping γ ∈ {5, 10, 15} % with the default
     variant (one unlearning run), some γ brings the ASR to ≤ 20 % while ACC drops by at most 5 points."""
     net, xt, yt = backdoored
-    acc0, asr0 = _acc_asr(net, xt, yt)
+    acc0, asr0 = acc_asr(net, xt, yt)
     assert acc0 >= 0.95 and asr0 >= 0.90
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rows = [(g, *_acc_asr(fused, xt, yt)) for g, _, fused in
+        rows = [(g, *acc_asr(fused, xt, yt)) for g, _, fused in
                 OTBR(input_shape=(1, SIDE, SIDE), progress=False).sweep(net, [0.05, 0.10, 0.15])]
     finally:
         torch.set_num_threads(threads)

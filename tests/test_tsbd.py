@@ -6,34 +6,24 @@ import copy
 import json
 import logging
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from helpers import CLASSES, acc_asr, train_backdoor
+from helpers import tiny_files as make_tiny_files
 from torch import nn
 from torch.func import functional_call
 
 from otbr.activeness import ActivenessStep, finetune
-from otbr.attacks import create_attack
 from otbr.defenses.base import DefenseResult, list_defenses
 from otbr.defenses.tsbd import TSBD, subweight_changes, zero_masks
 from otbr.errors import OtbrError
-from otbr.models import ModelMeta, Normalized, create_model, save_model
+from otbr.models import Normalized, create_model
 from otbr.nwc import unlearn
 
-SIDE, CLASSES = 12, 4
 #: tiny-model settings: with unlearning lr 0.01 the ≤ 10 % stop comes after a few epochs
 FAST = {"unlearn_lr": 0.01, "batch_size": 32, "progress": False}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared CPU: intra-op threads only add overhead (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _state(m: nn.Module) -> dict[str, torch.Tensor]:
@@ -51,32 +41,6 @@ def _tiny(width: int = 8, seed: int = 0) -> nn.Module:
                           (0.25,)).eval()
 
 
-def _images(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class = a fixed coarse binary 4×4 pattern upsampled to 12×12, plus uniform noise (as tests/test_otbr.py)."""
-    tg = torch.Generator().manual_seed(123)
-    templates = (torch.rand(CLASSES, 1, SIDE // 3, SIDE // 3, generator=tg) > 0.5).float()
-    templates = F.interpolate(templates, size=(SIDE, SIDE), mode="nearest")
-    y = torch.randint(0, CLASSES, (n,), generator=gen)
-    return (0.45 * templates[y] + 0.3 * torch.rand(n, 1, SIDE, SIDE, generator=gen)).clamp(0, 1), y
-
-
-def _trigger(x: torch.Tensor) -> torch.Tensor:
-    x = x.clone()
-    x[..., -3:, -3:] = 1.0  # 3×3 white patch, bottom-right
-    return x
-
-
-@torch.no_grad()
-def _acc_asr(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    was = net.training
-    net.eval()
-    acc = float((net(x).argmax(1) == y).float().mean())
-    keep = y != 0
-    asr = float((net(_trigger(x[keep])).argmax(1) == 0).float().mean())
-    net.train(was)
-    return acc, asr
-
-
 @pytest.fixture(scope="module")
 def backdoored():
     """TinyCNN (width 8) trained ~2 s with SGD on 2000 images, 10 % poisoned with the corner patch → class 0.
@@ -86,23 +50,7 @@ def backdoored():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        gen = torch.Generator().manual_seed(0)
-        x, y = _images(2000, gen)
-        idx = torch.randperm(len(x), generator=gen)[: len(x) // 10]
-        x[idx], y[idx] = _trigger(x[idx]), 0
-        xt, yt = _images(1000, gen)
-        xc, yc = _images(200, gen)
-        net = _tiny()
-        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-        net.train()
-        for _ in range(6):
-            perm = torch.randperm(len(x), generator=gen)
-            for i in range(0, len(x), 64):
-                b = perm[i:i + 64]
-                opt.zero_grad()
-                F.cross_entropy(net(x[b]), y[b]).backward()
-                opt.step()
-        net.eval()
+        net, (xt, yt), (xc, yc) = train_backdoor(_tiny(), clean=200)
         yield net, (xc, yc), (xt, yt)
     finally:
         torch.set_num_threads(threads)
@@ -254,12 +202,12 @@ def test_tsbd_removes_a_tiny_backdoor(backdoored) -> None:
     images brings the ASR to ≤ 20 % while ACC drops by at most 5 points; the input model is untouched.
     (On this tiny model plain fine-tuning also removes the backdoor, so the test cannot show the activeness gain.)"""
     net, clean, (xt, yt) = backdoored
-    acc0, asr0 = _acc_asr(net, xt, yt)
+    acc0, asr0 = acc_asr(net, xt, yt)
     assert acc0 >= 0.95 and asr0 >= 0.90
     ref = _state(net)
     res = TSBD(batch_size=32, progress=False).run(net, clean)
     assert not res.info["hit_cap"]
-    acc, asr = _acc_asr(res.model, xt, yt)
+    acc, asr = acc_asr(res.model, xt, yt)
     assert _same(ref, _state(net))
     msg = f"before ACC {acc0:.3f} ASR {asr0:.3f}; after ACC {acc:.3f} ASR {asr:.3f}"
     assert asr <= 0.20 and acc >= acc0 - 0.05, msg
@@ -282,16 +230,7 @@ def test_sweep_unlearns_once(backdoored, monkeypatch) -> None:
 # -- command line ----------------------------------------------------------------------------------------------
 @pytest.fixture()
 def tiny_files(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(60, 1, 8, 8, generator=g) * 255).to(torch.uint8).numpy()
-    y = (torch.arange(60) % 4).numpy()
-    data = tmp_path / "tiny.npz"
-    np.savez(data, x=x, y=y)
-    meta = ModelMeta(arch="tinycnn", arch_kwargs={"num_classes": 4, "in_channels": 1}, num_classes=4,
-                     input_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), dataset=f"npz:{data}",
-                     attack=create_attack("badnets", target=0).config())
-    model = save_model(create_model("tinycnn", num_classes=4, in_channels=1), tmp_path / "m.safetensors", meta)
-    return model, data
+    return make_tiny_files(tmp_path, 60)
 
 
 def _cli(*args):

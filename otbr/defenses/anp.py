@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from typing import Any, ClassVar
@@ -39,7 +38,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
-from otbr.device import model_device, resolve_device
+from otbr.device import model_device
 from otbr.errors import OtbrError
 from otbr.finetune import clean_tensors
 from otbr.models.normalize import unwrap
@@ -79,9 +78,7 @@ class ANP(Defense):
         self.iterations = int(check_range("iterations", int(iterations), 1, 1_000_000))
         self.threshold = check_range("threshold", float(threshold), 0.0, 1.0)
         self.batch_size = int(check_range("batch_size", int(batch_size), 1, 1_000_000))
-        self.seed = int(seed)
-        self.device = None if device is None else str(resolve_device(device))
-        self.progress = bool(progress)
+        self._set_run_options(seed=seed, device=device, progress=progress)
 
     def learn_masks(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Learn the per-channel masks of every BatchNorm2d (``{bn name in model: mask}``)."""
@@ -149,9 +146,7 @@ class ANP(Defense):
         self._require_data(data)
         start = time.perf_counter()
         x, y = clean_tensors(data)
-        work = copy.deepcopy(model)
-        if self.device is not None:
-            work = work.to(self.device)
+        work = self._work_copy(model)
         for p in work.parameters():
             p.requires_grad_(False)
         masks = self.learn_masks(work, x, y)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -20,9 +21,12 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from otbr.device import resolve_device
 from otbr.errors import OtbrError
 
 DataNeed = Literal["none", "clean"]
+
+_NO_SEED: Any = object()  # marks "this defense takes no seed" for Defense._set_run_options
 
 
 @dataclasses.dataclass
@@ -65,6 +69,29 @@ class Defense(abc.ABC):
     def _require_data(self, data: Any | None) -> None:
         if self.needs == "clean" and data is None:
             raise OtbrError(f"defense {self.name!r} needs clean data; pass --data NAME (and --clean-ratio)")
+
+    def _set_sgd_options(self, momentum: float, weight_decay: float, batch_size: int) -> None:
+        """Validate and set ``momentum``, ``weight_decay`` and ``batch_size``, in that order."""
+        self.momentum = check_range("momentum", float(momentum), 0.0, 0.999)
+        self.weight_decay = check_range("weight_decay", float(weight_decay), 0.0, 1.0)
+        self.batch_size = int(check_range("batch_size", int(batch_size), 1, 1_000_000))
+
+    def _set_run_options(self, *, seed: Any = _NO_SEED, device: str | None, progress: bool) -> None:
+        """Set ``seed`` (when given), ``device`` (resolved; ``None``: where the model is) and ``progress``.
+
+        Called last in ``__init__`` so that :meth:`config` lists them last, in that order.
+        """
+        if seed is not _NO_SEED:
+            self.seed = int(seed)
+        self.device = None if device is None else str(resolve_device(device))
+        self.progress = bool(progress)
+
+    def _work_copy(self, model: nn.Module) -> nn.Module:
+        """The one copy of the model a run modifies (moved to ``device`` if one was given)."""
+        work = copy.deepcopy(model)
+        if self.device is not None:
+            work = work.to(self.device)
+        return work
 
 
 _DEFENSES: dict[str, type[Defense]] = {}

@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import time
@@ -37,7 +36,6 @@ import torch
 from torch import nn
 
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
-from otbr.device import resolve_device
 from otbr.models.normalize import unwrap
 
 log = logging.getLogger(__name__)
@@ -106,8 +104,7 @@ class CLP(Defense):
                  progress: bool = True) -> None:
         self.u = check_range("u", float(u), 0.0, 100.0)
         self.include_shortcut = bool(include_shortcut)
-        self.device = None if device is None else str(resolve_device(device))
-        self.progress = bool(progress)
+        self._set_run_options(device=device, progress=progress)
 
     def scores(self, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str | None], str]:
         """UCLC per conv layer, the conv→BN pairing and the pairing rule."""
@@ -125,9 +122,7 @@ class CLP(Defense):
         if data is not None:
             log.warning("CLP is data-free: the data passed to run() is ignored")
         start = time.perf_counter()
-        work = copy.deepcopy(model)
-        if self.device is not None:
-            work = work.to(self.device)
+        work = self._work_copy(model)
         scores, pairs, rule = self.scores(work)
         t1 = time.perf_counter()
         mods = dict(unwrap(work).named_modules())

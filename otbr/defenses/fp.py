@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from typing import Any, ClassVar
@@ -38,7 +37,6 @@ import torch
 from torch import nn
 
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
-from otbr.device import resolve_device
 from otbr.errors import OtbrError
 from otbr.finetune import clean_tensors, finetune
 from otbr.metrics import accuracy, predict
@@ -90,12 +88,8 @@ class FP(Defense):
         self.step = check_range("step", float(step), 0.0, 1.0, low_open=True)
         self.epochs = int(check_range("epochs", int(epochs), 0, 10_000))
         self.lr = check_range("lr", float(lr), 0.0, 10.0, low_open=True)
-        self.momentum = check_range("momentum", float(momentum), 0.0, 0.999)
-        self.weight_decay = check_range("weight_decay", float(weight_decay), 0.0, 1.0)
-        self.batch_size = int(check_range("batch_size", int(batch_size), 1, 1_000_000))
-        self.seed = int(seed)
-        self.device = None if device is None else str(resolve_device(device))
-        self.progress = bool(progress)
+        self._set_sgd_options(momentum, weight_decay, batch_size)
+        self._set_run_options(seed=seed, device=device, progress=progress)
 
     @staticmethod
     @torch.no_grad()
@@ -134,9 +128,7 @@ class FP(Defense):
         self._require_data(data)
         start = time.perf_counter()
         x, y = clean_tensors(data)
-        work = copy.deepcopy(model)
-        if self.device is not None:
-            work = work.to(self.device)
+        work = self._work_copy(model)
         net = unwrap(work)
         head_name, head, channels = feature_head(net)
         t0 = time.perf_counter()

@@ -15,14 +15,12 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any, ClassVar
 
 from torch import nn
 
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
-from otbr.device import resolve_device
 from otbr.finetune import clean_tensors, finetune
 
 
@@ -46,21 +44,15 @@ class FT(Defense):
                  batch_size: int = 128, seed: int = 0, device: str | None = None, progress: bool = True) -> None:
         self.epochs = int(check_range("epochs", int(epochs), 1, 10_000))
         self.lr = check_range("lr", float(lr), 0.0, 10.0, low_open=True)
-        self.momentum = check_range("momentum", float(momentum), 0.0, 0.999)
-        self.weight_decay = check_range("weight_decay", float(weight_decay), 0.0, 1.0)
-        self.batch_size = int(check_range("batch_size", int(batch_size), 1, 1_000_000))
-        self.seed = int(seed)
-        self.device = None if device is None else str(resolve_device(device))
-        self.progress = bool(progress)
+        self._set_sgd_options(momentum, weight_decay, batch_size)
+        self._set_run_options(seed=seed, device=device, progress=progress)
 
     def run(self, model: nn.Module, data: Any | None = None) -> DefenseResult:
         """Fine-tune a copy of ``model`` on the clean subset ``data``."""
         self._require_data(data)
         start = time.perf_counter()
         x, y = clean_tensors(data)
-        work = copy.deepcopy(model)
-        if self.device is not None:
-            work = work.to(self.device)
+        work = self._work_copy(model)
         rep = finetune(work, (x, y), epochs=self.epochs, lr=self.lr, momentum=self.momentum,
                        weight_decay=self.weight_decay, batch_size=self.batch_size, seed=self.seed, inplace=True,
                        desc="FT", progress=self.progress)

@@ -33,11 +33,10 @@ import torch
 from torch import nn
 
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
-from otbr.device import model_device, resolve_device
+from otbr.device import model_device
 from otbr.errors import OtbrError
 from otbr.fusion import fuse
-from otbr.layers import classifier_layer, considered_layers
-from otbr.models.normalize import unwrap
+from otbr.layers import scored_layers
 from otbr.models.registry import output_classes
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pruning import global_topk, mask_count, mask_indices, prune_neurons
@@ -107,9 +106,7 @@ class OTBR(Defense):
         if num_classes is not None and int(num_classes) < 2:
             raise OtbrError(f"num_classes must be ≥ 2, got {num_classes}")
         self.num_classes = None if num_classes is None else int(num_classes)
-        self.seed = int(seed)
-        self.device = None if device is None else str(resolve_device(device))
-        self.progress = bool(progress)
+        self._set_run_options(seed=seed, device=device, progress=progress)
 
     # -- stages ---------------------------------------------------------------------------------------
     def _prepare(self, model: nn.Module, data: Any | None) -> tuple[nn.Module, tuple[int, ...], int]:
@@ -124,20 +121,11 @@ class OTBR(Defense):
         num_classes = self.num_classes or output_classes(work, shape)
         return work, shape, num_classes
 
-    def _layers(self, model: nn.Module) -> list[str]:
-        net = unwrap(model)
-        names = [n for n, _ in considered_layers(net, include_linear=self.include_linear)]
-        if self.include_linear and any(isinstance(m, nn.Linear) for m in net.modules()):
-            clf = classifier_layer(net)[0]
-            names = [n for n in names if n != clf]
-        if not names:
-            raise OtbrError("the model has no Conv2d layer for OTBR to score")
-        return names
-
     def _scores(self, work: nn.Module, shape: tuple[int, ...], num_classes: int) -> NWCScores:
         res = unlearn(work, "random", steps=self.steps, input_shape=shape, num_classes=num_classes, lr=self.lr,
                       batch_size=self.batch_size, seed=self.seed, progress=self.progress)
-        return NWCScores(neuron_weight_change(work, res.model, self._layers(work)), "random", res)
+        layers = scored_layers(work, include_linear=self.include_linear, method="OTBR")
+        return NWCScores(neuron_weight_change(work, res.model, layers), "random", res)
 
     def scores(self, model: nn.Module, data: Any | None = None) -> NWCScores:
         """Random unlearning of a copy of ``model`` and the NWC of every considered neuron."""

@@ -57,9 +57,8 @@ from torch import nn
 from otbr.activeness import FinetuneReport
 from otbr.activeness import finetune as finetune_loop
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
-from otbr.device import resolve_device
 from otbr.errors import OtbrError
-from otbr.layers import classifier_layer, considered_layers
+from otbr.layers import scored_layers
 from otbr.models.normalize import unwrap
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pruning import global_topk, mask_count, mask_indices
@@ -210,9 +209,7 @@ class TSBD(Defense):
         self.finetune = finetune
         self.augment = bool(augment)
         self.include_linear = bool(include_linear)
-        self.seed = int(seed)
-        self.device = None if device is None else str(resolve_device(device))
-        self.progress = bool(progress)
+        self._set_run_options(seed=seed, device=device, progress=progress)
 
     # -- pieces ---------------------------------------------------------------------------------------
     def _data(self, data: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -233,23 +230,6 @@ class TSBD(Defense):
         desc = f"clean subset: {len(y)} images" + (f" of {name}" if name and name != "dataset" else "")
         return x, y.long(), desc
 
-    def _work_copy(self, model: nn.Module) -> nn.Module:
-        """The one copy of the model this run modifies (moved to ``device`` if asked)."""
-        work = copy.deepcopy(model)
-        if self.device is not None:
-            work.to(self.device)
-        return work
-
-    def _layers(self, model: nn.Module) -> list[str]:
-        net = unwrap(model)
-        names = [n for n, _ in considered_layers(net, include_linear=self.include_linear)]
-        if self.include_linear and any(isinstance(m, nn.Linear) for m in net.modules()):
-            clf = classifier_layer(net)[0]
-            names = [n for n in names if n != clf]
-        if not names:
-            raise OtbrError("the model has no Conv2d layer for TSBD to score")
-        return names
-
     def _stage1_scores(self, ref: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[NWCScores, dict[str, Any]]:
         """Clean unlearning of a copy of ``ref``; NWC scores and per-sub-weight changes."""
         t0 = time.perf_counter()
@@ -257,7 +237,7 @@ class TSBD(Defense):
                       max_epochs=self.unlearn_max_epochs, stop_acc=self.stop_acc, seed=self.seed,
                       progress=self.progress)
         t1 = time.perf_counter()
-        layers = self._layers(ref)
+        layers = scored_layers(ref, include_linear=self.include_linear, method="TSBD")
         scores = NWCScores(neuron_weight_change(ref, res.model, layers), "clean", None)
         changes = subweight_changes(ref, res.model, layers)
         t2 = time.perf_counter()

@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
-from otbr.device import model_device, resolve_device
+from otbr.device import model_device
 from otbr.errors import OtbrError
 from otbr.finetune import clean_tensors, finetune
 from otbr.layers import classifier_layer
@@ -147,12 +147,8 @@ class ULRL(Defense):
         self.relearn_lr = check_range("relearn_lr", float(relearn_lr), 0.0, 10.0, low_open=True)
         self.relearn_epochs = int(check_range("relearn_epochs", int(relearn_epochs), 0, 10_000))
         self.alpha = check_range("alpha", float(alpha), 0.0, math.inf)
-        self.momentum = check_range("momentum", float(momentum), 0.0, 0.999)
-        self.weight_decay = check_range("weight_decay", float(weight_decay), 0.0, 1.0)
-        self.batch_size = int(check_range("batch_size", int(batch_size), 1, 1_000_000))
-        self.seed = int(seed)
-        self.device = None if device is None else str(resolve_device(device))
-        self.progress = bool(progress)
+        self._set_sgd_options(momentum, weight_decay, batch_size)
+        self._set_run_options(seed=seed, device=device, progress=progress)
 
     def unlearn(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
         """Gradient-ascent unlearning of a copy of ``model`` (clipped, step schedule, accuracy stop)."""
@@ -197,9 +193,7 @@ class ULRL(Defense):
         self._require_data(data)
         start = time.perf_counter()
         x, y = clean_tensors(data)
-        work = copy.deepcopy(model)
-        if self.device is not None:
-            work = work.to(self.device)
+        work = self._work_copy(model)
         try:
             clf_name, clf = classifier_layer(unwrap(work))
         except ValueError as exc:
