@@ -112,12 +112,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 
 def _register() -> None:
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__package__}.{name}":
-                continue  # a command family not shipped in this build
-            raise
+        module = importlib.import_module(f"{__package__}.{name}")
         for command in module.COMMANDS:
             main.add_command(command)
 
