@@ -5,7 +5,8 @@ file's recorded zoo configuration matches; results go to
 ``benchmarks/results/zoo-fmnist.md`` and ``.json``.
 
 Usage:
-    python benchmarks/zoo.py [--epochs 3] [--out benchmarks/zoo] [--only NAME[,NAME]] [--threads 2] [--force]
+    python benchmarks/zoo.py [--zoo main|second] [--epochs 3] [--out DIR] [--only NAME[,NAME]] [--threads 2]
+                             [--force]
 
 Example:
     $ python benchmarks/zoo.py --epochs 3 --only badnets
@@ -48,6 +49,23 @@ ENTRIES: dict[str, dict[str, Any]] = {
     "vgg11-badnets": {**VGG, "attack": "badnets"},
 }
 
+#: A second zoo with other trigger settings, targets, poison rates and seed, so rules tuned on the first zoo
+#: (e.g. the automatic γ of OTBR) can be checked on models they were not designed with.
+SECOND: dict[str, dict[str, Any]] = {
+    "badnets-t3": {**PREACT, "attack": "badnets", "attack_kwargs": {"size": 4, "value": 0.8, "target": 3,
+                                                                   "poison_rate": 0.05}},
+    "blended-t7": {**PREACT, "attack": "blended", "attack_kwargs": {"alpha": 0.15, "target": 7}},
+    "vgg11-blended-t5": {**VGG, "attack": "blended", "attack_kwargs": {"alpha": 0.2, "target": 5,
+                                                                      "poison_rate": 0.05}},
+    "vgg11-sig-t2": {**VGG, "attack": "sig", "attack_kwargs": {"target": 2, "poison_rate": 0.05}},
+}
+
+#: zoo name → (entries, seed, results file stem)
+ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
+    "main": (ENTRIES, 0, "zoo-fmnist"),
+    "second": (SECOND, 1, "zoo2-fmnist"),
+}
+
 #: attacks that need more epochs than --epochs to reach a high ASR (name → epochs); see the results note.
 EPOCHS: dict[str, int] = {}
 
@@ -55,10 +73,10 @@ ASR_MIN = 0.90
 ACC_DROP_MAX = 0.03
 
 
-def zoo_key(name: str, entry: dict[str, Any], epochs: int) -> dict[str, Any]:
+def zoo_key(name: str, entry: dict[str, Any], epochs: int, seed: int = SEED) -> dict[str, Any]:
     """What a cached model must match to be reused."""
     return {"name": name, "data": DATA, "arch": entry["arch"], "arch_kwargs": entry["arch_kwargs"],
-            "attack": entry["attack"], "attack_kwargs": entry.get("attack_kwargs", {}), "epochs": epochs, "seed": SEED}
+            "attack": entry["attack"], "attack_kwargs": entry.get("attack_kwargs", {}), "epochs": epochs, "seed": seed}
 
 
 def cached(path: Path, key: dict[str, Any]) -> bool:
@@ -69,11 +87,12 @@ def cached(path: Path, key: dict[str, Any]) -> bool:
     return bool(meta and meta.history and meta.history[0].get("zoo_key") == key)
 
 
-def build_one(name: str, epochs: int, out: Path, test: Any, train: Any, force: bool) -> dict[str, Any]:
+def build_one(name: str, epochs: int, out: Path, test: Any, train: Any, force: bool,
+              entries: dict[str, dict[str, Any]] = ENTRIES, seed: int = SEED) -> dict[str, Any]:
     """Train (or reuse) one zoo model and return its results row."""
-    entry = ENTRIES[name]
+    entry = entries[name]
     epochs = EPOCHS.get(name, epochs)
-    key = zoo_key(name, entry, epochs)
+    key = zoo_key(name, entry, epochs, seed)
     path = out / f"{name}.safetensors"
     if not force and cached(path, key):
         log.info("%s: cached at %s", name, path)
@@ -85,7 +104,7 @@ def build_one(name: str, epochs: int, out: Path, test: Any, train: Any, force: b
         attack = None
         clean_model = None
         if entry["attack"] is not None:
-            attack = create_attack(entry["attack"], seed=SEED, **entry.get("attack_kwargs", {}))
+            attack = create_attack(entry["attack"], seed=seed, **entry.get("attack_kwargs", {}))
         if entry["attack"] == "trojan":
             clean_path = out / "clean.safetensors"
             if not clean_path.is_file():
@@ -94,7 +113,7 @@ def build_one(name: str, epochs: int, out: Path, test: Any, train: Any, force: b
         log.info("%s: training %s, attack %s, %d epochs", name, entry["arch"], entry["attack"], epochs)
         t0 = time.perf_counter()
         result = train_backdoored(DATA, entry["arch"], arch_kwargs=entry["arch_kwargs"], attack=attack,
-                                  clean_model=clean_model, epochs=epochs, seed=SEED, train_ds=train, test_ds=test)
+                                  clean_model=clean_model, epochs=epochs, seed=seed, train_ds=train, test_ds=test)
         result.meta.history[0]["zoo_key"] = key
         result.meta.history[0]["total_s"] = round(time.perf_counter() - t0, 2)
         save_model(result.model, path, result.meta)
@@ -105,14 +124,23 @@ def build_one(name: str, epochs: int, out: Path, test: Any, train: Any, force: b
             "train_s": round(wall, 1), "file": str(path)}
 
 
+def ENTRY_KWARGS(row: dict[str, Any]) -> dict[str, Any]:  # noqa: N802 - table helper
+    """The attack settings a zoo row was trained with (target and rate included)."""
+    cfg = row.get("attack_config") or {}
+    keep = {k: v for k, v in cfg.items()
+            if v is not None and k not in ("name", "seed", "pattern_sha256") and not isinstance(v, list | dict)}
+    return keep
+
+
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
 
-def write_results(rows: list[dict[str, Any]], results: Path) -> None:
-    """Write ``zoo-fmnist.json`` and ``zoo-fmnist.md`` (ACC gap to clean, notes for weak attacks)."""
+def write_results(rows: list[dict[str, Any]], results: Path, stem: str = "zoo-fmnist", seed: int = SEED,
+                  clean_acc: float | None = None) -> None:
+    """Write ``<stem>.json`` and ``<stem>.md`` (ACC gap to clean, notes for weak attacks)."""
     results.mkdir(parents=True, exist_ok=True)
-    clean_acc = next((r["acc"] for r in rows if r["attack"] is None), None)
+    clean_acc = next((r["acc"] for r in rows if r["attack"] is None), clean_acc)
     for r in rows:
         notes = []
         r["acc_gap"] = None if clean_acc is None else r["acc"] - clean_acc
@@ -121,51 +149,68 @@ def write_results(rows: list[dict[str, Any]], results: Path) -> None:
         if r["acc_gap"] is not None and r["acc_gap"] < -ACC_DROP_MAX:
             notes.append(f"ACC > {100 * ACC_DROP_MAX:.0f} points below clean")
         r["note"] = "; ".join(notes)
-    (results / "zoo-fmnist.json").write_text(json.dumps({"dataset": DATA, "seed": SEED, "models": rows}, indent=2))
+    (results / f"{stem}.json").write_text(json.dumps({"dataset": DATA, "seed": seed, "models": rows}, indent=2))
+    if stem == "zoo-fmnist":
+        setting = f"seed {seed}, all-to-one target 0, poison rate 10 %."
+        title = "# Model zoo — Fashion-MNIST"
+    else:
+        setting = f"seed {seed}; targets, poison rates and trigger settings per row (config column)."
+        title = f"# Model zoo `{stem}` — Fashion-MNIST (second zoo: other triggers, targets and seed)"
     lines = [
-        "# Model zoo — Fashion-MNIST",
+        title,
         "",
-        f"Dataset {DATA} (60 000 train / 10 000 test), seed {SEED}, all-to-one target 0, poison rate 10 %.",
+        f"Dataset {DATA} (60 000 train / 10 000 test), {setting}",
         "ACC: clean test accuracy; ASR/RA: on the triggered non-target test images (9 000); percentages.",
-        "ΔACC: ACC minus the clean model's. Train time: wall seconds of the training loop on the machine it ran on",
-        "(2 CPU cores shared with other work, so times are indicative only).",
-        "Generated by `python benchmarks/zoo.py`.",
+        "ΔACC: ACC minus the clean model's (the first zoo's clean model for the second zoo). Train time: wall",
+        "seconds of the training loop on the machine it ran on (2 CPU cores shared with other work, so times are",
+        "indicative only).",
+        f"Generated by `python benchmarks/zoo.py{'' if stem == 'zoo-fmnist' else ' --zoo second --epochs 2'}`.",
         "",
-        "| model | arch | attack | epochs | ACC | ASR | RA | ΔACC | train time (s) | note |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| model | arch | attack | config | epochs | ACC | ASR | RA | ΔACC | train time (s) | note |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         gap = "—" if r["acc_gap"] is None or r["attack"] is None else f"{100 * r['acc_gap']:+.2f}"
-        lines.append(f"| {r['model']} | {r['arch']} | {r['attack'] or 'none'} | {r['epochs']} | {_pct(r['acc'])} | "
-                     f"{_pct(r['asr'])} | {_pct(r['ra'])} | {gap} | {r['train_s']:.0f} | {r['note']} |")
-    (results / "zoo-fmnist.md").write_text("\n".join(lines) + "\n")
+        cfg = ", ".join(f"{k}={v}" for k, v in ENTRY_KWARGS(r).items()) or "defaults"
+        lines.append(f"| {r['model']} | {r['arch']} | {r['attack'] or 'none'} | {cfg} | {r['epochs']} | "
+                     f"{_pct(r['acc'])} | {_pct(r['asr'])} | {_pct(r['ra'])} | {gap} | {r['train_s']:.0f} | "
+                     f"{r['note']} |")
+    (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/zoo"))
+    parser.add_argument("--zoo", choices=sorted(ZOOS), default="main",
+                        help="main: one model per attack (target 0, seed 0); second: other settings for checking rules")
+    parser.add_argument("--out", type=Path, default=None, help="model folder (default benchmarks/zoo or zoo2)")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--only", default=None, help="comma-separated zoo names: " + ", ".join(ENTRIES))
+    parser.add_argument("--only", default=None, help="comma-separated zoo names: " + ", ".join([*ENTRIES, *SECOND]))
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a contended machine)")
     parser.add_argument("--force", action="store_true", help="retrain even if a matching cached model exists")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    names = list(ENTRIES) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ENTRIES]
+    entries, seed, stem = ZOOS[args.zoo]
+    out = args.out or Path("benchmarks/zoo" if args.zoo == "main" else "benchmarks/zoo2")
+    names = list(entries) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in entries]
     if unknown:
-        parser.error(f"unknown zoo names {unknown}; known: {', '.join(ENTRIES)}")
+        parser.error(f"unknown zoo names {unknown}; known: {', '.join(entries)}")
     train = load_dataset(DATA, "train")
     test = load_dataset(DATA, "test")
-    json_path = args.results / "zoo-fmnist.json"
+    json_path = args.results / f"{stem}.json"
     rows: dict[str, dict[str, Any]] = {}
     if json_path.is_file():
         rows = {r["model"]: r for r in json.loads(json_path.read_text()).get("models", [])}
+    clean_acc = None
+    main_json = args.results / "zoo-fmnist.json"
+    if args.zoo != "main" and main_json.is_file():
+        clean_acc = next((r["acc"] for r in json.loads(main_json.read_text())["models"] if r["attack"] is None), None)
     for name in names:
-        rows[name] = build_one(name, args.epochs, args.out, test, train, args.force)
-        write_results([rows[n] for n in ENTRIES if n in rows], args.results)
-    log.info("results in %s", args.results / "zoo-fmnist.md")
+        rows[name] = build_one(name, args.epochs, out, test, train, args.force, entries, seed)
+        write_results([rows[n] for n in entries if n in rows], args.results, stem, seed, clean_acc)
+    log.info("results in %s", args.results / f"{stem}.md")
     return 0
 
 
