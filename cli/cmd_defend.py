@@ -22,6 +22,7 @@ import click
 from otbr.errors import OtbrError
 
 from .common import (
+    AutoFraction,
     check_new_output,
     check_writable,
     format_table,
@@ -174,6 +175,12 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
         payload["output"] = {"path": str(out), "sha256": file_sha256(out),
                              "weights_sha256": weights_sha256(result.model)}
         click.echo(f"defended model written to {out}")
+    if "auto" in result.info:
+        auto = result.info["auto"]
+        best = max(c["estimated_der"] for c in auto["candidates"])
+        click.echo(f"automatic choice: {auto['chosen']:g} of {[c['value'] for c in auto['candidates']]} "
+                   f"(estimated DER {100 * best:.2f}, suspected target class {auto['suspected_target']}; "
+                   "no poisoned data used — candidates in the report)")
     click.echo(f"{result.method}: {result.timings.get('total', 0.0):.1f} s; data used by the defense: "
                f"{result.data_used}")
     if kw.get("report"):
@@ -266,8 +273,11 @@ def defend() -> None:
 
 @defend.command("otbr")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--gamma", default=0.05, show_default=True, type=click.FloatRange(0, 1),
-              help="Fraction of neurons pruned (global NWC ranking).")
+@click.option("--gamma", default="auto", show_default=True, type=AutoFraction(),
+              help="Fraction of neurons pruned (global NWC ranking), or auto: chosen from --gamma-grid with no data "
+                   "(estimated DER from BatchNorm-inverted synthetic inputs; every candidate goes in the report).")
+@click.option("--gamma-grid", default="0.02,0.05,0.1,0.15,0.2", show_default=True,
+              help="Candidates for --gamma auto.")
 @click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Fusion weight λ of the aligned pruned model.")
 @click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,
@@ -276,11 +286,15 @@ def defend() -> None:
 @batch_size_option(256, help="Noise batch size.")
 @click.option("--lr", default=1e-4, show_default=True, type=float, help="Unlearning learning rate.")
 @click.option("--solver", type=click.Choice(["emd", "sinkhorn"]), default="emd", show_default=True)
+@click.option("--repair", "repair_steps", default=0, show_default=True, type=click.IntRange(0),
+              help="N > 0: replace the fusion by N steps of data-free repair of the pruned model (distillation "
+                   "of the original on BatchNorm-inverted inputs, pruned neurons held at zero; see otbr repair).")
 @click.option("--sweep", help="Comma-separated γ grid to evaluate (an ORACLE table: scored on poisoned data).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
 @defense_options()
-def defend_otbr(model: str, gamma: float, lam: float, variant: str, steps: int, batch_size: int, lr: float,
-                solver: str, sweep: str | None, plot: str | None, progress: bool, **kw: Any) -> None:
+def defend_otbr(model: str, gamma: float | str, gamma_grid: str, lam: float, variant: str, steps: int,
+                batch_size: int, lr: float, solver: str, repair_steps: int, sweep: str | None, plot: str | None,
+                progress: bool, **kw: Any) -> None:
     """Data-free OTBR: random-noise unlearning → NWC pruning → optimal-transport fusion.
 
     Needs only the model file. The defense reads no data; the test set is used only for the
@@ -290,7 +304,8 @@ def defend_otbr(model: str, gamma: float, lam: float, variant: str, steps: int, 
 
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
     net, meta = load_model_from_options(model, kw)
-    defense = create_defense("otbr", gamma=gamma, lam=lam, variant=variant, steps=steps, batch_size=batch_size,
+    defense = create_defense("otbr", gamma=gamma, gamma_grid=parse_floats(gamma_grid, "--gamma-grid") or (),
+                             lam=lam, variant=variant, steps=steps, batch_size=batch_size, repair_steps=repair_steps,
                              lr=lr, solver=solver, input_shape=meta.input_shape, num_classes=meta.num_classes,
                              seed=kw["seed"], progress=progress)
     sets = _eval_sets(meta, kw)
@@ -414,4 +429,46 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
     finish(original, orig_net, meta, result, kw, out, _eval_sets(meta, kw))
 
 
-COMMANDS = [defend, nwc_cmd, fuse_cmd]
+# -- otbr repair ------------------------------------------------------------------------------------------------
+@click.command("repair")
+@click.argument("pruned", type=click.Path(dir_okay=False))
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(0), help="Distillation steps.")
+@click.option("--synthetic", default=1024, show_default=True, type=click.IntRange(2),
+              help="BatchNorm-inverted transfer images.")
+@click.option("--synthetic-steps", default=100, show_default=True, type=click.IntRange(0), help="Inversion steps.")
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
+@click.option("--keep-suspect", is_flag=True,
+              help="Keep the suspected target class's synthetic inputs in the transfer set (risks the backdoor).")
+@batch_size_option(128)
+@defense_options()
+def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic_steps: int, lr: float,
+               time_budget: float | None, keep_suspect: bool, batch_size: int, progress: bool, **kw: Any) -> None:
+    """Data-free repair of a PRUNED model (OTBR --variant prune, CLP, …): distil its ORIGINAL into it.
+
+    The transfer set is inverted from ORIGINAL's BatchNorm statistics (no data is read); the pruned neurons
+    (rows all zero in PRUNED but not in ORIGINAL) stay zero; the suspected target class's synthetic inputs
+    are left out. The test set is used only for the before/after table (of ORIGINAL vs the repaired model).
+    """
+    from otbr.defenses.base import DefenseResult
+    from otbr.repair import repair
+
+    out = check_output(kw.get("output"), original, kw.get("force", False))
+    if same_file(pruned, original):
+        raise OtbrError("PRUNED and ORIGINAL are the same file")
+    load_kw = dict(kw)
+    orig_net, meta = load_model_from_options(original, kw)
+    pruned_net, _ = load_model_from_options(pruned, load_kw)
+    rr = repair(pruned_net, orig_net, input_shape=meta.input_shape, num_classes=meta.num_classes,
+                keep_suspect=keep_suspect, synthetic=synthetic, synthetic_steps=synthetic_steps, steps=steps,
+                batch_size=batch_size, lr=lr, time_budget=time_budget, seed=kw["seed"], progress=progress)
+    result = DefenseResult(model=rr.model, method="repair",
+                           config={"steps": steps, "synthetic": synthetic, "synthetic_steps": synthetic_steps,
+                                   "lr": lr, "batch_size": batch_size, "time_budget": time_budget,
+                                   "keep_suspect": keep_suspect, "seed": kw["seed"], "pruned_model": pruned},
+                           timings={"total": rr.info["seconds"]}, info={"repair": rr.info}, data_used="none")
+    finish(original, orig_net, meta, result, kw, out, _eval_sets(meta, kw))
+
+
+COMMANDS = [defend, nwc_cmd, fuse_cmd, repair_cmd]

@@ -30,15 +30,17 @@ from .cmd_defend import (
     finish,
     sweep_row,
 )
-from .common import load_model_from_options, parse_floats
+from .common import AutoFraction, load_model_from_options, parse_floats
 
 log = logging.getLogger(__name__)
 
 
 @defend.command("tsbd")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--neuron-ratio", default=0.1, show_default=True, type=click.FloatRange(0, 1),
-              help="Fraction n of neurons selected by clean-unlearning NWC (global ranking).")
+@click.option("--neuron-ratio", default="auto", show_default=True, type=AutoFraction(),
+              help="Fraction n of neurons selected by clean-unlearning NWC (global ranking), or auto: chosen from "
+                   "--neuron-grid with the clean subset and synthetic inputs only.")
+@click.option("--neuron-grid", default="0.05,0.1,0.15,0.2", show_default=True, help="Candidates for auto.")
 @click.option("--weight-ratio", default=0.7, show_default=True, type=click.FloatRange(0, 1),
               help="Fraction m of the selected neurons' weights zeroed (largest weight change).")
 @click.option("--finetune", type=click.Choice(["activeness", "vanilla", "none"]), default="activeness",
@@ -60,7 +62,8 @@ log = logging.getLogger(__name__)
                               "data; one unlearning run).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against n.")
 @defense_options(clean=True)
-def defend_tsbd(model: str, neuron_ratio: float, weight_ratio: float, finetune: str, ft_epochs: int, ft_lr: float,
+def defend_tsbd(model: str, neuron_ratio: float | str, neuron_grid: str, weight_ratio: float, finetune: str,
+                ft_epochs: int, ft_lr: float,
                 r: float, alpha: float, unlearn_lr: float, unlearn_max_epochs: int, stop_acc: float, batch_size: int,
                 no_augment: bool, include_linear: bool, sweep: str | None, plot: str | None, progress: bool,
                 **kw: Any) -> None:
@@ -73,7 +76,8 @@ def defend_tsbd(model: str, neuron_ratio: float, weight_ratio: float, finetune: 
 
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
     ratios = parse_floats(sweep, "--sweep") if sweep is not None else None
-    defense = TSBD(clean_ratio=kw.get("clean_ratio") or 0.05, neuron_ratio=neuron_ratio, weight_ratio=weight_ratio,
+    defense = TSBD(clean_ratio=kw.get("clean_ratio") or 0.05, neuron_ratio=neuron_ratio,
+                   neuron_grid=parse_floats(neuron_grid, "--neuron-grid") or (), weight_ratio=weight_ratio,
                    unlearn_lr=unlearn_lr, unlearn_max_epochs=unlearn_max_epochs, stop_acc=stop_acc, r=r,
                    alpha=alpha, ft_epochs=ft_epochs, ft_lr=ft_lr, batch_size=batch_size, finetune=finetune,
                    augment=not no_augment, include_linear=include_linear, seed=kw["seed"], progress=progress)

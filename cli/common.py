@@ -41,6 +41,23 @@ def parse_floats(text: str | None, what: str, n: int | None = None) -> tuple[flo
     return vals
 
 
+class AutoFraction(click.ParamType):
+    """A fraction in [0, 1] or the word ``auto`` (the defense then chooses it without poisoned data)."""
+
+    name = "auto|fraction"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
+        if not 0.0 <= v <= 1.0:
+            self.fail(f"{v:g} is not in the range 0<=x<=1 (or 'auto')", param, ctx)
+        return v
+
+
 def check_writable(path: str | Path, what: str = "-o") -> Path:
     """Fail early, with one line, if ``path`` cannot be written: a folder, a missing or read-only parent.
 

@@ -364,6 +364,10 @@ def run_compare(
                                 before=base["metrics"])
                 keyed = {k: v for k, v in task.items() if k not in ("before", "data_root")}
                 keyed["kwargs"] = {k: v for k, v in keyed.get("kwargs", {}).items() if k != "progress"}
+                if d != ORIGINAL:
+                    # key on the full configuration, defaults included: a changed default must not reuse old cells
+                    keyed["config"] = {k: v for k, v in registry[d](**task["kwargs"]).config().items()
+                                       if k != "progress"}
                 task["key"] = _key({**keyed, "model_sha": _file_id(m), "before": task.get("before")})
                 task["path"] = str(out / "cells" / f"{cell_name(m, d)}.json")
                 prev = _load_done(Path(task["path"]), task["key"])

@@ -43,18 +43,30 @@ def acc_asr(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
     return acc, asr
 
 
+def tiny_net(width: int = 8, seed: int = 0) -> nn.Module:
+    """An untrained TinyCNN for the synthetic task, wrapped with its normalisation, in eval mode."""
+    from otbr.models import Normalized
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Normalized(create_model("tinycnn", num_classes=CLASSES, in_channels=1, width=width), (0.5,),
+                          (0.25,)).eval()
+
+
 def train_backdoor(
-    net: nn.Module, *, clean: int = 0
+    net: nn.Module, *, clean: int = 0, poison: bool = True
 ) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
     """Train ``net`` (in place, ~2 s) with SGD on 2000 images, 10 % poisoned with the corner patch → class 0.
 
     Returns the model (eval mode), 1000 test images and, with ``clean > 0``, a clean subset of that many
-    fresh images (``None`` otherwise). Every draw comes from one generator seeded with 0.
+    fresh images (``None`` otherwise). Every draw comes from one generator seeded with 0; ``poison=False``
+    trains on the same images without the poison (the same draws are made).
     """
     gen = torch.Generator().manual_seed(0)
     x, y = images(2000, gen)
     idx = torch.randperm(len(x), generator=gen)[: len(x) // 10]
-    x[idx], y[idx] = trigger(x[idx]), 0
+    if poison:
+        x[idx], y[idx] = trigger(x[idx]), 0
     test = images(1000, gen)
     subset = images(clean, gen) if clean else None
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)

@@ -58,7 +58,7 @@ def test_run_result_and_input_untouched(caplog) -> None:
     assert "ignored" in caplog.text
     assert isinstance(res, DefenseResult) and res.data_used == "none" and res.method == "otbr"
     assert all(torch.equal(v, ref[k]) for k, v in net.state_dict().items()) and not net.training
-    assert set(res.timings) == {"unlearn", "score", "prune", "fuse", "total"}
+    assert set(res.timings) == {"unlearn", "score", "select", "prune", "fuse", "total"} and res.timings["select"] == 0
     info = res.info
     assert info["num_pruned"] == int(0.25 * 24) == sum(len(v) for v in info["pruned"].values())
     assert info["num_classes"] == CLASSES and info["variant"] == "default" and info["lambda"] == 0.5

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from helpers import CLASSES, acc_asr, train_backdoor
+from helpers import CLASSES, acc_asr, tiny_net, train_backdoor
 from helpers import tiny_files as make_tiny_files
 from torch import nn
 from torch.func import functional_call
@@ -19,7 +19,6 @@ from otbr.activeness import ActivenessStep, finetune
 from otbr.defenses.base import DefenseResult, list_defenses
 from otbr.defenses.tsbd import TSBD, subweight_changes, zero_masks
 from otbr.errors import OtbrError
-from otbr.models import Normalized, create_model
 from otbr.nwc import unlearn
 
 #: tiny-model settings: with unlearning lr 0.01 the ≤ 10 % stop comes after a few epochs
@@ -34,13 +33,6 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _tiny(width: int = 8, seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return Normalized(create_model("tinycnn", num_classes=CLASSES, in_channels=1, width=width), (0.5,),
-                          (0.25,)).eval()
-
-
 @pytest.fixture(scope="module")
 def backdoored():
     """TinyCNN (width 8) trained ~2 s with SGD on 2000 images, 10 % poisoned with the corner patch → class 0.
@@ -50,7 +42,7 @@ def backdoored():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        net, (xt, yt), (xc, yc) = train_backdoor(_tiny(), clean=200)
+        net, (xt, yt), (xc, yc) = train_backdoor(tiny_net(), clean=200)
         yield net, (xc, yc), (xt, yt)
     finally:
         torch.set_num_threads(threads)
@@ -65,9 +57,9 @@ def test_registered_validated_and_needs_data() -> None:
         with pytest.raises(OtbrError):
             TSBD(**bad)
     with pytest.raises(OtbrError, match="needs clean data"):
-        TSBD(progress=False).run(_tiny(), None)
+        TSBD(progress=False).run(tiny_net(), None)
     with pytest.raises(OtbrError):
-        TSBD(progress=False).run(_tiny(), "not data")
+        TSBD(progress=False).run(tiny_net(), "not data")
 
 
 # -- stage 1: zero reinitialisation ----------------------------------------------------------------------------
@@ -171,7 +163,7 @@ def test_combined_gradient_matches_hand_computation() -> None:
 
 
 def test_perturb_and_restore_is_bit_exact_and_bn_updated_once() -> None:
-    net = _tiny().train()
+    net = tiny_net().train()
     twin = copy.deepcopy(net)
     x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % CLASSES
     before = _state(net)
@@ -186,7 +178,7 @@ def test_perturb_and_restore_is_bit_exact_and_bn_updated_once() -> None:
 
 
 def test_finetune_modes_and_mode_restored() -> None:
-    net = _tiny().eval()
+    net = tiny_net().eval()
     x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % CLASSES
     for mode in ("activeness", "vanilla"):
         rep = finetune(net, x, y, mode=mode, epochs=2, batch_size=16, progress=False)
@@ -205,7 +197,7 @@ def test_tsbd_removes_a_tiny_backdoor(backdoored) -> None:
     acc0, asr0 = acc_asr(net, xt, yt)
     assert acc0 >= 0.95 and asr0 >= 0.90
     ref = _state(net)
-    res = TSBD(batch_size=32, progress=False).run(net, clean)
+    res = TSBD(neuron_ratio=0.1, batch_size=32, progress=False).run(net, clean)
     assert not res.info["hit_cap"]
     acc, asr = acc_asr(res.model, xt, yt)
     assert _same(ref, _state(net))

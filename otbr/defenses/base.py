@@ -126,4 +126,20 @@ def check_range(name: str, value: float, low: float, high: float, *, low_open: b
     return value
 
 
+def check_auto_fraction(name: str, value: float | str, grid: Any) -> tuple[float | str, list[float]]:
+    """Validate a fraction that may be ``"auto"`` and its candidate grid (sorted, deduplicated, non-empty).
+
+    Example:
+        >>> check_auto_fraction("gamma", "auto", (0.1, 0.05, 0.1))
+        ('auto', [0.05, 0.1])
+    """
+    if isinstance(value, str) and value != "auto":
+        raise OtbrError(f"{name} must be a number in [0, 1] or 'auto', got {value!r}")
+    checked: float | str = value if value == "auto" else check_range(name, float(value), 0.0, 1.0)
+    values = sorted({check_range(f"{name} grid value", float(g), 0.0, 1.0) for g in grid})
+    if not values:
+        raise OtbrError(f"the {name} grid must hold at least one value")
+    return checked, values
+
+
 Factory = Callable[..., Defense]

@@ -9,9 +9,13 @@ published fusion), ``"prune"`` (pruning only, no fusion). The Linear classifier
 is never scored or pruned (its rows are the classes); ``include_linear`` adds
 hidden Linear layers (e.g. VGG's classifier.0/.3).
 
-The published method gives no rule to choose γ without poisoned data;
-:func:`sweep` makes one unlearning run and yields the pruned and fused model for
-every γ so that evaluation code can compare them.
+The published method gives no rule to choose γ without poisoned data. With
+``gamma="auto"`` (the default) OTBR builds the candidate for every γ of
+``gamma_grid`` from one unlearning run and keeps the one with the highest
+*estimated* DER, computed without any data from BatchNorm-inverted synthetic
+inputs (:mod:`otbr.selection`); the report lists every candidate's numbers.
+:func:`sweep` yields the pruned and fused model for every γ so that evaluation
+code can compare them.
 
 Example:
     >>> from otbr.models import create_model, Normalized
@@ -32,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
+from otbr.defenses.base import Defense, DefenseResult, check_auto_fraction, check_range, register_defense
 from otbr.device import model_device
 from otbr.errors import OtbrError
 from otbr.fusion import fuse
@@ -40,10 +44,13 @@ from otbr.layers import scored_layers
 from otbr.models.registry import output_classes
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pruning import global_topk, mask_count, mask_indices, prune_neurons
+from otbr.selection import Choice, choose_for, require_batchnorm
+from otbr.synthesis import synthesize
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("default", "paper", "prune")
+GAMMA_GRID = (0.02, 0.05, 0.1, 0.15, 0.2)
 
 
 @register_defense
@@ -51,7 +58,14 @@ class OTBR(Defense):
     """Data-free OTBR: random unlearning, NWC pruning, OT fusion.
 
     Args:
-        gamma: fraction of considered neurons to prune, in [0, 1].
+        gamma: fraction of considered neurons to prune, in [0, 1], or ``"auto"``: choose it from
+            ``gamma_grid`` without data (:mod:`otbr.selection`).
+        gamma_grid: candidate γ values for ``gamma="auto"``.
+        synthetic: number of BatchNorm-inverted inputs for ``gamma="auto"``.
+        synthetic_steps: inversion steps for those inputs.
+        repair_steps: ``N > 0`` replaces the fusion by ``N`` steps of data-free repair of the pruned model
+            (:func:`otbr.repair.repair`: distillation of the original on BatchNorm-inverted inputs with the
+            pruned neurons held at zero).
         lam: fusion weight λ of the aligned pruned model, in [0, 1].
         steps: random-unlearning steps (noise batches).
         batch_size: noise batch size.
@@ -72,7 +86,11 @@ class OTBR(Defense):
     def __init__(
         self,
         *,
-        gamma: float = 0.05,
+        gamma: float | str = "auto",
+        gamma_grid: Sequence[float] = GAMMA_GRID,
+        synthetic: int = 256,
+        synthetic_steps: int = 100,
+        repair_steps: int = 0,
         lam: float = 0.5,
         steps: int = 20,
         batch_size: int = 256,
@@ -86,7 +104,13 @@ class OTBR(Defense):
         device: str | None = None,
         progress: bool = True,
     ) -> None:
-        self.gamma = check_range("gamma", float(gamma), 0.0, 1.0)
+        self.gamma, self.gamma_grid = check_auto_fraction("gamma", gamma, gamma_grid)
+        if int(synthetic) < 2 or int(synthetic_steps) < 0:
+            raise OtbrError(f"synthetic must be ≥ 2 and synthetic_steps ≥ 0, got {synthetic}, {synthetic_steps}")
+        self.synthetic, self.synthetic_steps = int(synthetic), int(synthetic_steps)
+        if int(repair_steps) < 0:
+            raise OtbrError(f"repair_steps must be ≥ 0, got {repair_steps}")
+        self.repair_steps = int(repair_steps)
         self.lam = check_range("lam", float(lam), 0.0, 1.0)
         if int(steps) < 1 or int(batch_size) < 1:
             raise OtbrError(f"steps and batch_size must be ≥ 1, got {steps}, {batch_size}")
@@ -163,19 +187,75 @@ class OTBR(Defense):
         """Defend ``model`` (images in [0, 1]) without data; returns the pruned (``"prune"``) or fused model."""
         start = time.perf_counter()
         work, shape, num_classes = self._prepare(model, data)
+        if self.gamma == "auto":
+            require_batchnorm(work, "gamma", "0.05")
         t0 = time.perf_counter()
         scores = self._scores(work, shape, num_classes)
         t_unlearn = scores.unlearn.seconds if scores.unlearn is not None else 0.0
         scores.unlearn = None  # drop the unlearned copy
         t2 = time.perf_counter()
-        _, fused, info = self._defend(work, scores, self.gamma)
+        auto: dict[str, Any] | None = None
+        t_select = 0.0
+        if self.gamma == "auto":
+            choice, _, t_select = self._select(work, scores, shape, num_classes)
+            gamma = choice.value
+            auto = choice.as_dict()
+        else:
+            gamma = float(self.gamma)
+        pruned, fused, info = self._defend(work, scores, gamma)
         stage = info.pop("_timings")
+        t_repair = 0.0
+        if self.repair_steps > 0:
+            from otbr.repair import repair
+
+            t3 = time.perf_counter()
+            rr = repair(pruned, work, input_shape=shape, masks=global_topk(scores, gamma), num_classes=num_classes,
+                        suspect=None if auto is None else auto["suspected_target"], steps=self.repair_steps,
+                        seed=self.seed, progress=self.progress)
+            fused, t_repair = rr.model, time.perf_counter() - t3
+            info["repair"] = rr.info
+            info["notes"].append(f"repair: the pruned model was distilled from the original on synthetic inputs "
+                                 f"for {rr.info['steps']} steps (the fusion was not used)")
+        if auto is not None:
+            info["auto"] = auto
+            info["notes"].append(f"γ = {gamma:g} chosen automatically from {self.gamma_grid} with no data "
+                                 f"(estimated DER {max(c['estimated_der'] for c in auto['candidates']):.3f}; "
+                                 "see info.auto)")
         info["notes"].append("data-free: no data was read")
         info["num_classes"] = num_classes
-        timings = {"unlearn": t_unlearn, "score": (t2 - t0) - t_unlearn, "prune": stage["prune"], "fuse": stage["fuse"],
-                   "total": time.perf_counter() - start}
+        timings = {"unlearn": t_unlearn, "score": (t2 - t0) - t_unlearn, "select": t_select,
+                   "prune": stage["prune"], "fuse": stage["fuse"], "total": time.perf_counter() - start}
+        if self.repair_steps > 0:
+            timings["repair"] = t_repair
         return DefenseResult(model=fused, method=self.name, config=self.config(), timings=timings,
                              scores=scores.layers, info=info, data_used="none")
+
+    def _select(self, work: nn.Module, scores: NWCScores, shape: tuple[int, ...],
+                num_classes: int) -> tuple[Choice, dict[float, nn.Module], float]:
+        t0 = time.perf_counter()
+        syn = synthesize(work, self.synthetic, shape, num_classes=num_classes, steps=self.synthetic_steps,
+                         seed=self.seed, progress=self.progress)
+        fused = {g: self._defend(work, scores, g)[1] for g in self.gamma_grid}
+        choice = choose_for(work, fused, syn.x, num_classes)
+        choice.extra["synthetic"] = syn.info
+        return choice, fused, time.perf_counter() - t0
+
+    def select(self, model: nn.Module) -> tuple[Choice, dict[float, nn.Module]]:
+        """The automatic γ choice for ``model`` and the fused candidate of every γ in ``gamma_grid``.
+
+        Uses no data: one random-unlearning run, BatchNorm-inverted synthetic inputs, the candidates.
+
+        Example:
+            >>> choice, cands = OTBR(input_shape=(1, 8, 8)).select(net)  # doctest: +SKIP
+            >>> choice.value in cands
+            True
+        """
+        work, shape, num_classes = self._prepare(model, None)
+        require_batchnorm(work, "gamma", "0.05")
+        scores = self._scores(work, shape, num_classes)
+        scores.unlearn = None
+        choice, fused, _ = self._select(work, scores, shape, num_classes)
+        return choice, fused
 
     def sweep(self, model: nn.Module, gammas: Sequence[float]) -> Iterator[tuple[float, nn.Module, nn.Module]]:
         """One random-unlearning run, then ``(gamma, pruned model, fused model)`` for every γ.

@@ -18,10 +18,14 @@ Stage 1 — zero reinitialisation:
    **original** model (not the unlearned one). Biases are left alone: the paper
    reinitialises sub-weights, and ``|ΔW|`` is defined on the weights.
 
-``neuron_ratio`` defaults to 0.1: the paper sweeps n and reports that results are
-stable for n between 5 % and 20 % (and the field notes here measured ASR < 0.5 %
-over that range on a blended width-16 PreAct-ResNet18); 0.1 is the middle of
-that plateau, fixed in advance, *not* chosen on poisoned data.
+``neuron_ratio`` defaults to ``"auto"``: every n of ``neuron_grid`` (the
+paper's plateau, 5–20 %) gets its stage-1 model and ``auto_ft_epochs`` of the
+configured fine-tuning; the candidate with the highest estimated DER wins
+(:mod:`otbr.selection`: the backdoor term from a trigger reverse-engineered on the
+clean subset toward the suspected target, the clean term from accuracy on the
+clean subset) and is then fine-tuned from its stage-1 model for ``ft_epochs``. No
+poisoned data and no trigger knowledge enter the choice; the report lists every
+candidate. A number fixes n (0.1 is the middle of the paper's plateau).
 
 Stage 2 — fine-tuning on the same subset (:func:`otbr.activeness.finetune`):
 ``"activeness"`` (the paper: g = (1 − α)·∇L(θ) + α·∇L(θ + r·g1/‖g1‖), per-tensor
@@ -56,16 +60,19 @@ from torch import nn
 
 from otbr.activeness import FinetuneReport
 from otbr.activeness import finetune as finetune_loop
-from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
+from otbr.defenses.base import Defense, DefenseResult, check_auto_fraction, check_range, register_defense
 from otbr.errors import OtbrError
 from otbr.layers import scored_layers
 from otbr.models.normalize import unwrap
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pruning import global_topk, mask_count, mask_indices
+from otbr.selection import choose_for, require_batchnorm
+from otbr.synthesis import synthesize
 
 log = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("activeness", "vanilla", "none")
+NEURON_GRID = (0.05, 0.1, 0.15, 0.2)
 
 
 @torch.no_grad()
@@ -138,7 +145,11 @@ class TSBD(Defense):
     Args:
         clean_ratio: share of the training set the clean subset is meant to be (recorded only: the caller
             samples the subset; the command line sets it to ``None`` when the subset is given by count).
-        neuron_ratio: fraction n of considered neurons selected by NWC (global ranking), in [0, 1].
+        neuron_ratio: fraction n of considered neurons selected by NWC (global ranking), in [0, 1], or
+            ``"auto"``: chosen from ``neuron_grid`` with the clean subset and synthetic inputs only.
+        neuron_grid: candidate n values for ``neuron_ratio="auto"``.
+        auto_ft_epochs: fine-tuning epochs given to each candidate before the automatic choice.
+        synthetic: number of BatchNorm-inverted inputs used by the automatic choice.
         weight_ratio: fraction m of the selected neurons' weights zeroed (largest ``|ΔW|``), in [0, 1].
         unlearn_lr: clean-unlearning learning rate (SGD, momentum 0.9).
         unlearn_max_epochs: epoch cap of clean unlearning.
@@ -168,7 +179,10 @@ class TSBD(Defense):
         self,
         *,
         clean_ratio: float = 0.05,
-        neuron_ratio: float = 0.1,
+        neuron_ratio: float | str = "auto",
+        neuron_grid: Sequence[float] = NEURON_GRID,
+        auto_ft_epochs: int = 1,
+        synthetic: int = 256,
         weight_ratio: float = 0.7,
         unlearn_lr: float = 1e-4,
         unlearn_max_epochs: int = 100,
@@ -187,7 +201,10 @@ class TSBD(Defense):
         progress: bool = True,
     ) -> None:
         self.clean_ratio = check_range("clean_ratio", float(clean_ratio), 0.0, 1.0, low_open=True)
-        self.neuron_ratio = check_range("neuron_ratio", float(neuron_ratio), 0.0, 1.0)
+        self.neuron_ratio, self.neuron_grid = check_auto_fraction("neuron_ratio", neuron_ratio, neuron_grid)
+        if int(auto_ft_epochs) < 0 or int(synthetic) < 2:
+            raise OtbrError(f"auto_ft_epochs must be ≥ 0 and synthetic ≥ 2, got {auto_ft_epochs}, {synthetic}")
+        self.auto_ft_epochs, self.synthetic = int(auto_ft_epochs), int(synthetic)
         self.weight_ratio = check_range("weight_ratio", float(weight_ratio), 0.0, 1.0)
         self.unlearn_lr = check_range("unlearn_lr", float(unlearn_lr), 0.0, 10.0, low_open=True)
         if int(unlearn_max_epochs) < 1:
@@ -267,13 +284,47 @@ class TSBD(Defense):
                 "zeroed_per_layer": {n: int(m.sum()) for n, m in masks.items() if bool(m.any())},
                 "pruned": mask_indices(neuron_masks)}
 
-    def _finetune(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> FinetuneReport | None:
-        if self.finetune == "none":
+    def _finetune(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  epochs: int | None = None) -> FinetuneReport | None:
+        if self.finetune == "none" or epochs == 0:
             return None
-        return finetune_loop(model, x, y, mode=self.finetune, epochs=self.ft_epochs, lr=self.ft_lr, momentum=0.9,
-                             weight_decay=self.weight_decay, batch_size=self.batch_size, r=self.r, alpha=self.alpha,
-                             augment=self.augment, seed=self.seed, progress=self.progress,
-                             desc=f"{self.finetune} fine-tuning")
+        return finetune_loop(model, x, y, mode=self.finetune, epochs=epochs or self.ft_epochs, lr=self.ft_lr,
+                             momentum=0.9, weight_decay=self.weight_decay, batch_size=self.batch_size, r=self.r,
+                             alpha=self.alpha, augment=self.augment, seed=self.seed,
+                             progress=self.progress and epochs is None, desc=f"{self.finetune} fine-tuning")
+
+    def _select(self, original: nn.Module, scores: NWCScores, changes: dict[str, torch.Tensor],
+                x: torch.Tensor, y: torch.Tensor, keep: bool = False) -> dict[str, Any]:
+        """Choose n from ``neuron_grid``: stage 1 + ``auto_ft_epochs`` of fine-tuning per candidate, then
+        :func:`otbr.selection.choose_for` (synthetic inputs for the backdoor term, clean-subset accuracy for
+        the clean term). Only the model and the clean subset are read. ``keep`` adds the candidate models
+        under ``"_candidates"`` (for benchmarks)."""
+        from otbr.metrics import accuracy
+
+        shape = tuple(x.shape[1:])
+        num_classes = int(y.max()) + 1
+        with torch.no_grad():
+            num_classes = max(num_classes, int(original(x[:2].to(next(original.parameters()).device)).shape[1]))
+        syn = synthesize(original, self.synthetic, shape, num_classes=num_classes, steps=100, seed=self.seed,
+                         progress=self.progress)
+        base_acc = accuracy(original, x, y)
+        cands: dict[float, nn.Module] = {}
+        clean_drop: dict[float, float] = {}
+        for n in self.neuron_grid:
+            cand = copy.deepcopy(original)
+            self._reinit(cand, scores, changes, n)
+            self._finetune(cand, x, y, epochs=self.auto_ft_epochs)
+            cands[n] = cand
+            clean_drop[n] = base_acc - accuracy(cand, x, y)
+            log.info("TSBD auto: n = %g, clean-subset accuracy %.4f", n, base_acc - clean_drop[n])
+        choice = choose_for(original, cands, syn.x, num_classes, clean_drop=clean_drop, probe_images=x,
+                            probe_ladder=True)
+        out = choice.as_dict()
+        out.update({"synthetic": syn.info, "auto_ft_epochs": self.auto_ft_epochs,
+                    "clean_term": "accuracy drop on the clean subset after the candidate's short fine-tuning"})
+        if keep:
+            out["_candidates"] = cands
+        return out
 
     def _result(self, model: nn.Module, scores: NWCScores, s1: dict[str, Any], sel: dict[str, Any],
                 ft: FinetuneReport | None, timings: dict[str, float], desc: str) -> DefenseResult:
@@ -307,14 +358,29 @@ class TSBD(Defense):
         start = time.perf_counter()
         x, y, desc = self._data(data)
         work = self._work_copy(model)
+        if self.neuron_ratio == "auto":
+            require_batchnorm(work, "neuron_ratio", "0.1")
         scores, s1 = self._stage1_scores(work, x, y)
+        t_sel = time.perf_counter()
+        auto = None
+        if self.neuron_ratio == "auto":
+            auto = self._select(work, scores, s1["_changes"], x, y)
+            ratio = float(auto["chosen"])
+        else:
+            ratio = float(self.neuron_ratio)
         t0 = time.perf_counter()
-        sel = self._reinit(work, scores, s1["_changes"], self.neuron_ratio)
+        sel = self._reinit(work, scores, s1["_changes"], ratio)
         t1 = time.perf_counter()
         ft = self._finetune(work, x, y)
         t2 = time.perf_counter()
-        timings = {**s1["_timings"], "reinit": t1 - t0, "finetune": t2 - t1, "total": time.perf_counter() - start}
-        return self._result(work, scores, s1, sel, ft, timings, desc)
+        timings = {**s1["_timings"], "select": t0 - t_sel, "reinit": t1 - t0, "finetune": t2 - t1,
+                   "total": time.perf_counter() - start}
+        result = self._result(work, scores, s1, sel, ft, timings, desc)
+        if auto is not None:
+            result.info["auto"] = auto
+            result.info["notes"].append(f"n = {ratio:g} chosen automatically from {self.neuron_grid} with the "
+                                        "clean subset and synthetic inputs only (see info.auto)")
+        return result
 
     def scores(self, model: nn.Module, data: Any) -> NWCScores:
         """Clean-unlearning NWC of every considered neuron (stage 1, steps 1–2 only)."""

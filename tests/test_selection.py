@@ -1,0 +1,202 @@
+"""Automatic γ / n: the estimate, the probes, and proof that no poisoned data or trigger reaches the choice."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import CLASSES, SIDE, acc_asr, tiny_net, train_backdoor, trigger
+from helpers import tiny_files as make_tiny_files
+from torch import nn
+
+import otbr.selection as selection
+from otbr.attacks.base import Attack
+from otbr.defenses.otbr import OTBR
+from otbr.defenses.tsbd import TSBD
+from otbr.errors import OtbrError
+from otbr.models import Normalized
+from otbr.selection import choose, class_agreement, reverse_trigger, suspect_class, target_scan, trigger_rate
+from otbr.synthesis import synthesize
+
+
+@pytest.fixture(scope="module")
+def backdoored():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net, test, clean = train_backdoor(tiny_net(), clean=200)
+        yield net, test, clean
+    finally:
+        torch.set_num_threads(threads)
+
+
+# -- the estimate ------------------------------------------------------------------------------------------------
+def test_class_agreement_hand_values() -> None:
+    ref = torch.tensor([0, 0, 0, 1, 1, 2])
+    pred = torch.tensor([0, 1, 0, 1, 0, 2])
+    got = class_agreement(pred, ref, 4)
+    assert got[:3].tolist() == pytest.approx([2 / 3, 1 / 2, 1.0]) and torch.isnan(got[3])
+
+
+def test_choose_estimated_der_formula_and_tie_break() -> None:
+    ref = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    cands = {
+        0.1: torch.tensor([0, 0, 0, 0, 1, 1, 2, 2]),  # nothing changes
+        0.2: torch.tensor([1, 1, 0, 0, 1, 1, 2, 2]),  # half of class 0 lost, others kept
+        0.3: torch.tensor([1, 1, 1, 1, 1, 0, 2, 2]),  # all of class 0 lost, 1 of 4 others lost
+    }
+    c = choose(cands, ref, 3)
+    assert c.suspect == 0 == suspect_class(cands, ref, 3)
+    est = {r["value"]: r["estimated_der"] for r in c.candidates}
+    assert est[0.1] == pytest.approx(0.5)
+    assert est[0.2] == pytest.approx((1 + 0.5 - 0.0) / 2)
+    assert est[0.3] == pytest.approx((1 + 1.0 - 0.25) / 2)
+    assert c.value == 0.3
+    # given terms override the synthetic ones; equal estimates go to the smaller setting
+    c2 = choose(cands, ref, 3, clean_drop={0.1: 0.0, 0.2: 0.0, 0.3: 0.0},
+                backdoor_drop={0.1: 0.4, 0.2: 0.4, 0.3: 0.4}, suspect=1)
+    assert c2.value == 0.1 and c2.suspect == 1
+    assert all(r["estimated_der"] == pytest.approx(0.7) for r in c2.candidates)
+
+
+def test_negative_drops_do_not_reward() -> None:
+    ref = torch.tensor([0, 1])
+    c = choose({0.1: ref.clone()}, ref, 2, clean_drop={0.1: -0.3}, backdoor_drop={0.1: -0.2})
+    assert c.candidates[0]["estimated_der"] == pytest.approx(0.5)
+
+
+# -- the probes on a real (tiny) backdoor -------------------------------------------------------------------------
+def test_reverse_trigger_recovers_a_planted_backdoor(backdoored) -> None:
+    """Asserted: a 3×3-patch backdoor (9 of 144 pixels) is found within an area budget of 0.05 (7.2 pixels) from
+    clean images of the other classes (≥ 85 % of them sent to class 0, through shifts and noise; measured 97 %),
+    while the same task trained without the poison gives a trigger of the same budget at least 40 points less
+    success (measured 38 %)."""
+    net, (xt, yt), _ = backdoored
+    src = xt[yt != 0][:128]
+    mask, pattern = reverse_trigger(net, src, 0, budget=0.05, steps=150)
+    assert float(mask.mean()) <= 0.05 + 1e-6 and float(mask.max()) <= 1.0
+    rate = trigger_rate(net, src, mask, pattern, 0)
+    assert rate >= 0.85
+    # sanity: the true trigger works, so the model really is backdoored
+    _, asr = acc_asr(net, xt, yt)
+    assert asr >= 0.9
+    clean_net, _, _ = train_backdoor(tiny_net(), poison=False)
+    m2, p2 = reverse_trigger(clean_net, src, 0, budget=0.05, steps=150)
+    assert trigger_rate(clean_net, src, m2, p2, 0) <= rate - 0.4
+
+
+def test_target_scan_reaches_the_backdoor_target_and_leaves_the_model(backdoored) -> None:
+    """The scan optimises one trigger per class in one batch. Asserted: the backdoor target is reached by most of
+    its sources (measured 0.62 at 80 steps) and the model's weights and flags are untouched. Not asserted: that the
+    target ranks first — on this toy task class 3's template (a few bright blocks) is just as easy to paint
+    (measured 1.0), which is why the selector reports the scan instead of trusting it blindly."""
+    net, (xt, _yt), _ = backdoored
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ref = net(xt[:256]).argmax(1)
+    rates = target_scan(net, xt[:256], ref, CLASSES, budget=0.05, steps=80, per_class=32)
+    assert rates.shape == (CLASSES,) and float(rates.min()) >= 0 and float(rates.max()) <= 1
+    assert float(rates[0]) >= 0.5, rates.tolist()
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(p.requires_grad for p in net.parameters()) and not net.training
+
+
+def test_synthesis_matches_bn_statistics_and_stays_in_range(backdoored) -> None:
+    net, _, _ = backdoored
+    syn = synthesize(net, 64, (1, SIDE, SIDE), steps=60, progress=False)
+    assert syn.x.min() >= 0 and syn.x.max() <= 1 and syn.y.tolist() == [i % CLASSES for i in range(64)]
+    assert syn.info["final_loss"]["ce"] < 0.5
+    assert all(p.requires_grad for p in net.parameters())
+
+
+# -- no poisoned data, no trigger ----------------------------------------------------------------------------------
+def _forbid_data(monkeypatch) -> list[str]:
+    """Make every way to read a dataset or apply a trigger raise, and record attempts."""
+    import otbr.data as data_mod
+    import otbr.data.registry as registry
+
+    seen: list[str] = []
+
+    def boom(name):
+        def f(*a, **k):
+            seen.append(name)
+            raise AssertionError(f"the selector touched {name}")
+        return f
+
+    for mod in (data_mod, registry):
+        if hasattr(mod, "load_dataset"):
+            monkeypatch.setattr(mod, "load_dataset", boom("load_dataset"))
+    for meth in ("apply", "apply_uint8", "poison_test", "poison_train"):
+        if hasattr(Attack, meth):
+            monkeypatch.setattr(Attack, meth, boom(f"Attack.{meth}"))
+    return seen
+
+
+def test_selection_module_imports_no_data_or_attack_code() -> None:
+    tree = ast.parse(inspect.getsource(selection))
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {n for n in names if n.startswith(("otbr.data", "otbr.attacks", "otbr.evaluation"))}, names
+
+
+def test_otbr_auto_reads_no_data_and_ignores_what_it_is_given(backdoored, monkeypatch) -> None:
+    """The auto run succeeds with every data reader and trigger raising, and handing it the poisoned test set
+    changes nothing: same choice, bit-identical weights."""
+    net, (xt, yt), _ = backdoored
+    kw = {"steps": 3, "batch_size": 32, "synthetic": 64, "synthetic_steps": 30, "input_shape": (1, SIDE, SIDE),
+          "progress": False}
+    seen = _forbid_data(monkeypatch)
+    res = OTBR(**kw).run(net)
+    assert not seen and res.data_used == "none"
+    poisoned = (trigger(xt[yt != 0]), torch.zeros(int((yt != 0).sum()), dtype=torch.long))
+    res2 = OTBR(**kw).run(net, poisoned)
+    assert res.info["auto"]["chosen"] == res2.info["auto"]["chosen"]
+    assert res.info["auto"]["candidates"] == res2.info["auto"]["candidates"]
+    a, b = res.model.state_dict(), res2.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    auto = res.info["auto"]
+    assert res.config["gamma"] == "auto" and auto["chosen"] in OTBR().gamma_grid
+    assert {"value", "estimated_der", "backdoor_drop", "clean_drop"} <= set(auto["candidates"][0])
+    assert res.info["gamma"] == auto["chosen"] and "chosen automatically" in " ".join(res.info["notes"])
+
+
+def test_tsbd_auto_uses_only_the_clean_subset(backdoored, monkeypatch) -> None:
+    net, (_xt, _yt), clean = backdoored
+    seen = _forbid_data(monkeypatch)
+    res = TSBD(batch_size=32, ft_epochs=2, synthetic=64, progress=False).run(net, clean)
+    assert not seen
+    auto = res.info["auto"]
+    assert auto["chosen"] in TSBD().neuron_grid and res.info["neuron_ratio"] == auto["chosen"]
+    assert len(auto["candidates"]) == len(TSBD().neuron_grid) and auto["auto_ft_epochs"] == 1
+    assert res.data_used.startswith("clean subset: 200 images")
+
+
+def test_auto_needs_batchnorm_one_line() -> None:
+    net = Normalized(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)),
+                     (0.5,), (0.25,))
+    with pytest.raises(OtbrError, match=r"BatchNorm.*pass a fixed gamma"):
+        OTBR(input_shape=(1, 8, 8), progress=False).run(net)
+    with pytest.raises(OtbrError, match="'auto'"):
+        OTBR(gamma="sometimes")
+    res = OTBR(gamma=0.1, steps=2, batch_size=8, input_shape=(1, 8, 8), progress=False).run(net)
+    assert "auto" not in res.info
+
+
+# -- command line -------------------------------------------------------------------------------------------------
+def test_cli_auto_is_the_default_and_reported(tmp_path: Path) -> None:
+    from otbr.cli.main import main
+
+    model, _ = make_tiny_files(tmp_path, 40)
+    out, report = tmp_path / "o.safetensors", tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16",
+                                    "--no-eval", "-o", str(out), "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    assert "automatic choice:" in res.output and "no poisoned data" in res.output
+    payload = json.loads(report.read_text())
+    assert payload["config"]["gamma"] == "auto" and payload["info"]["auto"]["candidates"]
+    bad = CliRunner().invoke(main, ["defend", "otbr", str(model), "--gamma", "often", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "neither 'auto' nor a number" in bad.output and "Traceback" not in bad.output
