@@ -1,0 +1,223 @@
+"""Data-free repair of a pruned model: distil the original into it on synthetic inputs, pruned neurons held at zero.
+
+Pruning the suspicious neurons removes a backdoor but costs clean accuracy. With
+no data, the only teacher of clean behaviour is the backdoored original itself.
+:func:`repair` distils it into the pruned model on inputs inverted from the
+original's BatchNorm statistics (:mod:`otbr.synthesis`), with three guards
+against distilling the backdoor back:
+
+1. the pruned neurons stay exactly zero (their weights are re-zeroed after every
+   step), so the backdoor's own pathway cannot return;
+2. the teacher's soft label for the suspected target class is capped, input
+   by input, at the pruned model's own probability for it: where the original
+   believes "target" only through the pruned backdoor pathway (inversions of
+   a backdoored model carry trigger-like features, in every class), the
+   student is not taught it; genuine target-class inputs, which the pruned
+   model still recognises, keep their label (``keep_suspect=True`` turns the
+   cap off);
+3. BatchNorm layers stay in inference mode (their running statistics are the
+   original's, never re-estimated from synthetic inputs).
+
+The loss is the KL divergence between temperature-softened outputs (Hinton et
+al.) plus a small cross-entropy to the classes the inputs were inverted for.
+The input images are jittered (random shifts, flips when ``flip=True``) each
+step. ``time_budget`` stops early, after the step that crosses it.
+
+Example:
+    >>> import torch
+    >>> from otbr.models import create_model, Normalized
+    >>> net = Normalized(create_model("tinycnn", num_classes=4, in_channels=1), (0.5,), (0.25,)).eval()
+    >>> import copy
+    >>> pruned = copy.deepcopy(net)
+    >>> res = repair(pruned, net, input_shape=(1, 8, 8), synthetic=16, synthetic_steps=2, steps=2, keep_suspect=True,
+    ...              progress=False)
+    >>> res.info["steps"]
+    2
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from otbr.device import model_device
+from otbr.errors import OtbrError
+from otbr.layers import scored_layers
+from otbr.metrics import predict
+from otbr.models.normalize import unwrap
+from otbr.models.registry import output_classes
+from otbr.synthesis import synthesize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RepairResult:
+    """The repaired model and what the repair did."""
+
+    model: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def zeroed_neurons(pruned: nn.Module, original: nn.Module,
+                   layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Per layer, the output neurons whose weights are all zero in ``pruned`` but not in ``original``.
+
+    This recovers the pruning masks from two model files (e.g. ``otbr repair PRUNED ORIGINAL``).
+
+    Example:
+        >>> a = nn.Sequential(nn.Conv2d(1, 3, 1)); b = copy.deepcopy(a)
+        >>> with torch.no_grad(): _ = b[0].weight[1].zero_()
+        >>> zeroed_neurons(b, a, ["0"])["0"].tolist()
+        [False, True, False]
+    """
+    p_mods, o_mods = dict(unwrap(pruned).named_modules()), dict(unwrap(original).named_modules())
+    names = list(layers) if layers is not None else scored_layers(original, include_linear=True, method="repair")
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        if name not in p_mods or name not in o_mods:
+            raise OtbrError(f"layer {name!r} is missing from one of the two models: are they the same architecture?")
+        wp, wo = p_mods[name].weight.detach(), o_mods[name].weight.detach()
+        if wp.shape != wo.shape:
+            raise OtbrError(f"layer {name!r} has shape {tuple(wp.shape)} vs {tuple(wo.shape)}: not the same model")
+        out[name] = (wp.flatten(1).abs().sum(1) == 0) & (wo.flatten(1).abs().sum(1) > 0)
+    return out
+
+
+@torch.no_grad()
+def _rezero(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    mods = dict(unwrap(model).named_modules())
+    for name, m in masks.items():
+        if bool(m.any()):
+            mod = mods[name]
+            mod.weight[m.to(mod.weight.device)] = 0
+            if getattr(mod, "bias", None) is not None:
+                mod.bias[m.to(mod.bias.device)] = 0
+
+
+def _jitter(x: torch.Tensor, gen: torch.Generator, shift: int, flip: bool) -> torch.Tensor:
+    if shift > 0:
+        dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=gen))
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    if flip and bool(torch.rand(1, generator=gen) < 0.5):
+        x = x.flip(3)
+    return x
+
+
+def repair(
+    pruned: nn.Module,
+    original: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    masks: Mapping[str, torch.Tensor] | None = None,
+    num_classes: int | None = None,
+    suspect: int | None = None,
+    keep_suspect: bool = False,
+    synthetic: int = 1024,
+    synthetic_steps: int = 100,
+    steps: int = 300,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    temperature: float = 4.0,
+    ce_weight: float = 0.1,
+    shift: int = 2,
+    flip: bool = False,
+    time_budget: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> RepairResult:
+    """Distil ``original`` into a copy of ``pruned`` on BN-inverted synthetic inputs; no data is read.
+
+    Args:
+        pruned: the pruned model (not modified).
+        original: the backdoored model it was pruned from (the teacher; not modified).
+        input_shape: ``(C, H, W)``.
+        masks: per layer, the neurons to hold at zero (default: :func:`zeroed_neurons`).
+        num_classes: classes (inferred when ``None``).
+        suspect: the suspected target class; its synthetic inputs are left out of the transfer set
+            (default: the class whose synthetic inputs the pruned model agrees on least).
+        keep_suspect: keep them anyway.
+        synthetic / synthetic_steps: size and inversion steps of the transfer set.
+        steps / batch_size / lr: Adam distillation steps, batch size, learning rate.
+        temperature / ce_weight: distillation temperature; weight of the cross-entropy to the inverted classes.
+        shift / flip: input jitter (pixels of random shift; horizontal flips).
+        time_budget: seconds; the repair stops after the step that crosses it (inversion included).
+        seed: seeds the inversion and the batch order.
+        progress: tqdm bars.
+    """
+    from otbr.selection import class_agreement
+
+    t0 = time.perf_counter()
+    shape = tuple(int(s) for s in input_shape)
+    if steps < 0 or batch_size < 1 or lr <= 0 or temperature <= 0:
+        raise OtbrError("repair: steps ≥ 0, batch_size ≥ 1, lr > 0 and temperature > 0 are required")
+    k = num_classes or output_classes(original, shape)
+    if masks is None:
+        masks = zeroed_neurons(pruned, original)
+    syn = synthesize(original, synthetic, shape, num_classes=k, steps=synthetic_steps, seed=seed, progress=progress)
+    ref = predict(original, syn.x)
+    agree = class_agreement(predict(pruned, syn.x), ref, k)
+    if suspect is None:
+        filled = torch.where(torch.isnan(agree), torch.full_like(agree, float("inf")), agree)
+        suspect = int(torch.argmin(filled))
+    keep = torch.ones(len(syn.x), dtype=torch.bool)
+    x, y = syn.x[keep], syn.y[keep]
+    if len(x) == 0:
+        raise OtbrError("repair: the transfer set is empty (too few synthetic inputs)")
+    device = model_device(pruned)
+    student = copy.deepcopy(pruned)
+    frozen = pruned.eval()  # only read (forward passes without gradients)
+    teacher = original
+    student.eval()  # BatchNorm in inference mode throughout (guard 3)
+    teacher_was = teacher.training
+    teacher.eval()
+    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    done, losses = 0, []
+    bar = tqdm(total=steps, desc="repair (distillation)", disable=not progress, leave=False)
+    try:
+        for _ in range(steps):
+            if time_budget is not None and time.perf_counter() - t0 > time_budget:
+                break
+            idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
+            xb = _jitter(x[idx], gen, shift, flip).to(device)
+            with torch.no_grad():
+                soft = F.softmax(teacher(xb) / temperature, dim=1)
+                if not keep_suspect:  # guard 2: no more belief in the suspect than the pruned model has
+                    cap = F.softmax(frozen(xb), dim=1)[:, suspect]  # at T = 1: sharp
+                    soft[:, suspect] = torch.minimum(soft[:, suspect], cap)
+                    soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
+            out = student(xb)
+            loss = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
+            yb = y[idx].to(device)
+            hard = yb != suspect if not keep_suspect else torch.ones_like(yb, dtype=torch.bool)
+            if ce_weight > 0 and bool(hard.any()):  # no hard label toward the suspect (its inversions carry triggers)
+                loss = loss + ce_weight * F.cross_entropy(out[hard], yb[hard])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            _rezero(student, masks)  # guard 1
+            done += 1
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        bar.close()
+        teacher.train(teacher_was)
+    info = {"steps": done, "requested_steps": steps, "suspect": suspect, "transfer_set": len(x),
+            "left_out": int((~keep).sum()), "held_zero_neurons": int(sum(int(m.sum()) for m in masks.values())),
+            "final_loss": losses[-1] if losses else None, "synthetic": syn.info, "lr": lr,
+            "temperature": temperature, "seconds": round(time.perf_counter() - t0, 2),
+            "stopped_by_budget": done < steps}
+    log.info("repair: %d steps in %.1f s (transfer set %d, %d held-zero neurons)", done, info["seconds"], len(x),
+             info["held_zero_neurons"])
+    return RepairResult(student, info)

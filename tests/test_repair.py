@@ -1,0 +1,88 @@
+"""Data-free repair: pruned neurons stay zero, the backdoor guard matters, the CLI step works."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import SIDE, acc_asr, tiny_net, train_backdoor
+from helpers import tiny_files as make_tiny_files
+
+from otbr.defenses.otbr import OTBR
+from otbr.models import load_model, save_model
+from otbr.models.normalize import unwrap
+from otbr.pruning import global_topk, prune_neurons
+from otbr.repair import repair, zeroed_neurons
+
+
+@pytest.fixture(scope="module")
+def pruned_pair():
+    """The tiny backdoored model and its OTBR-pruned copy at γ = 0.2 (backdoor gone: ASR ≤ 1 %)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net, test, _ = train_backdoor(tiny_net())
+        d = OTBR(gamma=0.2, steps=5, batch_size=64, input_shape=(1, SIDE, SIDE), variant="prune", progress=False)
+        scores = d.scores(net)
+        masks = global_topk(scores, 0.2)
+        yield net, prune_neurons(net, masks), masks, test
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_zeroed_neurons_recovers_the_masks(pruned_pair) -> None:
+    net, pruned, masks, _ = pruned_pair
+    got = zeroed_neurons(pruned, net, list(masks))
+    assert all(torch.equal(got[k], masks[k]) for k in masks)
+
+
+def test_guarded_repair_keeps_the_backdoor_out_and_the_unguarded_one_does_not(pruned_pair) -> None:
+    """Asserted on the tiny backdoor (measured: pruned ASR 0.4 %; guarded repair ASR 0.0 %, unguarded 95 %):
+    the guarded repair leaves ASR ≤ 5 % and every pruned neuron exactly zero; the same distillation with the
+    guard off (``keep_suspect=True``) brings the backdoor back (ASR ≥ 50 %) — distilling a backdoored teacher on
+    its own inversions is dangerous, which is why the guard is on by default. Inputs are not modified."""
+    net, pruned, masks, (xt, yt) = pruned_pair
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    _, asr_p = acc_asr(pruned, xt, yt)
+    assert asr_p <= 0.02
+    kw = {"input_shape": (1, SIDE, SIDE), "synthetic": 512, "steps": 300, "progress": False, "masks": masks}
+    guarded = repair(pruned, net, suspect=0, **kw)
+    acc_g, asr_g = acc_asr(guarded.model, xt, yt)
+    assert asr_g <= 0.05, (acc_g, asr_g)
+    mods = dict(unwrap(guarded.model).named_modules())
+    assert all(float(mods[n].weight.detach()[m].abs().sum()) == 0 for n, m in masks.items())
+    assert all(torch.equal(before[k], v) for k, v in pruned.state_dict().items())
+    unguarded = repair(pruned, net, suspect=0, keep_suspect=True, **kw)
+    assert acc_asr(unguarded.model, xt, yt)[1] >= 0.5
+    assert guarded.info["steps"] == 300 and guarded.info["held_zero_neurons"] == sum(int(m.sum()) for m in
+                                                                                     masks.values())
+
+
+def test_time_budget_stops_early(pruned_pair) -> None:
+    net, pruned, masks, _ = pruned_pair
+    res = repair(pruned, net, input_shape=(1, SIDE, SIDE), synthetic=32, synthetic_steps=5, steps=10_000,
+                 time_budget=1.0, progress=False, masks=masks)
+    assert res.info["stopped_by_budget"] and 0 < res.info["steps"] < 10_000
+
+
+def test_cli_repair_step(tmp_path) -> None:
+    from otbr.cli.main import main
+
+    model, _data = make_tiny_files(tmp_path, 40)
+    net, meta = load_model(model)
+    pruned = prune_neurons(net, {"conv1": torch.arange(net.net.conv1.weight.shape[0]) < 2})
+    ppath = tmp_path / "pruned.safetensors"
+    save_model(pruned, ppath, meta)
+    out, report = tmp_path / "rep.safetensors", tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["repair", str(ppath), str(model), "--steps", "3", "--synthetic", "16",
+                                    "--synthetic-steps", "2", "--keep-suspect", "--no-eval", "-o", str(out),
+                                    "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    info = json.loads(report.read_text())["info"]["repair"]
+    assert info["held_zero_neurons"] == 2 and info["steps"] == 3 and out.is_file()
+    rep, _ = load_model(out)
+    assert float(rep.net.conv1.weight.detach()[:2].abs().sum()) == 0
+    same = CliRunner().invoke(main, ["repair", str(model), str(model), "-o", str(tmp_path / "x.safetensors")])
+    assert same.exit_code == 2 and "same file" in same.output
