@@ -96,6 +96,31 @@ def _iter_batches(
 def unlearn(
     model: nn.Module,
     mode: UnlearnMode,
+    **kwargs: Any,
+) -> UnlearnResult:
+    """Gradient-ascent unlearning of a deep copy of ``model`` (see :func:`_unlearn` for the arguments).
+
+    The global torch RNG (used by dropout layers in training mode) is forked and seeded with ``seed`` for the
+    call, so a model with dropout (e.g. VGG's classifier) unlearns bit-identically run after run, and the
+    caller's RNG state is left as it was.
+
+    Example:
+        >>> from otbr.models import create_model
+        >>> net = create_model("tinycnn", num_classes=4, in_channels=1)
+        >>> r = unlearn(net, "random", steps=2, input_shape=(1, 8, 8), num_classes=4, progress=False)
+        >>> r.steps
+        2
+    """
+    dev = model_device(model)
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(kwargs.get("seed", 0)))
+        return _unlearn(model, mode, **kwargs)
+
+
+def _unlearn(
+    model: nn.Module,
+    mode: UnlearnMode,
     *,
     steps: int = 20,
     loader: Batches | None = None,

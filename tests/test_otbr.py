@@ -116,3 +116,21 @@ def test_otbr_lowers_asr_on_a_tiny_backdoor(backdoored) -> None:
         torch.set_num_threads(threads)
     good = [r for r in rows if r[2] <= 0.20 and r[1] >= acc0 - 0.05]
     assert good, f"no gamma removed the backdoor: base ACC {acc0:.3f} ASR {asr0:.3f}; (gamma, ACC, ASR) {rows}"
+
+
+def test_unlearning_with_dropout_is_seeded_and_leaves_the_global_rng() -> None:
+    """A model with dropout (like VGG's classifier) draws dropout masks from the global RNG during unlearning:
+    two runs must still give identical NWC scores, and the caller's RNG must not move."""
+    from otbr.nwc import unlearn
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = Normalized(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                                       nn.Dropout(0.5), nn.Linear(4 * 6 * 6, 3)), (0.5,), (0.25,))
+    kw = {"steps": 3, "input_shape": (1, 8, 8), "num_classes": 3, "batch_size": 8, "progress": False}
+    state = torch.random.get_rng_state()
+    a = unlearn(net, "random", **kw).model.state_dict()
+    assert torch.equal(state, torch.random.get_rng_state())
+    torch.rand(5)  # move the global RNG: the result must not depend on it
+    b = unlearn(net, "random", **kw).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
