@@ -141,6 +141,7 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "`tests/test_selection.py`). Estimated DER is what the selector computed; DER is measured.", "",
              f"**{ORACLE_NOTE}** Here that is the `oracle` columns (best DER on the grid) and every measured column "
              "of the candidate table; they exist only to measure the gap.", "",
+             *([f"**Note:** {p['note']}", ""] if p.get("note") else []),
              "## Summary", "", markdown_table(p["summary"], SUMMARY_COLUMNS), "",
              "`mean_gap_fixed`: gap of the published fixed setting "
              f"({sym} = {FIXED[p['method']]}) on the same grid, for comparison.", "",

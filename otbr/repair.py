@@ -1,5 +1,9 @@
 """Data-free repair of a pruned model: distil the original into it on synthetic inputs, pruned neurons held at zero.
 
+EXPERIMENTAL: it keeps the backdoor out and wins accuracy back on the tests' tiny task, but on the one
+Fashion-MNIST zoo model measured (BadNets, ``benchmarks/results/repair-fmnist.md``) 300 steps on 512
+inversions lost most of the clean accuracy — the student overfits the synthetic inputs.
+
 Pruning the suspicious neurons removes a backdoor but costs clean accuracy. With
 no data, the only teacher of clean behaviour is the backdoored original itself.
 :func:`repair` distils it into the pruned model on inputs inverted from the
