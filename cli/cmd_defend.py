@@ -440,7 +440,7 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
 @click.option("--keep-suspect", is_flag=True,
-              help="Keep the suspected target class's synthetic inputs in the transfer set (risks the backdoor).")
+              help="Turn off the guard on the suspected target class (risks distilling the backdoor back).")
 @batch_size_option(128)
 @defense_options()
 def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic_steps: int, lr: float,
@@ -451,8 +451,9 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
     check the result before using it.
 
     The transfer set is inverted from ORIGINAL's BatchNorm statistics (no data is read); the pruned neurons
-    (rows all zero in PRUNED but not in ORIGINAL) stay zero; the suspected target class's synthetic inputs
-    are left out. The test set is used only for the before/after table (of ORIGINAL vs the repaired model).
+    (rows all zero in PRUNED but not in ORIGINAL) stay zero; the teacher's belief in the suspected target
+    class is capped at PRUNED's own, and no hard label points to it. The test set is used only for the
+    before/after table (of ORIGINAL vs the repaired model).
     """
     from otbr.defenses.base import DefenseResult
     from otbr.repair import repair

@@ -33,9 +33,11 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import functools
+import inspect
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,32 +95,26 @@ def _iter_batches(
         yield from data  # type: ignore[misc]
 
 
-def unlearn(
-    model: nn.Module,
-    mode: UnlearnMode,
-    **kwargs: Any,
-) -> UnlearnResult:
-    """Gradient-ascent unlearning of a deep copy of ``model`` (see :func:`_unlearn` for the arguments).
+def _seeded_global_rng(fn: Callable[..., UnlearnResult]) -> Callable[..., UnlearnResult]:
+    """Run ``fn`` with the global torch RNG forked and seeded with its ``seed`` argument.
 
-    The global torch RNG (used by dropout layers in training mode) is forked and seeded with ``seed`` for the
-    call, so a model with dropout (e.g. VGG's classifier) unlearns bit-identically run after run, and the
-    caller's RNG state is left as it was.
-
-    Example:
-        >>> from otbr.models import create_model
-        >>> net = create_model("tinycnn", num_classes=4, in_channels=1)
-        >>> r = unlearn(net, "random", steps=2, input_shape=(1, 8, 8), num_classes=4, progress=False)
-        >>> r.steps
-        2
+    Dropout layers in training mode draw from the global RNG; forking and seeding it makes a model with dropout
+    (e.g. VGG's classifier) unlearn bit-identically run after run, and leaves the caller's RNG state as it was.
     """
-    dev = model_device(model)
-    devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(kwargs.get("seed", 0)))
-        return _unlearn(model, mode, **kwargs)
+    seed_default = inspect.signature(fn).parameters["seed"].default
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> UnlearnResult:
+        dev = model_device(model)
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+            torch.manual_seed(int(kwargs.get("seed", seed_default)))
+            return fn(model, *args, **kwargs)
+
+    return wrapper
 
 
-def _unlearn(
+@_seeded_global_rng
+def unlearn(
     model: nn.Module,
     mode: UnlearnMode,
     *,
@@ -149,7 +145,8 @@ def _unlearn(
         batch_size: random mode: batch size; tensor-pair loader: batch size.
         max_epochs: loader modes: epoch cap.
         stop_acc: loader modes: stop after the first epoch whose running accuracy is ``≤ stop_acc``.
-        seed: seed of the generator used when ``generator`` is not given.
+        seed: seed of the generator used when ``generator`` is not given, and of the global RNG (dropout)
+            for the duration of the call (forked: the caller's RNG state is left as it was).
         progress: show a tqdm bar.
         generator: a :class:`torch.Generator` on the model's device (random mode) to draw from.
 

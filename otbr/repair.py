@@ -59,7 +59,7 @@ from otbr.layers import scored_layers
 from otbr.metrics import predict
 from otbr.models.normalize import unwrap
 from otbr.models.registry import output_classes
-from otbr.synthesis import synthesize
+from otbr.synthesis import frozen, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,6 @@ def _rezero(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
                 mod.bias[m.to(mod.bias.device)] = 0
 
 
-def _jitter(x: torch.Tensor, gen: torch.Generator, shift: int, flip: bool) -> torch.Tensor:
-    if shift > 0:
-        dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=gen))
-        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    if flip and bool(torch.rand(1, generator=gen) < 0.5):
-        x = x.flip(3)
-    return x
-
-
 def repair(
     pruned: nn.Module,
     original: nn.Module,
@@ -147,9 +138,9 @@ def repair(
         input_shape: ``(C, H, W)``.
         masks: per layer, the neurons to hold at zero (default: :func:`zeroed_neurons`).
         num_classes: classes (inferred when ``None``).
-        suspect: the suspected target class; its synthetic inputs are left out of the transfer set
+        suspect: the suspected target class, whose teacher probability is capped and which gets no hard label
             (default: the class whose synthetic inputs the pruned model agrees on least).
-        keep_suspect: keep them anyway.
+        keep_suspect: turn that guard off (the backdoor can come back).
         synthetic / synthetic_steps: size and inversion steps of the transfer set.
         steps / batch_size / lr: Adam distillation steps, batch size, learning rate.
         temperature / ce_weight: distillation temperature; weight of the cross-entropy to the inverted classes.
@@ -158,7 +149,7 @@ def repair(
         seed: seeds the inversion and the batch order.
         progress: tqdm bars.
     """
-    from otbr.selection import class_agreement
+    from otbr.selection import augment, suspect_class
 
     t0 = time.perf_counter()
     shape = tuple(int(s) for s in input_shape)
@@ -168,57 +159,51 @@ def repair(
     if masks is None:
         masks = zeroed_neurons(pruned, original)
     syn = synthesize(original, synthetic, shape, num_classes=k, steps=synthetic_steps, seed=seed, progress=progress)
-    ref = predict(original, syn.x)
-    agree = class_agreement(predict(pruned, syn.x), ref, k)
     if suspect is None:
-        filled = torch.where(torch.isnan(agree), torch.full_like(agree, float("inf")), agree)
-        suspect = int(torch.argmin(filled))
-    keep = torch.ones(len(syn.x), dtype=torch.bool)
-    x, y = syn.x[keep], syn.y[keep]
-    if len(x) == 0:
-        raise OtbrError("repair: the transfer set is empty (too few synthetic inputs)")
+        suspect = suspect_class({0.0: predict(pruned, syn.x)}, predict(original, syn.x), k)
+    x, y = syn.x, syn.y
     device = model_device(pruned)
     student = copy.deepcopy(pruned)
-    frozen = pruned.eval()  # only read (forward passes without gradients)
-    teacher = original
     student.eval()  # BatchNorm in inference mode throughout (guard 3)
-    teacher_was = teacher.training
-    teacher.eval()
     opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
     gen = torch.Generator().manual_seed(seed)
     done, losses = 0, []
     bar = tqdm(total=steps, desc="repair (distillation)", disable=not progress, leave=False)
     try:
-        for _ in range(steps):
-            if time_budget is not None and time.perf_counter() - t0 > time_budget:
-                break
-            idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
-            xb = _jitter(x[idx], gen, shift, flip).to(device)
-            with torch.no_grad():
-                soft = F.softmax(teacher(xb) / temperature, dim=1)
-                if not keep_suspect:  # guard 2: no more belief in the suspect than the pruned model has
-                    cap = F.softmax(frozen(xb), dim=1)[:, suspect]  # at T = 1: sharp
-                    soft[:, suspect] = torch.minimum(soft[:, suspect], cap)
-                    soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
-            out = student(xb)
-            loss = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
-            yb = y[idx].to(device)
-            hard = yb != suspect if not keep_suspect else torch.ones_like(yb, dtype=torch.bool)
-            if ce_weight > 0 and bool(hard.any()):  # no hard label toward the suspect (its inversions carry triggers)
-                loss = loss + ce_weight * F.cross_entropy(out[hard], yb[hard])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            _rezero(student, masks)  # guard 1
-            done += 1
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        with frozen(original) as teacher, frozen(pruned) as capper:
+            for _ in range(steps):
+                if time_budget is not None and time.perf_counter() - t0 > time_budget:
+                    break
+                idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
+                xb = augment(x[idx], gen, shift=shift, noise=0.0)
+                if flip and bool(torch.rand(1, generator=gen) < 0.5):
+                    xb = xb.flip(3)
+                xb = xb.to(device)
+                with torch.no_grad():
+                    soft = F.softmax(teacher(xb) / temperature, dim=1)
+                    if not keep_suspect:  # guard 2: no more belief in the suspect than the pruned model has
+                        cap = F.softmax(capper(xb), dim=1)[:, suspect]  # at T = 1: sharp
+                        soft[:, suspect] = torch.minimum(soft[:, suspect], cap)
+                        soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
+                out = student(xb)
+                loss = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
+                yb = y[idx].to(device)
+                hard = yb != suspect if not keep_suspect else torch.ones_like(yb, dtype=torch.bool)
+                # no hard label toward the suspect (its inversions carry triggers)
+                if ce_weight > 0 and bool(hard.any()):
+                    loss = loss + ce_weight * F.cross_entropy(out[hard], yb[hard])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                _rezero(student, masks)  # guard 1
+                done += 1
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
     finally:
         bar.close()
-        teacher.train(teacher_was)
     info = {"steps": done, "requested_steps": steps, "suspect": suspect, "transfer_set": len(x),
-            "left_out": int((~keep).sum()), "held_zero_neurons": int(sum(int(m.sum()) for m in masks.values())),
+            "held_zero_neurons": int(sum(int(m.sum()) for m in masks.values())),
             "final_loss": losses[-1] if losses else None, "synthetic": syn.info, "lr": lr,
             "temperature": temperature, "seconds": round(time.perf_counter() - t0, 2),
             "stopped_by_budget": done < steps}

@@ -197,12 +197,13 @@ class OTBR(Defense):
         auto: dict[str, Any] | None = None
         t_select = 0.0
         if self.gamma == "auto":
-            choice, _, t_select = self._select(work, scores, shape, num_classes)
+            choice, built, t_select = self._select(work, scores, shape, num_classes)
             gamma = choice.value
             auto = choice.as_dict()
+            pruned, fused, info = built[gamma]
         else:
             gamma = float(self.gamma)
-        pruned, fused, info = self._defend(work, scores, gamma)
+            pruned, fused, info = self._defend(work, scores, gamma)
         stage = info.pop("_timings")
         t_repair = 0.0
         if self.repair_steps > 0:
@@ -231,14 +232,15 @@ class OTBR(Defense):
                              scores=scores.layers, info=info, data_used="none")
 
     def _select(self, work: nn.Module, scores: NWCScores, shape: tuple[int, ...],
-                num_classes: int) -> tuple[Choice, dict[float, nn.Module], float]:
+                num_classes: int) -> tuple[Choice, dict[float, tuple[nn.Module, nn.Module, dict]], float]:
+        """The automatic choice and, per γ of the grid, what :meth:`_defend` built (pruned, fused, info)."""
         t0 = time.perf_counter()
         syn = synthesize(work, self.synthetic, shape, num_classes=num_classes, steps=self.synthetic_steps,
                          seed=self.seed, progress=self.progress)
-        fused = {g: self._defend(work, scores, g)[1] for g in self.gamma_grid}
-        choice = choose_for(work, fused, syn.x, num_classes)
+        built = {g: self._defend(work, scores, g) for g in self.gamma_grid}
+        choice = choose_for(work, {g: b[1] for g, b in built.items()}, syn.x, num_classes)
         choice.extra["synthetic"] = syn.info
-        return choice, fused, time.perf_counter() - t0
+        return choice, built, time.perf_counter() - t0
 
     def select(self, model: nn.Module) -> tuple[Choice, dict[float, nn.Module]]:
         """The automatic γ choice for ``model`` and the fused candidate of every γ in ``gamma_grid``.
@@ -254,8 +256,8 @@ class OTBR(Defense):
         require_batchnorm(work, "gamma", "0.05")
         scores = self._scores(work, shape, num_classes)
         scores.unlearn = None
-        choice, fused, _ = self._select(work, scores, shape, num_classes)
-        return choice, fused
+        choice, built, _ = self._select(work, scores, shape, num_classes)
+        return choice, {g: b[1] for g, b in built.items()}
 
     def sweep(self, model: nn.Module, gammas: Sequence[float]) -> Iterator[tuple[float, nn.Module, nn.Module]]:
         """One random-unlearning run, then ``(gamma, pruned model, fused model)`` for every γ.

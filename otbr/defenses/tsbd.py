@@ -64,6 +64,7 @@ from otbr.defenses.base import Defense, DefenseResult, check_auto_fraction, chec
 from otbr.errors import OtbrError
 from otbr.layers import scored_layers
 from otbr.models.normalize import unwrap
+from otbr.models.registry import output_classes
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pruning import global_topk, mask_count, mask_indices
 from otbr.selection import choose_for, require_batchnorm
@@ -302,9 +303,7 @@ class TSBD(Defense):
         from otbr.metrics import accuracy
 
         shape = tuple(x.shape[1:])
-        num_classes = int(y.max()) + 1
-        with torch.no_grad():
-            num_classes = max(num_classes, int(original(x[:2].to(next(original.parameters()).device)).shape[1]))
+        num_classes = max(int(y.max()) + 1, output_classes(original, shape))
         syn = synthesize(original, self.synthetic, shape, num_classes=num_classes, steps=100, seed=self.seed,
                          progress=self.progress)
         base_acc = accuracy(original, x, y)
