@@ -109,16 +109,20 @@ def defend_clp(model: str, u: float, progress: bool, **kw: Any) -> None:
 @defend.command("anp")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--eps", default=0.4, show_default=True, type=click.FloatRange(0, 1), help="Perturbation budget.")
-@click.option("--threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1), help="Pruning threshold.")
+@click.option("--threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+              help="Pruning threshold (the largest one the accuracy guard tries).")
+@click.option("--acc-ratio", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+              help="Lower the threshold until the pruned model keeps this fraction of its clean-subset accuracy "
+                   "(0: the plain published threshold).")
 @click.option("--iterations", default=2000, show_default=True, type=click.IntRange(1), help="Mask-update batches.")
 @click.option("--alpha", default=0.2, show_default=True, type=click.FloatRange(0, 1), help="Natural-loss weight.")
 @batch_size_option()
 @defense_options(clean=True)
-def defend_anp(model: str, eps: float, threshold: float, iterations: int, alpha: float, batch_size: int,
-               progress: bool, **kw: Any) -> None:
+def defend_anp(model: str, eps: float, threshold: float, acc_ratio: float, iterations: int, alpha: float,
+               batch_size: int, progress: bool, **kw: Any) -> None:
     """ANP (default 1 % clean data): learn BN-neuron masks under adversarial perturbation, prune low masks."""
-    _run("anp", model, {"eps": eps, "threshold": threshold, "iterations": iterations, "alpha": alpha,
-                        "batch_size": batch_size}, progress, kw)
+    _run("anp", model, {"eps": eps, "threshold": threshold, "acc_ratio": acc_ratio, "iterations": iterations,
+                        "alpha": alpha, "batch_size": batch_size}, progress, kw)
 
 
 COMMANDS: list = []

@@ -434,25 +434,26 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
 @click.argument("pruned", type=click.Path(dir_okay=False))
 @click.argument("original", type=click.Path(dir_okay=False))
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(0), help="Distillation steps.")
-@click.option("--synthetic", default=1024, show_default=True, type=click.IntRange(2),
+@click.option("--synthetic", default=512, show_default=True, type=click.IntRange(2),
               help="BatchNorm-inverted transfer images.")
 @click.option("--synthetic-steps", default=100, show_default=True, type=click.IntRange(0), help="Inversion steps.")
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Adam learning rate of the distillation.")
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
 @click.option("--keep-suspect", is_flag=True,
-              help="Turn off the guard on the suspected target class (risks distilling the backdoor back).")
+              help="Turn off the guards on the suspected target class (risks distilling the backdoor back).")
 @batch_size_option(128)
 @defense_options()
 def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic_steps: int, lr: float,
                time_budget: float | None, keep_suspect: bool, batch_size: int, progress: bool, **kw: Any) -> None:
     """EXPERIMENTAL data-free repair of a PRUNED model (OTBR --variant prune, CLP, …): distil its ORIGINAL into it.
 
-    On the one Fashion-MNIST zoo model measured it lost clean accuracy (benchmarks/results/repair-fmnist.md);
-    check the result before using it.
+    Measured per zoo model in benchmarks/results/repair-fmnist.md; check the result before using it.
 
     The transfer set is inverted from ORIGINAL's BatchNorm statistics (no data is read); the pruned neurons
-    (rows all zero in PRUNED but not in ORIGINAL) stay zero; the teacher's belief in the suspected target
-    class is capped at PRUNED's own, and no hard label points to it. The test set is used only for the
+    (rows all zero in PRUNED but not in ORIGINAL) stay zero; the inversions of the suspected target class
+    are left out (they carry the trigger), the teacher's belief in that class is capped at PRUNED's own,
+    and no hard label points to it. The test set is used only for the
     before/after table (of ORIGINAL vs the repaired model).
     """
     from otbr.defenses.base import DefenseResult

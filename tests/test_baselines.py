@@ -148,6 +148,27 @@ def test_fp_pruned_columns_stay_zero_after_finetuning():
     assert float(res.model.net.fc.weight[:, pruned].detach().abs().sum()) == 0.0
 
 
+def test_anp_accuracy_guard_stops_a_mask_collapse(monkeypatch):
+    """Masks that all fell to 0.1 (the collapse seen on a narrow real model): the guard keeps the model usable."""
+    from helpers import tiny_net, train_backdoor
+
+    from otbr.defenses.anp import ANP
+    from otbr.metrics import predict
+
+    net, (x, _), _ = train_backdoor(tiny_net(), poison=False)
+    x = x[:200]
+    y = predict(net, x)  # labels the model gets all right: subset accuracy 1.0 before pruning
+    monkeypatch.setattr(ANP, "learn_masks", lambda self, model, xs, ys: {
+        n: torch.full_like(m.weight, 0.1) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)})
+    plain = ANP(iterations=1, acc_ratio=0.0, progress=False).run(net, (x, y))
+    assert plain.info["num_pruned"] == plain.info["num_neurons"]  # the published threshold prunes every channel
+    guarded = ANP(iterations=1, progress=False).run(net, (x, y))
+    by_t = {c["threshold"]: c for c in guarded.info["guard"]}
+    assert by_t[0.2]["subset_acc"] < 0.9  # pruning everything really breaks the model
+    assert guarded.info["threshold"] == pytest.approx(0.1) and guarded.info["num_pruned"] == 0
+    assert bool((predict(guarded.model, x) == y).all())
+
+
 # -- CLI --------------------------------------------------------------------------------------------------------------
 @pytest.fixture()
 def model_file(tmp_path):

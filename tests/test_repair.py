@@ -56,6 +56,8 @@ def test_guarded_repair_keeps_the_backdoor_out_and_the_unguarded_one_does_not(pr
     assert all(torch.equal(before[k], v) for k, v in pruned.state_dict().items())
     unguarded = repair(pruned, net, suspect=0, keep_suspect=True, **kw)
     assert acc_asr(unguarded.model, xt, yt)[1] >= 0.5
+    assert guarded.info["left_out_suspect_inversions"] == 512 // 4  # round-robin classes: the suspect's quarter
+    assert unguarded.info["left_out_suspect_inversions"] == 0
     assert guarded.info["steps"] == 300 and guarded.info["held_zero_neurons"] == sum(int(m.sum()) for m in
                                                                                      masks.values())
 
@@ -86,3 +88,17 @@ def test_cli_repair_step(tmp_path) -> None:
     assert float(rep.net.conv1.weight.detach()[:2].abs().sum()) == 0
     same = CliRunner().invoke(main, ["repair", str(model), str(model), "-o", str(tmp_path / "x.safetensors")])
     assert same.exit_code == 2 and "same file" in same.output
+
+
+def test_transfer_set_is_reused_and_on_step_sees_every_step(pruned_pair, monkeypatch) -> None:
+    import otbr.repair as rep
+    from otbr.synthesis import synthesize
+
+    net, pruned, masks, _ = pruned_pair
+    syn = synthesize(net, 32, (1, SIDE, SIDE), num_classes=4, steps=2, progress=False)
+    monkeypatch.setattr(rep, "synthesize", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-inverted")))
+    seen: list[int] = []
+    res = repair(pruned, net, input_shape=(1, SIDE, SIDE), masks=masks, suspect=0, transfer=syn, steps=4,
+                 progress=False, on_step=lambda step, student: seen.append(step))
+    assert seen == [1, 2, 3, 4]
+    assert res.info["transfer_set"] == 24 and res.info["left_out_suspect_inversions"] == 8
