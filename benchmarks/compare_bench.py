@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import shutil
 import sys
 import time
@@ -53,6 +54,14 @@ QUICK = {
     "tsbd": {"ft_epochs": 1, "unlearn_max_epochs": 2},
     "anp": {"iterations": 5},
 }
+
+
+def _shown(path: Path | str) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT.parent))
+    except ValueError:
+        return str(path)
 
 
 def _overrides(table: dict, defenses: list[str]) -> dict:
@@ -101,14 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     png.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(res.files["png"], png)
 
-    command = "python benchmarks/compare_bench.py" + (f" --workers {args.workers}" if args.workers != 2 else "")
-    if args.quick:
-        command += " --quick"
+    command = "python benchmarks/compare_bench.py" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
     env = environment()
     lines = [
         "# Defense comparison on the Fashion-MNIST zoo",
         "",
-        f"Regenerate: `{command}` (resumes from `{out}/cells`; delete it to start afresh).",
+        f"Made by `{command}` (resumes from the cells in `{_shown(out)}/cells`; delete them to start afresh; "
+        "without `--models` it runs the whole zoo).",
         "",
         f"Models: {', '.join(Path(m).stem for m in models)}. Defenses: {', '.join(defenses)}"
         + (f" (not registered here: {', '.join(missing)})" if missing else "") + ".",
