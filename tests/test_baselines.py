@@ -163,9 +163,8 @@ def test_anp_accuracy_guard_stops_a_mask_collapse(monkeypatch):
     plain = ANP(iterations=1, acc_ratio=0.0, progress=False).run(net, (x, y))
     assert plain.info["num_pruned"] == plain.info["num_neurons"]  # the published threshold prunes every channel
     guarded = ANP(iterations=1, progress=False).run(net, (x, y))
-    by_t = {c["threshold"]: c for c in guarded.info["guard"]}
-    assert by_t[0.2]["subset_acc"] < 0.9  # pruning everything really breaks the model
-    assert guarded.info["threshold"] == pytest.approx(0.1) and guarded.info["num_pruned"] == 0
+    assert guarded.info["guard"] and all(c["subset_acc"] < 0.9 for c in guarded.info["guard"])  # pruning breaks it
+    assert guarded.info["threshold"] == 0.0 and guarded.info["num_pruned"] == 0
     assert bool((predict(guarded.model, x) == y).all())
 
 

@@ -16,8 +16,9 @@ are pruned by zeroing their BN γ (the published pruning; β is kept). Defaults
 Accuracy guard (``acc_ratio``, default 0.9): on narrow networks ε = 0.4 drives
 most masks down together — on a width-16 PreAct-ResNet18 a fixed threshold of
 0.2 pruned 463 of 848 channels and left 9.7 % clean accuracy
-(``benchmarks/results/compare-fmnist.md`` as of commit bf36f15). So the threshold is lowered, over
-the grid 0.05, 0.10, …, ``threshold``, to the largest one whose pruned model
+(``benchmarks/results/compare-fmnist.md`` as of commit bf36f15). So the threshold is lowered, to
+the largest one (pruning the 5 %, 10 %, …, 100 % lowest-mask channels of those
+below ``threshold``) whose pruned model
 keeps at least ``acc_ratio`` × the original's accuracy on the defense's own
 clean subset (no test or poisoned data; the subset is the one the masks were
 learned on, so the check is optimistic). ``acc_ratio=0`` restores the plain
@@ -167,11 +168,18 @@ class ANP(Defense):
 
     def _guarded_threshold(self, model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor,
                            y: torch.Tensor) -> tuple[float, list[dict[str, float]]]:
-        """The largest threshold of the grid whose pruning keeps ``acc_ratio`` × the clean-subset accuracy."""
+        """The largest threshold whose pruning keeps ``acc_ratio`` × the clean-subset accuracy.
+
+        Candidates prune the k lowest-mask channels among those below ``threshold``, for k = 5 %, 10 %, …, 100 %
+        of them (thresholds just above the k-th lowest mask).
+        """
         if self.acc_ratio <= 0 or self.threshold <= 0:
             return self.threshold, []
-        grid = sorted({round(t, 6) for t in torch.arange(0.05, self.threshold + 1e-9, 0.05).tolist()}
-                      | {self.threshold})
+        values = torch.cat([m.reshape(-1) for m in masks.values()]).sort().values
+        below = int((values < self.threshold).sum())
+        counts = sorted({max(1, round(q * below)) for q in torch.linspace(0.05, 1.0, 20).tolist()}) if below else []
+        # just above the k-th lowest mask (ties included), never above the published threshold
+        grid = sorted({min(float(torch.nextafter(values[k - 1], torch.tensor(2.0))), self.threshold) for k in counts})
         gamma = {n: dict(model.named_modules())[n].weight.detach() for n in masks}
         base = accuracy(model, x, y)
         candidates: list[dict[str, float]] = []
