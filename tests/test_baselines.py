@@ -168,6 +168,29 @@ def test_anp_accuracy_guard_stops_a_mask_collapse(monkeypatch):
     assert bool((predict(guarded.model, x) == y).all())
 
 
+def test_anp_accuracy_guard_still_prunes_what_the_model_can_spare(monkeypatch):
+    """One low mask in a wide layer (pruning it costs little): the guard keeps the published threshold's choice."""
+    from helpers import tiny_net, train_backdoor
+
+    from otbr.defenses.anp import ANP
+    from otbr.metrics import predict
+
+    net, (x, _), _ = train_backdoor(tiny_net(), poison=False)
+    x = x[:200]
+    y = predict(net, x)
+    bns = [n for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)]
+
+    def masks(self, model, xs, ys):
+        out = {n: torch.ones_like(m.weight) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+        out[bns[-1]][0] = 0.05
+        return out
+
+    monkeypatch.setattr(ANP, "learn_masks", masks)
+    res = ANP(iterations=1, progress=False).run(net, (x, y))
+    assert res.info["num_pruned"] == 1 and res.info["threshold"] > 0.05
+    assert (predict(res.model, x) == y).float().mean() >= 0.9
+
+
 # -- CLI --------------------------------------------------------------------------------------------------------------
 @pytest.fixture()
 def model_file(tmp_path):
