@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     png.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(res.files["png"], png)
 
-    command = "python benchmarks/compare_bench.py" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
+    given = sys.argv[1:] if argv is None else argv
+    command = "python benchmarks/compare_bench.py" + (" " + shlex.join(given) if given else "")
     env = environment()
     lines = [
         "# Defense comparison on the Fashion-MNIST zoo",

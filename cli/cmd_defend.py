@@ -453,8 +453,8 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
     The transfer set is inverted from ORIGINAL's BatchNorm statistics (no data is read); the pruned neurons
     (rows all zero in PRUNED but not in ORIGINAL) stay zero; the inversions of the suspected target class
     are left out (they carry the trigger), the teacher's belief in that class is capped at PRUNED's own,
-    and no hard label points to it. The test set is used only for the
-    before/after table (of ORIGINAL vs the repaired model).
+    and no hard label points to it. The test set is used only for the before/after table (of ORIGINAL vs
+    the repaired model).
     """
     from otbr.defenses.base import DefenseResult
     from otbr.repair import repair

@@ -203,11 +203,8 @@ def repair(
                         soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
                 out = student(xb)
                 loss = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
-                yb = y[idx].to(device)
-                hard = yb != suspect if not keep_suspect else torch.ones_like(yb, dtype=torch.bool)
-                # no hard label toward the suspect (its inversions carry triggers)
-                if ce_weight > 0 and bool(hard.any()):
-                    loss = loss + ce_weight * F.cross_entropy(out[hard], yb[hard])
+                if ce_weight > 0:  # guarded: no label here is the suspect (its inversions were left out)
+                    loss = loss + ce_weight * F.cross_entropy(out, y[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

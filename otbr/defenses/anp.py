@@ -16,13 +16,14 @@ are pruned by zeroing their BN γ (the published pruning; β is kept). Defaults
 Accuracy guard (``acc_ratio``, default 0.9): on narrow networks ε = 0.4 drives
 most masks down together — on a width-16 PreAct-ResNet18 a fixed threshold of
 0.2 pruned 463 of 848 channels and left 9.7 % clean accuracy
-(``benchmarks/results/compare-fmnist.md`` as of commit bf36f15). So the threshold is lowered, to
-the largest one (pruning the 5 %, 10 %, …, 100 % lowest-mask channels of those
-below ``threshold``) whose pruned model
-keeps at least ``acc_ratio`` × the original's accuracy on the defense's own
-clean subset (no test or poisoned data; the subset is the one the masks were
-learned on, so the check is optimistic). ``acc_ratio=0`` restores the plain
-published threshold. Every candidate is listed in the result's ``info``.
+(``benchmarks/results/compare-fmnist.md`` as of commit bf36f15). So the
+threshold is lowered to the largest one (pruning the 5 %, 10 %, …, 100 %
+lowest-mask channels of those below ``threshold``) whose pruned model keeps at
+least ``acc_ratio`` × the original's accuracy on the defense's own clean subset
+(no test or poisoned data; the subset is the one the masks were learned on, so
+the check is optimistic). ``acc_ratio=0`` restores the plain published
+threshold. Every candidate is listed in the result's ``info``.
+
 The parameters are swapped in through :func:`torch.func.functional_call`; the
 network is not modified and stays in eval mode (running statistics fixed;
 the published code trains with batch statistics).
@@ -180,7 +181,8 @@ class ANP(Defense):
         counts = sorted({max(1, round(q * below)) for q in torch.linspace(0.05, 1.0, 20).tolist()}) if below else []
         # just above the k-th lowest mask (ties included), never above the published threshold
         grid = sorted({min(float(torch.nextafter(values[k - 1], torch.tensor(2.0))), self.threshold) for k in counts})
-        gamma = {n: dict(model.named_modules())[n].weight.detach() for n in masks}
+        mods = dict(model.named_modules())
+        gamma = {n: mods[n].weight.detach() for n in masks}
         base = accuracy(model, x, y)
         candidates: list[dict[str, float]] = []
         chosen = 0.0
