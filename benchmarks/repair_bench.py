@@ -117,10 +117,10 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "the automatic choice (no oracle) where `auto-otbr-fmnist.json` has one. Wall times include the shared "
              "unlearning and pruning; this machine's 2 CPU cores were shared with other jobs.", "",
              "Repair settings (Adam lr 1e-4, no input jitter, the suspected class's inversions left out, the rest "
-             "of `otbr.repair.repair`'s defaults) were chosen on the BadNets model while watching its test set "
-             "(see [repair-explore-fmnist.md](repair-explore-fmnist.md)): on `badnets` they are tuned, every other "
-             "model is held out. `suspect`: the class the repair guards (from the automatic γ selection when "
-             "recorded); `target`: the real one, shown for reading only.", "",
+             "of `otbr.repair.repair`'s defaults) were chosen on the BadNets model while watching its poisoned test "
+             "set (see [repair-explore-fmnist.md](repair-explore-fmnist.md)): an ORACLE choice for `badnets`, "
+             "every other model is held out. `suspect`: the class the repair guards (from the automatic γ selection "
+             "when recorded); `target`: the real one, shown for reading only.", "",
              "Goal (issue 9): mean DER ≥ 95, mean ACC loss ≤ 2 points, no model above 10 % ASR, ≤ 10 min per model.",
              "", "## Mean", "",
              markdown_table(p["summary"], ["series", "models", "acc", "asr", "der", "acc_loss", "max_asr",

@@ -2,8 +2,8 @@
 
 EXPERIMENTAL (off by default). Measured on both Fashion-MNIST zoos in
 ``benchmarks/results/repair-fmnist.md``. Its settings were chosen on the BadNets
-model alone while watching that model's test set
-(``benchmarks/results/repair-explore-fmnist.md``); the other models are held out.
+model alone while watching that model's poisoned test set — an ORACLE choice for
+that model (``benchmarks/results/repair-explore-fmnist.md``); the other models are held out.
 
 Pruning the suspicious neurons removes a backdoor but costs clean accuracy. With
 no data, the only teacher of clean behaviour is the backdoored original itself.
