@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -172,7 +173,12 @@ def _key(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _load_done(path: Path, key: str) -> dict[str, Any] | None:
+def _load_done(path: Path, key: str, legacy: str | None = None) -> dict[str, Any] | None:
+    """The cell stored at ``path`` when it was made with the settings ``key`` names, else ``None``.
+
+    A cell keyed the way otbr ≤ 0.1 keyed them (``legacy``: the model's path as spelled and its size and
+    modification time) is accepted once and re-keyed in place.
+    """
     if not path.is_file():
         return None
     try:
@@ -180,6 +186,9 @@ def _load_done(path: Path, key: str) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         log.warning("unreadable cell %s: running it again", path)
         return None
+    if legacy is not None and row.get("key") == legacy:
+        row["key"] = key
+        write_json(path, row)
     if row.get("key") != key:
         log.info("cell %s was made with other settings: running it again", path.name)
         return None
@@ -368,9 +377,12 @@ def run_compare(
                     # key on the full configuration, defaults included: a changed default must not reuse old cells
                     keyed["config"] = {k: v for k, v in registry[d](**task["kwargs"]).config().items()
                                        if k != "progress"}
-                task["key"] = _key({**keyed, "model_sha": _file_id(m), "before": task.get("before")})
+                legacy = _key({**keyed, "model_sha": _file_id(m), "before": task.get("before")})
+                # the model's bytes, not how its path was spelled nor when the file was touched (a clone resumes)
+                keyed.pop("model")
+                task["key"] = _key({**keyed, "model_sha": _file_sha(m), "before": task.get("before")})
                 task["path"] = str(out / "cells" / f"{cell_name(m, d)}.json")
-                prev = _load_done(Path(task["path"]), task["key"])
+                prev = _load_done(Path(task["path"]), task["key"], legacy)
                 if prev is not None:
                     cells[cell_name(m, d)] = prev
                     result.reused += 1
@@ -399,6 +411,22 @@ def run_compare(
 def _file_id(path: str | Path) -> str:
     st = Path(path).stat()
     return f"{st.st_size}:{int(st.st_mtime)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _sha_of(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_sha(path: str | Path) -> str:
+    """SHA-256 of the file's bytes (cached per path, size and modification time)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _sha_of(str(p), st.st_size, st.st_mtime_ns)
 
 
 def write_outputs(rows: list[dict[str, Any]], defenses: list[str], out: Path, *, notes: Sequence[str] = (),

@@ -15,7 +15,11 @@ fi
 stamp="$venv/.otbr-installed"
 want="$(cat "$here/setup.cfg" "$here/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "[setup] installing otbr and its dependencies (torch 2.14.1 from the local wheel store, ~2 min)" >&2
+    echo "[setup] installing otbr and its dependencies (torch 2.14.1, torchvision 0.29.1; ~2-5 min)" >&2
+    free_gb=$(df -Pk "$venv" | awk 'NR==2 {print int($4 / 1048576)}')
+    if [ "${free_gb:-0}" -lt 8 ]; then
+        echo "[setup] warning: ${free_gb} GB free next to $venv; torch's install needs about 8 GB" >&2
+    fi
     "$venv/bin/python" -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[test]"
     echo "$want" > "$stamp"

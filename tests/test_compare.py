@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +61,21 @@ def test_grid_rows_files_and_resume(zoo):
 
     changed = run_compare(zoo["models"][:1], ["clp", "ft"], **{**kw, "overrides": {"ft": {**FAST["ft"], "lr": 0.02}}})
     assert changed.ran == 1  # only the cell whose settings changed runs again
+
+
+def test_resume_follows_the_model_bytes_not_its_path_or_mtime(zoo, monkeypatch):
+    out = zoo["dir"] / "cmp2"
+    first = run_compare(zoo["models"][:1], ["clp"], out_dir=out, plot=False)
+    assert first.ran == 2
+    # a fresh clone: the same bytes, a new modification time, the path spelled relative to another folder
+    path = zoo["dir"] / "a.safetensors"
+    os.utime(path, (1e9, 1e9))
+    monkeypatch.chdir(zoo["dir"])
+    again = run_compare(["a.safetensors"], ["clp"], out_dir=out, plot=False)
+    assert again.ran == 0 and again.reused == 2
+    # different bytes under the same name: everything runs again
+    path.write_bytes(Path(zoo["models"][1]).read_bytes())
+    assert run_compare(["a.safetensors"], ["clp"], out_dir=out, plot=False).ran == 2
 
 
 def test_without_data_data_dependent_defenses_are_skipped(zoo):
