@@ -6,4 +6,9 @@ bash "$here/scripts/setup.sh"
 venv="${OTBR_VENV:-$here/.venv}"
 cd "$here"
 "$venv/bin/ruff" check otbr cli tests benchmarks
-"$venv/bin/python" -m pytest -q "$@"
+if [ "$#" -eq 0 ]; then
+    # the tests and every docstring example of the package and the CLI
+    "$venv/bin/python" -m pytest -q --doctest-modules otbr cli tests
+else
+    "$venv/bin/python" -m pytest -q "$@"
+fi

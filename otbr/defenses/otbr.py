@@ -217,6 +217,9 @@ class OTBR(Defense):
             info["repair"] = rr.info
             info["notes"].append(f"repair: the pruned model was distilled from the original on synthetic inputs "
                                  f"for {rr.info['steps']} steps (the fusion was not used)")
+            if rr.info["reverted"]:
+                info["notes"].append(f"repair: the backdoor check flagged class(es) {rr.info['check']['flagged']} "
+                                     "as easier to trigger after the distillation; the pruned model is returned")
         if auto is not None:
             info["auto"] = auto
             info["notes"].append(f"γ = {gamma:g} chosen automatically from {self.gamma_grid} with no data "
@@ -249,7 +252,7 @@ class OTBR(Defense):
 
         Example:
             >>> choice, cands = OTBR(input_shape=(1, 8, 8)).select(net)  # doctest: +SKIP
-            >>> choice.value in cands
+            >>> choice.value in cands  # doctest: +SKIP
             True
         """
         work, shape, num_classes = self._prepare(model, None)
