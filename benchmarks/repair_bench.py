@@ -8,7 +8,7 @@ each scored on the test set (the only use of data). Wall times are of this machi
 
 Usage:
     python benchmarks/repair_bench.py [--zoo main|second] [--only NAME,...] [--steps 300] [--synthetic 512]
-                                      [--eval-limit 5000] [--threads 1] [--append]
+                                      [--eval-limit 5000] [--threads 1] [--workers 1] [--append]
 
 Writes ``benchmarks/results/repair-fmnist.{md,json}``.
 """
@@ -16,8 +16,10 @@ Writes ``benchmarks/results/repair-fmnist.{md,json}``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import json
 import logging
+import multiprocessing
 import statistics
 import sys
 import time
@@ -42,7 +44,8 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 ZOOS = {"main": ROOT / "zoo", "second": ROOT / "zoo2"}
 COLUMNS = ["model", "gamma", "gamma_from", "series", "acc", "asr", "ra", "der", "acc_loss", "wall_s", "suspect",
-           "target"]
+           "target", "check"]
+SERIES = ("prune", "fusion-paper", "fusion-default", "distilled", "repair")
 
 
 def pct(v: float | None) -> float | None:
@@ -81,7 +84,9 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
     rr = repair(pruned, model, input_shape=meta.input_shape, masks=masks, num_classes=meta.num_classes,
                 suspect=suspect, synthetic=args.synthetic, steps=args.steps, time_budget=args.time_budget,
                 progress=False)
-    out["repair"] = (rr.model, t_prune + time.perf_counter() - t1)
+    t_repair = t_prune + time.perf_counter() - t1
+    out["distilled"] = (rr.distilled, t_repair)  # the distillation without the backdoor check
+    out["repair"] = (rr.model, t_repair)
     rows = [{"zoo": zoo, "model": name, "gamma": 0.0, "gamma_from": "-", "series": "original", "acc": pct(base.acc),
              "asr": pct(base.asr), "ra": pct(base.ra), "der": None, "acc_loss": 0.0, "wall_s": None}]
     for series, (m, wall) in out.items():
@@ -94,12 +99,30 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
                  rows[-1]["der"], wall)
     rows[-1]["repair_info"] = {k: v for k, v in rr.info.items() if k != "synthetic"}
     rows[-1]["suspect"], rows[-1]["target"] = rr.info["suspect"], int(ps.target)  # target: for reading only
+    rows[-1]["check"] = check_text(rr.info["check"])
     return rows
+
+
+def check_text(check: dict[str, Any] | None) -> str:
+    """``kept pruned: 0 (0.00→0.59)`` when the check flagged classes, else ``passed (max rise +0.08)``."""
+    if check is None:
+        return "off"
+    before, after = check["rate_before"], check["rate_after"]
+    if check["flagged"]:
+        return "kept pruned: " + ", ".join(f"{c} ({before[c]:.2f}→{after[c]:.2f})" for c in check["flagged"])
+    return f"passed (max rise {max(a - b for a, b in zip(after, before)):+.2f})"
+
+
+def _work(zoo: str, name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One model in a worker process (its own torch threads and test set)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    torch.set_num_threads(args.threads)
+    return run_model(zoo, name, args, load_dataset("fashion-mnist", "test"), auto_gammas())
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for series in ("prune", "fusion-paper", "fusion-default", "repair"):
+    for series in SERIES:
         g = [r for r in rows if r["series"] == series]
         if g:
             out.append({"series": series, "models": len(g), "acc": statistics.fmean(r["acc"] for r in g),
@@ -121,6 +144,10 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "set (see [repair-explore-fmnist.md](repair-explore-fmnist.md)): an ORACLE choice for `badnets`, "
              "every other model is held out. `suspect`: the class the repair guards (from the automatic γ selection "
              "when recorded); `target`: the real one, shown for reading only.", "",
+             "`distilled`: the distillation alone; `repair`: the same run with its data-free backdoor check "
+             "(`otbr.repair.backdoor_check`: per class, the success rate of a small reverse-engineered trigger on "
+             "the pruned and on the distilled model; any class up by ≥ 0.25 → the pruned model is kept). The "
+             "`check` column shows the flagged classes with their rates, or the largest rise.", "",
              "Goal (issue 9): mean DER ≥ 95, mean ACC loss ≤ 2 points, no model above 10 % ASR, ≤ 10 min per model.",
              "", "## Mean", "",
              markdown_table(p["summary"], ["series", "models", "acc", "asr", "der", "acc_loss", "max_asr",
@@ -133,34 +160,45 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", choices=sorted(ZOOS), default="main")
-    ap.add_argument("--only", default="badnets,blended,trojan")
+    ap.add_argument("--only", default="badnets,blended,trojan",
+                    help="model names of --zoo, or ZOO:NAME (e.g. second:badnets-t3), comma-separated")
     ap.add_argument("--gamma", type=float, default=0.1, help="γ where no automatic choice is recorded")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--synthetic", type=int, default=512)
     ap.add_argument("--time-budget", type=float, default=None)
     ap.add_argument("--eval-limit", type=int, default=5000)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--workers", type=int, default=1, help="models run in this many processes at once")
+    ap.add_argument("--json", default=str(RESULTS / "repair-fmnist.json"), help="result file (the .md goes beside it)")
     ap.add_argument("--append", action="store_true", help="keep other models' rows of an existing result file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    test = load_dataset("fashion-mnist", "test")
-    jpath = RESULTS / "repair-fmnist.json"
+    jpath = Path(args.json)
     command = "python benchmarks/repair_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[dict[str, Any]] = []
-    names = [n for n in args.only.split(",") if n]
+    jobs = [tuple(n.split(":", 1)) if ":" in n else (args.zoo, n) for n in args.only.split(",") if n]
+    unknown = [f"{z}:{n}" for z, n in jobs if not (ZOOS.get(z, ROOT / "-") / f"{n}.safetensors").is_file()]
+    if unknown:
+        log.error("no such zoo model: %s", ", ".join(unknown))
+        return 2
     if args.append and jpath.is_file():
         prev = json.loads(jpath.read_text())
-        rows = [r for r in prev["rows"] if (r["zoo"], r["model"]) not in {(args.zoo, n) for n in names}]
+        rows = [r for r in prev["rows"] if (r["zoo"], r["model"]) not in set(jobs)]
         command = f"{prev['command']}, then {command}"
-    chosen = auto_gammas()
-    for name in names:
-        rows += run_model(args.zoo, name, args, test, chosen)
-        payload = {"command": command.strip(), "steps": args.steps, "synthetic": args.synthetic,
-                   "eval_limit": args.eval_limit, "threads": args.threads, "rows": rows, "summary": summary(rows),
-                   "environment": environment()}
-        write_json(jpath, payload)
-        write_markdown(payload, jpath.with_suffix(".md"))
+    order = {job: i for i, job in enumerate(jobs)}
+    with cf.ProcessPoolExecutor(max(1, args.workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_work, zoo, name, args) for zoo, name in jobs]
+        done: list[list[dict[str, Any]]] = []
+        for fut in cf.as_completed(futures):
+            done.append(fut.result())
+            done.sort(key=lambda rs: order[(rs[0]["zoo"], rs[0]["model"])])
+            payload = {"command": command.strip(), "steps": args.steps, "synthetic": args.synthetic,
+                       "eval_limit": args.eval_limit, "threads": args.threads, "workers": args.workers,
+                       "rows": rows + [r for rs in done for r in rs], "environment": environment()}
+            payload["summary"] = summary(payload["rows"])
+            write_json(jpath, payload)
+            write_markdown(payload, jpath.with_suffix(".md"))
     return 0
 
 

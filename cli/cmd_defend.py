@@ -442,10 +442,14 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
 @click.option("--keep-suspect", is_flag=True,
               help="Turn off the guards on the suspected target class (risks distilling the backdoor back).")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="After the distillation, compare how easily each class is triggered (small reverse-engineered "
+                   "triggers, no data) on PRUNED and on the result; keep PRUNED when any class got easier.")
 @batch_size_option(128)
 @defense_options()
 def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic_steps: int, lr: float,
-               time_budget: float | None, keep_suspect: bool, batch_size: int, progress: bool, **kw: Any) -> None:
+               time_budget: float | None, keep_suspect: bool, check: bool, batch_size: int, progress: bool,
+               **kw: Any) -> None:
     """EXPERIMENTAL data-free repair of a PRUNED model (OTBR --variant prune, CLP, …): distil its ORIGINAL into it.
 
     Measured per zoo model in benchmarks/results/repair-fmnist.md; check the result before using it.
@@ -453,8 +457,9 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
     The transfer set is inverted from ORIGINAL's BatchNorm statistics (no data is read); the pruned neurons
     (rows all zero in PRUNED but not in ORIGINAL) stay zero; the inversions of the suspected target class
     are left out (they carry the trigger), the teacher's belief in that class is capped at PRUNED's own,
-    and no hard label points to it. The test set is used only for the before/after table (of ORIGINAL vs
-    the repaired model).
+    and no hard label points to it. With --check (the default) the result is PRUNED itself when a
+    data-free scan finds any class easier to trigger after the distillation than before. The test set is
+    used only for the before/after table (of ORIGINAL vs the repaired model).
     """
     from otbr.defenses.base import DefenseResult
     from otbr.repair import repair
@@ -467,11 +472,12 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
     pruned_net, _ = load_model_from_options(pruned, load_kw)
     rr = repair(pruned_net, orig_net, input_shape=meta.input_shape, num_classes=meta.num_classes,
                 keep_suspect=keep_suspect, synthetic=synthetic, synthetic_steps=synthetic_steps, steps=steps,
-                batch_size=batch_size, lr=lr, time_budget=time_budget, seed=kw["seed"], progress=progress)
+                batch_size=batch_size, lr=lr, time_budget=time_budget, seed=kw["seed"], progress=progress, check=check)
     result = DefenseResult(model=rr.model, method="repair",
                            config={"steps": steps, "synthetic": synthetic, "synthetic_steps": synthetic_steps,
                                    "lr": lr, "batch_size": batch_size, "time_budget": time_budget,
-                                   "keep_suspect": keep_suspect, "seed": kw["seed"], "pruned_model": pruned},
+                                   "keep_suspect": keep_suspect, "check": check, "seed": kw["seed"],
+                                   "pruned_model": pruned},
                            timings={"total": rr.info["seconds"]}, info={"repair": rr.info}, data_used="none")
     finish(original, orig_net, meta, result, kw, out, _eval_sets(meta, kw))
 

@@ -39,27 +39,51 @@ def test_zeroed_neurons_recovers_the_masks(pruned_pair) -> None:
 
 
 def test_guarded_repair_keeps_the_backdoor_out_and_the_unguarded_one_does_not(pruned_pair) -> None:
-    """Asserted on the tiny backdoor (measured: pruned ASR 0.4 %; guarded repair ASR 0.0 %, unguarded 95 %):
-    the guarded repair leaves ASR ≤ 5 % and every pruned neuron exactly zero; the same distillation with the
-    guard off (``keep_suspect=True``) brings the backdoor back (ASR ≥ 50 %) — distilling a backdoored teacher on
-    its own inversions is dangerous, which is why the guard is on by default. Inputs are not modified."""
+    """Asserted on the tiny backdoor (measured: pruned ASR 0.0 %; guarded distillation ASR 0.0 %, unguarded 66 %):
+    the guarded distillation leaves ASR ≤ 5 % and every pruned neuron exactly zero; the same distillation with
+    the guard off (``keep_suspect=True``) brings the backdoor back (ASR ≥ 50 %) — distilling a backdoored teacher
+    on its own inversions is dangerous, which is why the guard is on by default. The backdoor check then flags
+    the target class and hands back the pruned model. Inputs are not modified."""
     net, pruned, masks, (xt, yt) = pruned_pair
     before = {k: v.clone() for k, v in pruned.state_dict().items()}
     _, asr_p = acc_asr(pruned, xt, yt)
     assert asr_p <= 0.02
-    kw = {"input_shape": (1, SIDE, SIDE), "synthetic": 512, "steps": 300, "progress": False, "masks": masks}
-    guarded = repair(pruned, net, suspect=0, **kw)
+    # the tiny model's trigger covers 9 of 64 pixels: 5 % (the default budget) cannot hold it
+    kw = {"input_shape": (1, SIDE, SIDE), "synthetic": 512, "steps": 300, "progress": False, "masks": masks,
+          "check_budget": 0.1}
+    guarded = repair(pruned, net, suspect=0, check=False, **kw)
+    assert guarded.model is guarded.distilled and guarded.info["check"] is None and not guarded.info["reverted"]
     acc_g, asr_g = acc_asr(guarded.model, xt, yt)
     assert asr_g <= 0.05, (acc_g, asr_g)
     mods = dict(unwrap(guarded.model).named_modules())
     assert all(float(mods[n].weight.detach()[m].abs().sum()) == 0 for n, m in masks.items())
     assert all(torch.equal(before[k], v) for k, v in pruned.state_dict().items())
     unguarded = repair(pruned, net, suspect=0, keep_suspect=True, **kw)
-    assert acc_asr(unguarded.model, xt, yt)[1] >= 0.5
+    assert acc_asr(unguarded.distilled, xt, yt)[1] >= 0.5
+    # the check caught it: the target class got easier to trigger, and the model handed back is the pruned one
+    assert 0 in unguarded.info["check"]["flagged"] and unguarded.info["reverted"]
+    assert unguarded.model is not pruned
+    assert all(torch.equal(pruned.state_dict()[k], v) for k, v in unguarded.model.state_dict().items())
     assert guarded.info["left_out_suspect_inversions"] == 512 // 4  # round-robin classes: the suspect's quarter
     assert unguarded.info["left_out_suspect_inversions"] == 0
     assert guarded.info["steps"] == 300 and guarded.info["held_zero_neurons"] == sum(int(m.sum()) for m in
                                                                                      masks.values())
+
+
+def test_backdoor_check_flags_a_rise_only(pruned_pair) -> None:
+    """The check is directional: pruned → backdoored original flags the target (class 0); the reverse, and a
+    model against itself, flag nothing."""
+    from otbr.metrics import predict
+    from otbr.repair import backdoor_check
+    from otbr.synthesis import synthesize
+
+    net, pruned, _, _ = pruned_pair
+    syn = synthesize(net, 256, (1, SIDE, SIDE), num_classes=4, steps=50, progress=False)
+    ref = predict(net, syn.x)
+    kw = {"budget": 0.1}  # the tiny model's trigger covers 9 of 64 pixels: 5 % cannot hold it
+    assert 0 in backdoor_check(pruned, net, syn.x, ref, 4, **kw)["flagged"]
+    assert 0 not in backdoor_check(net, pruned, syn.x, ref, 4, **kw)["flagged"]
+    assert backdoor_check(net, net, syn.x, ref, 4, **kw)["flagged"] == []
 
 
 def test_time_budget_stops_early(pruned_pair) -> None:
@@ -84,6 +108,7 @@ def test_cli_repair_step(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     info = json.loads(report.read_text())["info"]["repair"]
     assert info["held_zero_neurons"] == 2 and info["steps"] == 3 and out.is_file()
+    assert len(info["check"]["rate_before"]) == len(info["check"]["rate_after"]) == 4
     rep, _ = load_model(out)
     assert float(rep.net.conv1.weight.detach()[:2].abs().sum()) == 0
     same = CliRunner().invoke(main, ["repair", str(model), str(model), "-o", str(tmp_path / "x.safetensors")])
