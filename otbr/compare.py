@@ -176,7 +176,7 @@ def _key(payload: Mapping[str, Any]) -> str:
 def _load_done(path: Path, key: str, legacy: str | None = None) -> dict[str, Any] | None:
     """The cell stored at ``path`` when it was made with the settings ``key`` names, else ``None``.
 
-    A cell keyed the way otbr ≤ 0.1 keyed them (``legacy``: the model's path as spelled and its size and
+    A cell keyed the way earlier versions keyed them (``legacy``: the model's path as spelled and its size and
     modification time) is accepted once and re-keyed in place.
     """
     if not path.is_file():
