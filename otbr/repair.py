@@ -239,8 +239,9 @@ def repair(
         masks = zeroed_neurons(pruned, original)
     syn = transfer if transfer is not None else synthesize(original, synthetic, shape, num_classes=k,
                                                            steps=synthetic_steps, seed=seed, progress=progress)
+    ref = predict(original, syn.x) if suspect is None or check else None  # the teacher's classes, computed once
     if suspect is None:
-        suspect = suspect_class({0.0: predict(pruned, syn.x)}, predict(original, syn.x), k)
+        suspect = suspect_class({0.0: predict(pruned, syn.x)}, ref, k)
     x, y = syn.x, syn.y
     if not keep_suspect:  # guard 2: the suspect's inversions carry the trigger
         x, y = x[y != suspect], y[y != suspect]
@@ -287,7 +288,7 @@ def repair(
         bar.close()
     model, info_check = student, None
     if check:
-        info_check = backdoor_check(pruned, student, syn.x, predict(original, syn.x), k, tolerance=check_tolerance,
+        info_check = backdoor_check(pruned, student, syn.x, ref, k, tolerance=check_tolerance,
                                     budget=check_budget)
         if info_check["flagged"]:  # guard 4: no class may have become easier to trigger
             log.warning("repair: the distilled model is easier to trigger toward class(es) %s than the pruned one "
