@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from otbr.compare import run_compare, summary_rows
+from otbr.compare import SUMMARY_COLUMNS, pivot_rows, run_compare, summary_rows
 from otbr.defenses import list_defenses
 from otbr.report import environment, markdown_table
 
@@ -134,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Mean over models (%)",
         "",
-        markdown_table(summary_rows(res.rows, defenses), ["defense", "mode", "models", "acc", "asr", "ra", "der",
-                                                          "wall_s"]),
+        markdown_table(summary_rows(res.rows, defenses), SUMMARY_COLUMNS),
+        "",
+        "`worst_asr`: the highest ASR left on any model; `asr_le_10`: on how many models the ASR is at most 10 %.",
+        "",
+        "## ACC / ASR / DER per model (%)",
+        "",
+        markdown_table(*pivot_rows(res.rows, defenses)),
         "",
         "## Every model (%)",
         "",

@@ -104,13 +104,20 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
 
 
 def check_text(check: dict[str, Any] | None) -> str:
-    """``kept pruned: 0 (0.00→0.59)`` when the check flagged classes, else ``passed (max rise +0.08)``."""
+    """``kept pruned: 0 (0.97→0.00→0.59)`` (original → pruned → distilled rate) when the check flagged classes,
+    else ``passed (max rise +0.08; suppressed: 0)``."""
     if check is None:
         return "off"
-    before, after = check["rate_before"], check["rate_after"]
+    before, after, orig = check["rate_before"], check["rate_after"], check.get("rate_original")
+
+    def rates(c: int) -> str:
+        return (f"{orig[c]:.2f}→" if orig else "") + f"{before[c]:.2f}→{after[c]:.2f}"
+
     if check["flagged"]:
-        return "kept pruned: " + ", ".join(f"{c} ({before[c]:.2f}→{after[c]:.2f})" for c in check["flagged"])
-    return f"passed (max rise {max(a - b for a, b in zip(after, before)):+.2f})"
+        return "kept pruned: " + ", ".join(f"{c} ({rates(c)})" for c in check["flagged"])
+    rise = max(range(len(after)), key=lambda c: after[c] - before[c])
+    watched = "" if orig is None else "; suppressed: " + (", ".join(map(str, check["suppressed"])) or "none")
+    return f"passed (max rise {after[rise] - before[rise]:+.2f} on {rise}{watched})"
 
 
 def _work(zoo: str, name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -146,8 +153,11 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "when recorded); `target`: the real one, shown for reading only.", "",
              "`distilled`: the distillation alone; `repair`: the same run with its data-free backdoor check "
              "(`otbr.repair.backdoor_check`: per class, the success rate of a small reverse-engineered trigger on "
-             "the pruned and on the distilled model; any class up by ≥ 0.25 → the pruned model is kept). The "
-             "`check` column shows the flagged classes with their rates, or the largest rise.", "",
+             "the original, the pruned and the distilled model; a class the pruning suppressed (original → "
+             "pruned down by ≥ 0.25) that rose again by ≥ 0.25 → the pruned model is kept; rows without an "
+             "original's rate ran the earlier rule, any class up by ≥ 0.25). The `check` column shows the flagged "
+             "classes with their rates (original→pruned→distilled), or the largest rise and the suppressed "
+             "classes.", "",
              "Goal (issue 9): mean DER ≥ 95, mean ACC loss ≤ 2 points, no model above 10 % ASR, ≤ 10 min per model.",
              "", "## Mean", "",
              markdown_table(p["summary"], ["series", "models", "acc", "asr", "der", "acc_loss", "max_asr",

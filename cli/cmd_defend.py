@@ -458,7 +458,8 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
     (rows all zero in PRUNED but not in ORIGINAL) stay zero; the inversions of the suspected target class
     are left out (they carry the trigger), the teacher's belief in that class is capped at PRUNED's own,
     and no hard label points to it. With --check (the default) the result is PRUNED itself when a
-    data-free scan finds any class easier to trigger after the distillation than before. The test set is
+    data-free scan finds a class that the pruning had made harder to trigger (ORIGINAL vs PRUNED) easier
+    to trigger again after the distillation. The test set is
     used only for the before/after table (of ORIGINAL vs the repaired model).
     """
     from otbr.defenses.base import DefenseResult

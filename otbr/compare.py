@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 ORIGINAL = "original"
 DATA_FREE, DATA_DEPENDENT = "data-free", "data-dependent"
 COLUMNS = ["model", "defense", "mode", "acc", "asr", "ra", "der", "wall_s", "data_used", "notes"]
+SUMMARY_COLUMNS = ["defense", "mode", "models", "acc", "asr", "ra", "der", "worst_asr", "asr_le_10", "wall_s"]
+#: ASR (%) at or below which a summary counts a model's backdoor as removed (``asr_le_10``)
+REMOVED_ASR = 10.0
 #: the default clean ratio of a data-dependent defense that declares none
 FALLBACK_RATIO = 0.05
 
@@ -254,7 +257,8 @@ def table_row(cell: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def summary_rows(rows: Sequence[Mapping[str, Any]], defenses: Sequence[str]) -> list[dict[str, Any]]:
-    """Mean ACC/ASR/RA/DER/wall time per defense over the models it ran on."""
+    """Mean ACC/ASR/RA/DER/wall time per defense over the models it ran on, the worst ASR, and on how many
+    models the ASR is at most 10 % (``asr_le_10``, e.g. ``"3/7"``)."""
     out = []
     for d in [ORIGINAL, *defenses]:
         sel = [r for r in rows if r["defense"] == d and r.get("acc") is not None]
@@ -266,8 +270,34 @@ def summary_rows(rows: Sequence[Mapping[str, Any]], defenses: Sequence[str]) -> 
             return sum(vals) / len(vals) if vals else None
 
         out.append({"defense": d, "mode": sel[0]["mode"], "models": len(sel), "acc": mean("acc"), "asr": mean("asr"),
-                    "ra": mean("ra"), "der": mean("der"), "wall_s": mean("wall_s")})
+                    "ra": mean("ra"), "der": mean("der"), "wall_s": mean("wall_s"),
+                    "worst_asr": max(r["asr"] for r in sel if r.get("asr") is not None) if d != ORIGINAL else None,
+                    "asr_le_10": (f"{sum(r['asr'] <= REMOVED_ASR for r in sel if r.get('asr') is not None)}"
+                                  f"/{len(sel)}") if d != ORIGINAL else None})
     return out
+
+
+def pivot_rows(rows: Sequence[Mapping[str, Any]], defenses: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per defense, one ``"ACC / ASR / DER"`` column per model (and the column names).
+
+    Example:
+        >>> rows = [{"model": "m", "defense": "ft", "mode": "data-dependent", "acc": 89.2, "asr": 100.0, "der": 49.5}]
+        >>> pivot_rows(rows, ["ft"])
+        ([{'defense': 'ft', 'mode': 'data-dependent', 'm': '89.20 / 100.00 / 49.50'}], ['defense', 'mode', 'm'])
+    """
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    out = []
+    for d in [ORIGINAL, *defenses]:
+        cells = {r["model"]: r for r in rows if r["defense"] == d}
+        if not cells:
+            continue
+        row: dict[str, Any] = {"defense": d, "mode": next(iter(cells.values())).get("mode", "-")}
+        for m in models:
+            r = cells.get(m)
+            row[m] = "-" if r is None or r.get("acc") is None else " / ".join(
+                "-" if r.get(c) is None else f"{r[c]:.2f}" for c in ("acc", "asr", "der"))
+        out.append(row)
+    return out, ["defense", "mode", *models]
 
 
 def run_compare(
@@ -440,7 +470,8 @@ def write_outputs(rows: list[dict[str, Any]], defenses: list[str], out: Path, *,
           "ACC: clean test accuracy; ASR/RA: on the poisoned test set (non-target images); DER vs the original "
           "model; wall: seconds of the defense run (evaluation excluded). All values in %.", "",
           "## Mean over models", "",
-          markdown_table(summary, ["defense", "mode", "models", "acc", "asr", "ra", "der", "wall_s"]), "",
+          markdown_table(summary, SUMMARY_COLUMNS), "",
+          "## ACC / ASR / DER per model", "", markdown_table(*pivot_rows(rows, defenses)), "",
           "## Every cell", "", markdown_table(rows, COLUMNS), ""]
     if notes:
         md += ["## Notes", "", *[f"- {n}" for n in notes], ""]

@@ -114,3 +114,25 @@ def test_cli_compare_prints_table_and_refuses_without_data(zoo):
                                "--no-plot"])
     assert res.exit_code == 0, res.output
     assert "clp" in res.output and "skipped without --data" in res.output
+
+
+def test_summary_and_pivot_from_rows() -> None:
+    """Means, worst ASR and the removed count come from the rows; a missing cell shows as "-" in the pivot."""
+    from otbr.compare import pivot_rows, summary_rows
+
+    def row(model: str, defense: str, acc: float, asr: float, der: float | None) -> dict:
+        return {"model": model, "defense": defense, "mode": "data-free" if defense == "clp" else "-", "acc": acc,
+                "asr": asr, "ra": 0.0, "der": der, "wall_s": 1.0}
+
+    rows = [row("a", "original", 90.0, 100.0, None), row("b", "original", 80.0, 99.0, None),
+            row("a", "clp", 88.0, 4.0, 97.0), row("b", "clp", 70.0, 60.0, 64.5)]
+    summary = {s["defense"]: s for s in summary_rows(rows, ["clp", "ft"])}
+    assert set(summary) == {"original", "clp"}
+    clp = summary["clp"]
+    assert clp["models"] == 2 and clp["acc"] == pytest.approx(79.0) and clp["der"] == pytest.approx(80.75)
+    assert clp["worst_asr"] == 60.0 and clp["asr_le_10"] == "1/2"
+    assert summary["original"]["asr_le_10"] is None
+    pivot, cols = pivot_rows(rows[:3], ["clp"])
+    assert cols == ["defense", "mode", "a", "b"]
+    assert pivot[1] == {"defense": "clp", "mode": "data-free", "a": "88.00 / 4.00 / 97.00", "b": "-"}
+    assert pivot[0]["a"] == "90.00 / 100.00 / -"

@@ -72,7 +72,7 @@ def test_guarded_repair_keeps_the_backdoor_out_and_the_unguarded_one_does_not(pr
 
 def test_backdoor_check_flags_a_rise_only(pruned_pair) -> None:
     """The check is directional: pruned → backdoored original flags the target (class 0); the reverse, and a
-    model against itself, flag nothing."""
+    model against itself, flag nothing; given the original, only classes the pruning suppressed are flagged."""
     from otbr.metrics import predict
     from otbr.repair import backdoor_check
     from otbr.synthesis import synthesize
@@ -84,6 +84,14 @@ def test_backdoor_check_flags_a_rise_only(pruned_pair) -> None:
     assert 0 in backdoor_check(pruned, net, syn.x, ref, 4, **kw)["flagged"]
     assert 0 not in backdoor_check(net, pruned, syn.x, ref, 4, **kw)["flagged"]
     assert backdoor_check(net, net, syn.x, ref, 4, **kw)["flagged"] == []
+    # with the original: the target is watched (pruning suppressed it) and flagged; a rise of a class the
+    # pruning never suppressed (here: "original" = the pruned model itself, so nothing was suppressed) is not
+    watched = backdoor_check(pruned, net, syn.x, ref, 4, original=net, **kw)
+    assert 0 in watched["suppressed"] and 0 in watched["flagged"]
+    assert set(watched["flagged"]) <= set(watched["suppressed"])
+    assert watched["rate_original"] == watched["rate_after"]  # the same model scanned twice, same start
+    unsuppressed = backdoor_check(pruned, net, syn.x, ref, 4, original=pruned, **kw)
+    assert unsuppressed["suppressed"] == [] and unsuppressed["flagged"] == []
 
 
 def test_time_budget_stops_early(pruned_pair) -> None:
@@ -108,7 +116,8 @@ def test_cli_repair_step(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     info = json.loads(report.read_text())["info"]["repair"]
     assert info["held_zero_neurons"] == 2 and info["steps"] == 3 and out.is_file()
-    assert len(info["check"]["rate_before"]) == len(info["check"]["rate_after"]) == 4
+    assert len(info["check"]["rate_before"]) == len(info["check"]["rate_after"]) == len(
+        info["check"]["rate_original"]) == 4
     rep, _ = load_model(out)
     assert float(rep.net.conv1.weight.detach()[:2].abs().sum()) == 0
     same = CliRunner().invoke(main, ["repair", str(model), str(model), "-o", str(tmp_path / "x.safetensors")])

@@ -219,7 +219,8 @@ class OTBR(Defense):
                                  f"for {rr.info['steps']} steps (the fusion was not used)")
             if rr.info["reverted"]:
                 info["notes"].append(f"repair: the backdoor check flagged class(es) {rr.info['check']['flagged']} "
-                                     "as easier to trigger after the distillation; the pruned model is returned")
+                                     "(suppressed by the pruning) as easier to trigger again after the distillation; "
+                                     "the pruned model is returned")
         if auto is not None:
             info["auto"] = auto
             info["notes"].append(f"γ = {gamma:g} chosen automatically from {self.gamma_grid} with no data "
