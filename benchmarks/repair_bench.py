@@ -159,6 +159,7 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "classes with their rates (original→pruned→distilled), or the largest rise and the suppressed "
              "classes.", "",
              "Goal (issue 9): mean DER ≥ 95, mean ACC loss ≤ 2 points, no model above 10 % ASR, ≤ 10 min per model.",
+             *(["", "Notes on this run:", ""] + [f"- {n}" for n in p["notes"]] if p.get("notes") else []),
              "", "## Mean", "",
              markdown_table(p["summary"], ["series", "models", "acc", "asr", "der", "acc_loss", "max_asr",
                                            "mean_wall_s"]),
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="models run in this many processes at once")
     ap.add_argument("--json", default=str(RESULTS / "repair-fmnist.json"), help="result file (the .md goes beside it)")
     ap.add_argument("--append", action="store_true", help="keep other models' rows of an existing result file")
+    ap.add_argument("--note", action="append", default=[], help="a remark on this run for the result file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.append and jpath.is_file():
         prev = json.loads(jpath.read_text())
         rows = [r for r in prev["rows"] if (r["zoo"], r["model"]) not in set(jobs)]
+        args.note = [*prev.get("notes", []), *args.note]
         command = f"{prev['command']}, then {command}"
     order = {job: i for i, job in enumerate(jobs)}
     with cf.ProcessPoolExecutor(max(1, args.workers), mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             done.sort(key=lambda rs: order[(rs[0]["zoo"], rs[0]["model"])])
             payload = {"command": command.strip(), "steps": args.steps, "synthetic": args.synthetic,
                        "eval_limit": args.eval_limit, "threads": args.threads, "workers": args.workers,
-                       "rows": rows + [r for rs in done for r in rs], "environment": environment()}
+                       "rows": rows + [r for rs in done for r in rs], "environment": environment(),
+                       "notes": args.note}
             payload["summary"] = summary(payload["rows"])
             write_json(jpath, payload)
             write_markdown(payload, jpath.with_suffix(".md"))
