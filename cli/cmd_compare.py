@@ -40,7 +40,7 @@ def compare(ctx: click.Context, models: tuple[str, ...], defenses: str, data: st
     training split (without --data they are skipped). Finished cells are kept in OUT/cells and
     skipped on a re-run.
     """
-    from otbr.compare import COLUMNS, run_compare
+    from otbr.compare import COLUMNS, SUMMARY_COLUMNS, run_compare, summary_rows
 
     names = [d.strip() for d in defenses.split(",") if d.strip()]
     if not names:
@@ -58,6 +58,10 @@ def compare(ctx: click.Context, models: tuple[str, ...], defenses: str, data: st
 
     cols = [c for c in COLUMNS if c != "notes"]
     click.echo(format_table([{c: fmt(r.get(c)) for c in cols} for r in res.rows], cols))
+    if len({r["model"] for r in res.rows}) > 1:
+        click.echo("\nmean over models (worst_asr: highest ASR left; asr_le_10: models with ASR ≤ 10 %):")
+        click.echo(format_table([{c: fmt(r.get(c)) for c in SUMMARY_COLUMNS}
+                                 for r in summary_rows(res.rows, names)], SUMMARY_COLUMNS))
     for note in res.notes:
         click.echo(f"note: {note}")
     click.echo(f"{res.ran} cell(s) run, {res.reused} reused; written: "

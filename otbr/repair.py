@@ -308,8 +308,9 @@ def repair(
     if check:
         info_check = backdoor_check(pruned, student, syn.x, ref, k, original=original, tolerance=check_tolerance,
                                     budget=check_budget)
-        if info_check["flagged"]:  # guard 4: no class may have become easier to trigger
-            log.warning("repair: the distilled model is easier to trigger toward class(es) %s than the pruned one "
+        if info_check["flagged"]:  # guard 4: no class the pruning suppressed may have become easier to trigger
+            log.warning("repair: the distilled model is easier to trigger toward class(es) %s, which the pruning "
+                        "had suppressed, than the pruned one "
                         "(data-free check); returning the pruned model unchanged", info_check["flagged"])
             model = copy.deepcopy(pruned)
     info = {"steps": done, "requested_steps": steps, "suspect": suspect, "transfer_set": len(x),

@@ -114,6 +114,13 @@ def test_cli_compare_prints_table_and_refuses_without_data(zoo):
                                "--no-plot"])
     assert res.exit_code == 0, res.output
     assert "clp" in res.output and "skipped without --data" in res.output
+    assert "mean over models" not in res.output  # one model: nothing to average
+    res = runner.invoke(main, ["compare", *zoo["models"], "--defenses", "clp", "--out", str(zoo["dir"] / "c"),
+                               "--no-plot"])
+    assert res.exit_code == 0, res.output
+    summary = res.output.split("mean over models")[1].splitlines()
+    assert "worst_asr" in summary[1] and "asr_le_10" in summary[1]
+    assert any(line.split()[:1] == ["clp"] and "/2" in line for line in summary)
 
 
 def test_summary_and_pivot_from_rows() -> None:
