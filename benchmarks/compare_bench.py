@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Evaluation: {'first ' + str(eval_limit) + ' images of ' if eval_limit else ''}the clean test set and the "
         "poisoned test set rebuilt from each model's attack metadata. Wall time: the defense run only.",
         f"Machine: {env['platform']}, torch {env['torch']}, {torch.get_num_threads()} threads in the main process, "
-        f"{args.workers} worker(s); grid wall time {wall:.0f} s ({res.ran} cells run, {res.reused} reused).",
+        f"{args.workers} worker(s); this invocation took {wall:.0f} s ({res.ran} cells run, {res.reused} reused); "
+        f"the cells' own wall times add up to {sum(r.get('wall_s') or 0 for r in res.rows) / 60:.0f} min "
+        "(measured when each cell ran, on cores shared with other jobs).",
         "",
         f"![ACC vs ASR]({png.name})",
         "",
