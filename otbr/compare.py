@@ -139,6 +139,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     from otbr.evaluation import measure
     from otbr.metrics import der
     from otbr.models import load_model
+    from otbr.report import environment
 
     model, name = task["model"], task["defense"]
     net, _meta = load_model(model)
@@ -163,6 +164,8 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
                    ratio=task["ratio"] if data is not None else None)
         if m.asr is not None and before.get("asr") is not None:
             row["der"] = der(before["acc"], before["asr"], m.acc, m.asr)
+    # provenance only (not part of the key): which code and machine made the cell, and when
+    row["environment"] = {**environment(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(task["path"], row)
     return row
 

@@ -50,6 +50,7 @@ def test_grid_rows_files_and_resume(zoo):
     assert modes == {"original": "-", "clp": "data-free", "ft": "data-dependent"}
     ft = json.loads((out / "cells" / "a__ft.json").read_text())
     assert ft["data_used"].startswith("clean subset") and ft["ratio"] == 0.05 and "der" in ft
+    assert ft["environment"]["torch"] == torch.__version__ and ft["environment"]["finished"][:2] == "20"
     for suffix in ("md", "csv", "json", "png"):
         assert (out / f"compare.{suffix}").is_file()
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
