@@ -52,7 +52,10 @@ READING = [
     "refuses every threshold; with "
     "ε = 0.1 the masks separate but pruning them leaves the backdoor (BadNets: ASR ≥ 98 % for every threshold up "
     "to 0.5). See [anp-probe-fmnist.md](anp-probe-fmnist.md), an ORACLE probe that chooses nothing. On VGG-11 the "
-    "guard let it prune 70 of 688 channels (threshold 0.128), which cost 10 points of accuracy and left the ASR.",
+    "guard let it prune 70 of 688 channels (threshold 0.128), which cost 10 points of accuracy and left the ASR. "
+    "At the published 2 000 iterations (`otbr defend anp MODEL --data fashion-mnist --iterations 2000 "
+    "--eval-limit 5000`, reports in [anp-2000/](anp-2000/)) nothing changes: BadNets is left unchanged "
+    "(1 917 s), VGG-11 ends at ACC 84.28, ASR 98.02 (72 channels pruned).",
     "CLP finds no BatchNorm of their own for the convolutions that feed residual sums and uses the weight-only bound "
     "there; at its default u = 3 it prunes 3–7 channels per model (`num_pruned` in each cell's JSON), which leaves "
     "the backdoor on six models (ASR ≥ 87 %) and on LF costs most of the accuracy (4 channels: ACC 27.88, "
