@@ -444,7 +444,8 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
               help="Turn off the guards on the suspected target class (risks distilling the backdoor back).")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="After the distillation, compare how easily each class is triggered (small reverse-engineered "
-                   "triggers, no data) on PRUNED and on the result; keep PRUNED when any class got easier.")
+                   "triggers, no data) on ORIGINAL, PRUNED and the result; keep PRUNED when a class the pruning "
+                   "had made harder to trigger got easier again.")
 @batch_size_option(128)
 @defense_options()
 def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic_steps: int, lr: float,

@@ -36,8 +36,8 @@ that crosses it. Guards 2–3 hang on the suspected class and do not always hold
 (on the LF zoo model, suspect correct, the distillation raised the ASR the pruning
 had left from 51.6 % to 66.8 %), and guard 4 is a coarse net: over both zoos it
 caught the Trojan model's revival, missed the VGG BadNets one (+0.22 on the
-target) and reverted two good repairs (``benchmarks/results/repair-fmnist.md``)
-— always measure.
+target) and cannot see LF's rise, whose global trigger a small patch does not
+express (``benchmarks/results/repair-fmnist.md``) — always measure.
 
 Example:
     >>> import torch
