@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         done = {(m["zoo"], m["model"]) for m in models}
     command = "python benchmarks/auto_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.append and jpath.is_file():
-        command = json.loads(jpath.read_text())["command"] + " (resumed with --append)"
+        command = json.loads(jpath.read_text())["command"] + ", then " + command
     for zoo in zoos:
         for name in ZOOS[zoo][1]:
             if (only is not None and name not in only) or (zoo, name) in done:
