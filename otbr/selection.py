@@ -21,6 +21,16 @@ formula with both terms replaced by their estimates — is maximised over the
 candidate grid; ties go to the weaker (smaller) setting. Every candidate's
 numbers go into the run's report so the user sees why one was chosen.
 
+Calibration of the data-free clean term. Inversions are prototypes, harder to
+keep than real images are: on the 55 OTBR candidates of the 11 development
+models (``benchmarks/zoo`` and ``benchmarks/zoo2``) the loss of agreement on them
+ran ahead of the real loss of clean accuracy (least-squares slope through the
+origin 0.70, median ratio 0.66). The data-free clean term is therefore the
+disagreement times :data:`SYNTHETIC_CLEAN_SCALE` = 0.7. The constant was fitted
+on clean test accuracy only — no poisoned image and no trigger — and is
+reported in every choice; a measured clean-subset accuracy drop (TSBD) is used
+as is.
+
 Nothing here accepts a dataset argument of poisoned images or a trigger: the
 inputs are the models, the synthetic set and (optionally) the clean subset.
 
@@ -47,13 +57,17 @@ from otbr.synthesis import frozen
 
 log = logging.getLogger(__name__)
 
+#: Factor from the loss of agreement on inverted inputs to the estimated loss of clean accuracy (see the module
+#: docstring: fitted on the clean accuracy of the development zoos, no poisoned data).
+SYNTHETIC_CLEAN_SCALE = 0.7
+
 SIGNAL = ("estimated DER: 1 + (drop of the suspected target's agreement on BN-inverted synthetic inputs) − "
-          "(drop of clean agreement), halved; the suspected target is the class whose synthetic inputs lose "
-          "the candidates' agreement most")
+          "(drop of clean agreement on the other classes' inputs × SYNTHETIC_CLEAN_SCALE), halved; the suspected "
+          "target is the class whose synthetic inputs lose the candidates' agreement most")
 
 
 SIGNAL_PROBE = ("estimated DER: 1 + (drop in the success rate of a trigger reverse-engineered on the original model "
-                "toward the suspected target; sources in probe.sources) − (drop of clean behaviour), halved; the "
+                "toward the suspected target; sources in probe.sources) − (clean drop, see clean_term), halved; the "
                 "suspected target is the class a small trigger reaches most easily on the original (target scan)")
 
 
@@ -110,6 +124,7 @@ def choose(
     clean_drop: Mapping[float, float] | None = None,
     backdoor_drop: Mapping[float, float] | None = None,
     suspect: int | None = None,
+    clean_scale: float = SYNTHETIC_CLEAN_SCALE,
 ) -> Choice:
     """Pick the candidate setting with the highest estimated DER.
 
@@ -122,9 +137,13 @@ def choose(
         backdoor_drop: setting → estimated ASR drop (e.g. from :func:`trigger_rate` of a reverse-engineered
             trigger). When ``None``, the drop of agreement on the suspected class's synthetic inputs is used.
         suspect: the suspected target class (default :func:`suspect_class`).
+        clean_scale: factor on the synthetic disagreement when it stands in for the clean drop (ignored when
+            ``clean_drop`` is given); each row keeps the raw ``clean_disagreement``.
     """
     if not candidates:
         raise ValueError("choose: no candidates")
+    if not 0.0 < clean_scale <= 1.0:
+        raise ValueError(f"choose: clean_scale must be in (0, 1], got {clean_scale}")
     values = sorted(candidates)
     if suspect is None:
         suspect = suspect_class(candidates, reference, num_classes)
@@ -132,19 +151,18 @@ def choose(
     rows: list[dict[str, float]] = []
     for v in values:
         agree_t = float(class_agreement(candidates[v], reference, num_classes)[suspect])
-        if clean_drop is None:
-            agree_rest = float((candidates[v][rest] == reference[rest]).double().mean()) if rest.any() else 1.0
-            cdrop = 1.0 - agree_rest
-        else:
-            cdrop = float(clean_drop[v])
+        agree_rest = float((candidates[v][rest] == reference[rest]).double().mean()) if rest.any() else 1.0
+        cdrop = clean_scale * (1.0 - agree_rest) if clean_drop is None else float(clean_drop[v])
         bdrop = (1.0 - agree_t) if backdoor_drop is None else float(backdoor_drop[v])
         rows.append({"value": v, "target_agreement": round(agree_t, 4), "backdoor_drop": round(bdrop, 4),
-                     "clean_drop": round(cdrop, 4),
+                     "clean_drop": round(cdrop, 4), "clean_disagreement": round(1.0 - agree_rest, 4),
                      "estimated_der": round((1.0 + max(bdrop, 0.0) - max(cdrop, 0.0)) / 2, 4)})
     best = max(rows, key=lambda r: (r["estimated_der"], -r["value"]))
     log.info("auto choice %s (suspected target %d, estimated DER %.3f)", best["value"], suspect,
              best["estimated_der"])
-    return Choice(value=float(best["value"]), suspect=suspect, candidates=rows)
+    extra = {"clean_term": "measured clean drop" if clean_drop is not None else
+             f"synthetic disagreement × {clean_scale:g}"}
+    return Choice(value=float(best["value"]), suspect=suspect, candidates=rows, extra=extra)
 
 
 def _mask(logits: torch.Tensor, budget: float) -> torch.Tensor:
@@ -328,6 +346,7 @@ def choose_for(
     probe_steps: int = 100,
     probe_images: torch.Tensor | None = None,
     probe_ladder: bool = False,
+    clean_scale: float = SYNTHETIC_CLEAN_SCALE,
 ) -> Choice:
     """:func:`choose` on models, with every signal computed from ``synthetic`` inputs.
 
@@ -343,6 +362,8 @@ def choose_for(
     flip with *any* universal pattern, so with ``probe_ladder`` each trigger form takes the smallest size of a
     ladder (patch area 1, 2, 5 % of the image; blend weight 0.03, 0.05, 0.1) at which the original follows it
     on ≥ 90 % of the sources — a backdoor needs only a small trigger (the idea of Neural Cleanse's norm).
+    Without ``clean_drop`` the clean term is the disagreement on the other classes' synthetic inputs times
+    ``clean_scale`` (module docstring).
     """
     from otbr.metrics import predict
 
@@ -387,7 +408,8 @@ def choose_for(
                           "steps": probe_steps, "rate_original": round(base, 4),
                           "rate": {str(v): round(r, 4) for v, r in sorted(rates.items())},
                           "mask_area": round(float(mask.mean()), 4), "robust": True}
-    choice = choose(preds, ref, num_classes, clean_drop=clean_drop, backdoor_drop=bdrop, suspect=suspect)
+    choice = choose(preds, ref, num_classes, clean_drop=clean_drop, backdoor_drop=bdrop, suspect=suspect,
+                    clean_scale=clean_scale)
     if probe:
         choice.signal = SIGNAL_PROBE
     choice.extra.update(extra)

@@ -20,7 +20,15 @@ from otbr.defenses.otbr import OTBR
 from otbr.defenses.tsbd import TSBD
 from otbr.errors import OtbrError
 from otbr.models import Normalized
-from otbr.selection import choose, class_agreement, reverse_trigger, suspect_class, target_scan, trigger_rate
+from otbr.selection import (
+    SYNTHETIC_CLEAN_SCALE,
+    choose,
+    class_agreement,
+    reverse_trigger,
+    suspect_class,
+    target_scan,
+    trigger_rate,
+)
 from otbr.synthesis import synthesize
 
 
@@ -50,7 +58,7 @@ def test_choose_estimated_der_formula_and_tie_break() -> None:
         0.2: torch.tensor([1, 1, 0, 0, 1, 1, 2, 2]),  # half of class 0 lost, others kept
         0.3: torch.tensor([1, 1, 1, 1, 1, 0, 2, 2]),  # all of class 0 lost, 1 of 4 others lost
     }
-    c = choose(cands, ref, 3)
+    c = choose(cands, ref, 3, clean_scale=1.0)
     assert c.suspect == 0 == suspect_class(cands, ref, 3)
     est = {r["value"]: r["estimated_der"] for r in c.candidates}
     assert est[0.1] == pytest.approx(0.5)
@@ -62,6 +70,26 @@ def test_choose_estimated_der_formula_and_tie_break() -> None:
                 backdoor_drop={0.1: 0.4, 0.2: 0.4, 0.3: 0.4}, suspect=1)
     assert c2.value == 0.1 and c2.suspect == 1
     assert all(r["estimated_der"] == pytest.approx(0.7) for r in c2.candidates)
+
+
+def test_synthetic_clean_term_is_scaled_and_a_measured_one_is_not() -> None:
+    ref = torch.tensor([0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    # 0.1 keeps everything; 0.2 loses class 0 and every other input too
+    cands = {0.1: ref.clone(), 0.2: torch.tensor([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])}
+    default = choose(cands, ref, 3, suspect=0)
+    row = default.candidates[1]
+    assert SYNTHETIC_CLEAN_SCALE == 0.7
+    assert row["clean_disagreement"] == pytest.approx(1.0)
+    assert row["clean_drop"] == pytest.approx(0.7)
+    assert row["estimated_der"] == pytest.approx((1 + 1.0 - 0.7) / 2)
+    assert default.extra["clean_term"] == "synthetic disagreement × 0.7"
+    # the scale decides: unscaled, 0.2 ties 0.1 at 0.5 and the weaker setting wins
+    assert default.value == 0.2 and choose(cands, ref, 3, suspect=0, clean_scale=1.0).value == 0.1
+    measured = choose(cands, ref, 3, suspect=0, clean_drop={0.1: 0.0, 0.2: 0.5})
+    assert measured.candidates[1]["clean_drop"] == pytest.approx(0.5)
+    assert measured.extra["clean_term"] == "measured clean drop"
+    with pytest.raises(ValueError, match="clean_scale"):
+        choose(cands, ref, 3, clean_scale=0.0)
 
 
 def test_negative_drops_do_not_reward() -> None:
