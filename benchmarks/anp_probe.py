@@ -1,6 +1,6 @@
 """Why does ANP leave the zoo models unchanged? Its masks, pruned at several thresholds, scored — an ORACLE probe.
 
-Learns ANP's masks (:meth:`otbr.defenses.anp.ANP.learn_masks`) on the same 1 % clean subset the comparison uses,
+Learns ANP's masks (:meth:`otbr.defenses.anp.ANP.learn`) on the same 1 % clean subset the comparison uses,
 for each perturbation budget ε given, then prunes every channel whose mask is below each threshold and reports
 the clean-subset accuracy (what ANP's accuracy guard sees) and ACC / ASR on the test sets. The ASR column reads
 the poisoned test set: this is a diagnostic of the method, **not** a way to choose ε or the threshold (that would
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from otbr.compare import _clean_subset
-from otbr.defenses.anp import ANP
+from otbr.data import load_dataset, sample_subset
+from otbr.defenses.anp import ANP, pruned_scales
 from otbr.evaluation import evaluation_sets
 from otbr.finetune import clean_tensors
 from otbr.metrics import accuracy, evaluate
@@ -39,13 +39,10 @@ THRESHOLDS = (0.0, 1e-6, 0.05, 0.1, 0.2, 0.3, 0.5)
 def probe(name: str, eps: float, iterations: int, eval_limit: int) -> list[dict[str, Any]]:
     """Rows of (ε, threshold): channels pruned, clean-subset accuracy, test ACC / ASR (%)."""
     net, meta = load_model(ROOT / "zoo" / f"{name}.safetensors")
-    x, y = clean_tensors(_clean_subset("fashion-mnist", None, 0.01, 0))
-    anp = ANP(iterations=iterations, eps=eps, progress=False)
-    work = anp._work_copy(net)
-    for p in work.parameters():
-        p.requires_grad_(False)
+    subset = sample_subset(load_dataset("fashion-mnist", "train"), ratio=0.01, seed=0)  # compare's ANP subset
+    x, y = clean_tensors(subset)
     t0 = time.perf_counter()
-    masks = anp.learn_masks(work, x, y)
+    work, masks = ANP(iterations=iterations, eps=eps, progress=False).learn(net, subset)
     learn_s = time.perf_counter() - t0
     values = torch.cat([m.reshape(-1) for m in masks.values()])
     sets = evaluation_sets(meta, limit=eval_limit)
@@ -54,8 +51,8 @@ def probe(name: str, eps: float, iterations: int, eval_limit: int) -> list[dict[
     rows = []
     for t in THRESHOLDS:
         with torch.no_grad():
-            for n, m in masks.items():
-                mods[n].weight.copy_(gamma[n] * (m >= t))
+            for n, g in pruned_scales(gamma, masks, t).items():
+                mods[n].weight.copy_(g)
         res = evaluate(work, sets.clean, sets.poisoned)
         rows.append({"model": name, "eps": eps, "iterations": iterations, "mask_mean": float(values.mean()),
                      "zero_masks": int((values == 0).sum()), "threshold": t, "pruned": int((values < t).sum()),

@@ -1,4 +1,4 @@
-"""Automatic γ (OTBR) and n (TSBD) against the oracle, on both Fashion-MNIST zoos.
+"""Automatic γ (OTBR) and n (TSBD) against the oracle, on the Fashion-MNIST zoos.
 
 For every model the defense's own automatic choice is made exactly as a user's
 run makes it (no poisoned data, no trigger knowledge: OTBR sees only the model,
@@ -8,9 +8,15 @@ DER is the ORACLE choice, and the gap ``oracle DER − auto DER`` says what the
 automatic rule loses. The published fixed settings (OTBR γ = 0.05, TSBD n = 0.1)
 are shown beside it.
 
+The first two zoos are the development set of the selection rules (the calibration of OTBR's data-free clean
+term, ``otbr.selection.SYNTHETIC_CLEAN_SCALE``, was fitted on their clean accuracy); the third zoo
+(``benchmarks/zoo.py --zoo third``) is held out. Rows made before that calibration carry the estimates the
+selector computed then; ``--rescore`` re-applies the current rule to those stored estimates (the backdoor term and
+the raw disagreement do not depend on it) and keeps the as-run choice beside it.
+
 Usage:
-    python benchmarks/auto_bench.py [--method otbr|tsbd] [--zoo main|second|both] [--only NAME,...]
-                                    [--eval-limit 5000] [--threads 1] [--append]
+    python benchmarks/auto_bench.py [--method otbr|tsbd] [--zoo main|second|third|both|all] [--only NAME,...]
+                                    [--eval-limit 5000] [--threads 1] [--append] [--rescore]
 
 Writes ``benchmarks/results/auto-<method>-fmnist.{md,json}``.
 """
@@ -35,13 +41,16 @@ from otbr.defenses.tsbd import TSBD
 from otbr.metrics import der, evaluate
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
+from otbr.selection import SYNTHETIC_CLEAN_SCALE
 
 log = logging.getLogger("auto_bench")
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 ZOOS = {"main": (ROOT / "zoo", ["badnets", "blended", "sig", "wanet", "lf", "trojan", "vgg11-badnets"]),
-        "second": (ROOT / "zoo2", ["badnets-t3", "blended-t7", "vgg11-blended-t5", "vgg11-sig-t2"])}
+        "second": (ROOT / "zoo2", ["badnets-t3", "blended-t7", "vgg11-blended-t5", "vgg11-sig-t2"]),
+        "third": (ROOT / "zoo3", ["badnets-t9", "wanet-t4", "lf-t8", "vgg11-badnets-t6"])}
+ZOO_ARGS = {"both": ["main", "second"], "all": ["main", "second", "third"]}
 FIXED = {"otbr": 0.05, "tsbd": 0.1}
 
 
@@ -73,7 +82,7 @@ def candidates_tsbd(model, meta, subset) -> tuple[Any, dict[float, Any], float]:
 def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None) -> dict[str, Any] | None:
     path = ZOOS[zoo][0] / f"{name}.safetensors"
     if not path.is_file():
-        log.warning("%s missing: run python benchmarks/zoo.py%s first", path, "" if zoo == "main" else " --zoo second")
+        log.warning("%s missing: run python benchmarks/zoo.py%s first", path, "" if zoo == "main" else f" --zoo {zoo}")
         return None
     model, meta = load_model(path)
     ps = attack_from_config(meta.attack).poison_test(test)
@@ -88,7 +97,8 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None)
         rows.append({"value": v, "acc": pct(after.acc), "asr": pct(after.asr), "ra": pct(after.ra),
                      "der": pct(der(base.acc, base.asr, after.acc, after.asr)),
                      "estimated_der": pct(est[v]["estimated_der"]), "backdoor_drop_est": pct(est[v]["backdoor_drop"]),
-                     "clean_drop_est": pct(est[v]["clean_drop"])})
+                     "clean_drop_est": pct(est[v]["clean_drop"]),
+                     "clean_disagreement_est": pct(est[v].get("clean_disagreement"))})
     oracle = max(rows, key=lambda r: (r["der"], -r["value"]))
     auto = next(r for r in rows if r["value"] == float(info["chosen"]))
     fixed = next((r for r in rows if abs(r["value"] - FIXED[method]) < 1e-12), None)
@@ -96,17 +106,46 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None)
            "original": {"acc": pct(base.acc), "asr": pct(base.asr), "ra": pct(base.ra)},
            "suspected_target": info["suspected_target"], "auto": auto, "oracle": oracle, "fixed": fixed,
            "gap": round(oracle["der"] - auto["der"], 2), "select_s": round(seconds, 1), "candidates": rows,
-           "probe": info.get("probe")}
+           "probe": info.get("probe"), "clean_term": info.get("clean_term")}
+    if method == "otbr":
+        out["clean_scale"] = SYNTHETIC_CLEAN_SCALE
     log.info("%s/%s: auto %s (DER %.2f), oracle %s (DER %.2f), gap %.2f, %.0f s", zoo, name, auto["value"],
              auto["der"], oracle["value"], oracle["der"], out["gap"], seconds)
     return out
 
 
+def rescore(m: dict[str, Any], scale: float = SYNTHETIC_CLEAN_SCALE) -> bool:
+    """Re-apply OTBR's selection rule with clean-term factor ``scale`` to a row made with another factor.
+
+    The stored estimates are the selector's own (backdoor drop; clean drop = raw disagreement × the factor it ran
+    with, 1.0 before the calibration); the rule is :func:`otbr.selection.choose`'s (highest estimated DER, ties to
+    the smaller γ). The as-run choice is kept under ``as_run``. Returns whether anything was re-scored.
+    """
+    ran_with = m.get("clean_scale", 1.0)
+    if ran_with == scale:
+        return False
+    for r in m["candidates"]:
+        raw = r.get("clean_disagreement_est")
+        raw = r["clean_drop_est"] / ran_with if raw is None else raw
+        r["clean_disagreement_est"] = round(raw, 2)
+        r["clean_drop_est"] = round(scale * raw, 2)
+        r["estimated_der"] = round((100 + max(r["backdoor_drop_est"], 0.0) - max(r["clean_drop_est"], 0.0)) / 2, 2)
+    auto = max(m["candidates"], key=lambda r: (r["estimated_der"], -r["value"]))
+    m.setdefault("as_run", {"clean_scale": ran_with, "value": m["auto"]["value"], "der": m["auto"]["der"],
+                            "gap": m["gap"]})
+    m.update(auto=auto, gap=round(m["oracle"]["der"] - auto["der"], 2), clean_scale=scale, rescored=True)
+    return True
+
+
+GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (main + second)", ("main", "second")),
+          ("third zoo (held out)", ("third",)), ("all", ("main", "second", "third")))
+
+
 def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for label, group in (("main zoo", [m for m in models if m["zoo"] == "main"]),
-                         ("second zoo", [m for m in models if m["zoo"] == "second"]), ("all", models)):
-        if not group:
+    for label, zoos in GROUPS:
+        group = [m for m in models if m["zoo"] in zoos]
+        if not group or (len(zoos) > 1 and len({m["zoo"] for m in group}) < 2):
             continue
         gaps = [m["gap"] for m in group]
         fixed_gaps = [m["oracle"]["der"] - m["fixed"]["der"] for m in group if m["fixed"]]
@@ -119,6 +158,9 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "mean_der_auto": round(statistics.fmean(m["auto"]["der"] for m in group), 2),
                     "mean_der_oracle": round(statistics.fmean(m["oracle"]["der"] for m in group), 2),
                     "mean_select_s": round(statistics.fmean(m["select_s"] for m in group), 1)})
+        if any("as_run" in m for m in group):
+            as_run = [m.get("as_run", m)["gap"] for m in group]
+            out[-1].update(mean_gap_as_run=round(statistics.fmean(as_run), 2), worst_gap_as_run=round(max(as_run), 2))
     return out
 
 
@@ -142,9 +184,16 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              f"**{ORACLE_NOTE}** Here that is the `oracle` columns (best DER on the grid) and every measured column "
              "of the candidate table; they exist only to measure the gap.", "",
              *([f"**Note:** {p['note']}", ""] if p.get("note") else []),
-             "## Summary", "", markdown_table(p["summary"], SUMMARY_COLUMNS), "",
+             "## Summary", "", markdown_table(p["summary"], SUMMARY_COLUMNS + (
+                 ["mean_gap_as_run", "worst_gap_as_run"] if any("mean_gap_as_run" in r for r in p["summary"])
+                 else [])), "",
              "`mean_gap_fixed`: gap of the published fixed setting "
              f"({sym} = {FIXED[p['method']]}) on the same grid, for comparison.", "",
+             *(["`rescored`: the row was made before the clean-term calibration (factor "
+                f"{SYNTHETIC_CLEAN_SCALE:g} on the inversions' disagreement, fitted on the development zoos' clean "
+                "accuracy); its auto choice here is the current rule applied to the selector's stored estimates, "
+                "and `as_run` columns give the choice the run made with factor 1 (`python benchmarks/auto_bench.py "
+                "--rescore`).", ""] if any(m.get("rescored") for m in p["models"]) else []),
              "## Per model", ""]
     per = []
     for m in p["models"]:
@@ -152,10 +201,14 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                     f"auto {sym}": m["auto"]["value"], "auto ACC": m["auto"]["acc"], "auto ASR": m["auto"]["asr"],
                     "auto DER": m["auto"]["der"], f"oracle {sym}": m["oracle"]["value"],
                     "oracle DER": m["oracle"]["der"], "gap": m["gap"],
-                    f"fixed {sym} DER": m["fixed"]["der"] if m["fixed"] else None, "select s": m["select_s"]})
+                    f"fixed {sym} DER": m["fixed"]["der"] if m["fixed"] else None, "select s": m["select_s"],
+                    **({f"as_run {sym}": m["as_run"]["value"], "as_run gap": m["as_run"]["gap"]}
+                       if any("as_run" in x for x in p["models"]) and "as_run" in m else {}),
+                    **({"rescored": bool(m.get("rescored"))} if any("as_run" in x for x in p["models"]) else {})})
     lines += [_table(per), "", "## Every candidate (measured columns are ORACLE)", ""]
     cand = [{"model": m["model"], sym: r["value"], "est. DER": r["estimated_der"],
              "est. backdoor drop": r["backdoor_drop_est"], "est. clean drop": r["clean_drop_est"],
+             **({"disagreement": r.get("clean_disagreement_est")} if p["method"] == "otbr" else {}),
              "ACC": r["acc"], "ASR": r["asr"], "RA": r["ra"], "DER": r["der"],
              "pick": ("auto" if r["value"] == m["auto"]["value"] else "")
              + (" oracle" if r["value"] == m["oracle"]["value"] else "")}
@@ -168,24 +221,36 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["otbr", "tsbd"], default="otbr")
-    ap.add_argument("--zoo", choices=["main", "second", "both"], default="both")
+    ap.add_argument("--zoo", choices=["main", "second", "third", "both", "all"], default="both",
+                    help="both: the two development zoos; all: those and the held-out third")
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--eval-limit", type=int, default=5000, help="first N test images (0: all)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--render", action="store_true", help="only rewrite the Markdown from the JSON")
+    ap.add_argument("--render", action="store_true", help="only rewrite the summary and Markdown from the JSON")
+    ap.add_argument("--rescore", action="store_true",
+                    help="OTBR: re-apply the current clean-term calibration to rows made before it (no models run)")
     ap.add_argument("--append", action="store_true",
                     help="keep the models of an existing result file and skip them (resume an interrupted run)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     jpath = RESULTS / f"auto-{args.method}-fmnist.json"
-    if args.render:
-        write_markdown(json.loads(jpath.read_text()), jpath.with_suffix(".md"))
+    if args.render or args.rescore:
+        payload = json.loads(jpath.read_text())
+        if args.rescore and payload["method"] == "otbr":
+            changed = [m["model"] for m in payload["models"] if rescore(m)]
+            log.info("re-scored %d rows: %s", len(changed), ", ".join(changed) or "none")
+            if changed:
+                payload["command"] += f", then python benchmarks/auto_bench.py --rescore (rows: {', '.join(changed)})"
+        # the summary may have gained groups (e.g. the held-out zoo); width of the rows differs between versions
+        payload["summary"] = summary(payload["models"])
+        write_json(jpath, payload)
+        write_markdown(payload, jpath.with_suffix(".md"))
         return 0
     test = load_dataset("fashion-mnist", "test")
     subset = sample_subset(load_dataset("fashion-mnist", "train"), ratio=0.05, seed=0) if args.method == "tsbd" \
         else None
-    zoos = ["main", "second"] if args.zoo == "both" else [args.zoo]
+    zoos = ZOO_ARGS.get(args.zoo, [args.zoo])
     only = set(args.only.split(",")) if args.only else None
     models: list[dict[str, Any]] = []
     done: set[tuple[str, str]] = set()

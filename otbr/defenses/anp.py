@@ -67,6 +67,20 @@ from otbr.training import iterate_batches
 log = logging.getLogger(__name__)
 
 
+def pruned_scales(scales: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                  threshold: float) -> dict[str, torch.Tensor]:
+    """ANP's pruning rule: each BatchNorm scale γ with the channels whose mask is below ``threshold`` set to 0.
+
+    ``scales`` and ``masks`` are keyed alike (BatchNorm module names); nothing is modified.
+
+    Example:
+        >>> got = pruned_scales({"bn": torch.tensor([1.0, 2.0, 3.0])}, {"bn": torch.tensor([0.1, 0.5, 0.0])}, 0.2)
+        >>> got["bn"].tolist()
+        [0.0, 2.0, 0.0]
+    """
+    return {n: torch.where(m >= threshold, scales[n], torch.zeros_like(scales[n])) for n, m in masks.items()}
+
+
 class _Swapped(nn.Module):
     """``model`` evaluated with some parameters replaced (through :func:`torch.func.functional_call`)."""
 
@@ -112,6 +126,19 @@ class ANP(Defense):
         self.acc_ratio = check_range("acc_ratio", float(acc_ratio), 0.0, 1.0)
         self.batch_size = int(check_range("batch_size", int(batch_size), 1, 1_000_000))
         self._set_run_options(seed=seed, device=device, progress=progress)
+
+    def learn(self, model: nn.Module, data: Any) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """A frozen working copy of ``model`` (on the defense's device) and the masks learned on clean ``data``.
+
+        The copy's parameters have ``requires_grad`` off; prune it with :func:`pruned_scales` (what :meth:`run`
+        does at the threshold its accuracy guard allows).
+        """
+        self._require_data(data)
+        x, y = clean_tensors(data)
+        work = self._work_copy(model)
+        for p in work.parameters():
+            p.requires_grad_(False)
+        return work, self.learn_masks(work, x, y)
 
     def learn_masks(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Learn the per-channel masks of every BatchNorm2d (``{bn name in model: mask}``)."""
@@ -194,7 +221,7 @@ class ANP(Defense):
         candidates: list[dict[str, float]] = []
         chosen = 0.0
         for t in grid:
-            params = {f"{n}.weight": gamma[n] * (m >= t) for n, m in masks.items()}
+            params = {f"{n}.weight": g for n, g in pruned_scales(gamma, masks, t).items()}
             acc = accuracy(_Swapped(model, params), x, y)
             count = int(sum(int((m < t).sum()) for m in masks.values()))
             candidates.append({"threshold": t, "pruned": count, "subset_acc": acc})
@@ -205,24 +232,18 @@ class ANP(Defense):
 
     def run(self, model: nn.Module, data: Any | None = None) -> DefenseResult:
         """Learn masks on the clean subset ``data`` and prune a copy of ``model``."""
-        self._require_data(data)
         start = time.perf_counter()
+        work, masks = self.learn(model, data)
         x, y = clean_tensors(data)
-        work = self._work_copy(model)
-        for p in work.parameters():
-            p.requires_grad_(False)
-        masks = self.learn_masks(work, x, y)
         t1 = time.perf_counter()
         threshold, candidates = self._guarded_threshold(work, masks, x, y)
         mods = dict(work.named_modules())
         prefix = "net." if unwrap(work) is not work else ""
-        pruned: dict[str, list[int]] = {}
         with torch.no_grad():
-            for n, m in masks.items():
-                low = m < threshold
-                if bool(low.any()):
-                    mods[n].weight[low] = 0
-                    pruned[n.removeprefix(prefix)] = torch.nonzero(low).flatten().tolist()
+            for n, g in pruned_scales({n: mods[n].weight for n in masks}, masks, threshold).items():
+                mods[n].weight.copy_(g)
+        pruned = {n.removeprefix(prefix): torch.nonzero(m < threshold).flatten().tolist()
+                  for n, m in masks.items() if bool((m < threshold).any())}
         for p in work.parameters():
             p.requires_grad_(True)
         notes = [] if pruned else ["no channel pruned (no mask below the threshold the accuracy guard allowed): "
