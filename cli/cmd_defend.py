@@ -278,6 +278,9 @@ def defend() -> None:
                    "(estimated DER from BatchNorm-inverted synthetic inputs; every candidate goes in the report).")
 @click.option("--gamma-grid", default="0.02,0.05,0.1,0.15,0.2", show_default=True,
               help="Candidates for --gamma auto.")
+@click.option("--clean-scale", default=0.7, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="--gamma auto: factor from the loss of agreement on the inverted inputs to the estimated loss "
+                   "of clean accuracy (calibrated on the development zoos' clean accuracy; 1 takes it as is).")
 @click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Fusion weight λ of the aligned pruned model.")
 @click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,
@@ -292,9 +295,9 @@ def defend() -> None:
 @click.option("--sweep", help="Comma-separated γ grid to evaluate (an ORACLE table: scored on poisoned data).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
 @defense_options()
-def defend_otbr(model: str, gamma: float | str, gamma_grid: str, lam: float, variant: str, steps: int,
-                batch_size: int, lr: float, solver: str, repair_steps: int, sweep: str | None, plot: str | None,
-                progress: bool, **kw: Any) -> None:
+def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: float, lam: float, variant: str,
+                steps: int, batch_size: int, lr: float, solver: str, repair_steps: int, sweep: str | None,
+                plot: str | None, progress: bool, **kw: Any) -> None:
     """Data-free OTBR: random-noise unlearning → NWC pruning → optimal-transport fusion.
 
     Needs only the model file. The defense reads no data; the test set is used only for the
@@ -305,7 +308,8 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, lam: float, var
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
     net, meta = load_model_from_options(model, kw)
     defense = create_defense("otbr", gamma=gamma, gamma_grid=parse_floats(gamma_grid, "--gamma-grid") or (),
-                             lam=lam, variant=variant, steps=steps, batch_size=batch_size, repair_steps=repair_steps,
+                             clean_scale=clean_scale, lam=lam, variant=variant, steps=steps, batch_size=batch_size,
+                             repair_steps=repair_steps,
                              lr=lr, solver=solver, input_shape=meta.input_shape, num_classes=meta.num_classes,
                              seed=kw["seed"], progress=progress)
     sets = _eval_sets(meta, kw)

@@ -92,6 +92,16 @@ def test_synthetic_clean_term_is_scaled_and_a_measured_one_is_not() -> None:
         choose(cands, ref, 3, clean_scale=0.0)
 
 
+def test_otbr_clean_scale_option_is_validated_keyed_and_the_cli_default() -> None:
+    from cli.cmd_defend import defend_otbr
+
+    assert OTBR(input_shape=(1, 8, 8)).config()["clean_scale"] == SYNTHETIC_CLEAN_SCALE
+    assert OTBR(input_shape=(1, 8, 8), clean_scale=1.0).config()["clean_scale"] == 1.0
+    with pytest.raises(OtbrError, match="clean_scale"):
+        OTBR(input_shape=(1, 8, 8), clean_scale=0.0)
+    assert next(p for p in defend_otbr.params if p.name == "clean_scale").default == SYNTHETIC_CLEAN_SCALE
+
+
 def test_negative_drops_do_not_reward() -> None:
     ref = torch.tensor([0, 1])
     c = choose({0.1: ref.clone()}, ref, 2, clean_drop={0.1: -0.3}, backdoor_drop={0.1: -0.2})
