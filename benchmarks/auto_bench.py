@@ -41,7 +41,7 @@ from otbr.defenses.tsbd import TSBD
 from otbr.metrics import der, evaluate
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
-from otbr.selection import SYNTHETIC_CLEAN_SCALE
+from otbr.selection import SYNTHETIC_CLEAN_SCALE, estimated_der
 
 log = logging.getLogger("auto_bench")
 
@@ -129,7 +129,7 @@ def rescore(m: dict[str, Any], scale: float = SYNTHETIC_CLEAN_SCALE) -> bool:
         raw = r["clean_drop_est"] / ran_with if raw is None else raw
         r["clean_disagreement_est"] = round(raw, 2)
         r["clean_drop_est"] = round(scale * raw, 2)
-        r["estimated_der"] = round((100 + max(r["backdoor_drop_est"], 0.0) - max(r["clean_drop_est"], 0.0)) / 2, 2)
+        r["estimated_der"] = round(100 * estimated_der(r["backdoor_drop_est"] / 100, r["clean_drop_est"] / 100), 2)
     auto = max(m["candidates"], key=lambda r: (r["estimated_der"], -r["value"]))
     m.setdefault("as_run", {"clean_scale": ran_with, "value": m["auto"]["value"], "der": m["auto"]["der"],
                             "gap": m["gap"]})
@@ -142,7 +142,7 @@ def gap_at(m: dict[str, Any], scale: float) -> float | None:
     if any(r.get("clean_disagreement_est") is None for r in m["candidates"]):
         return None
     pick = max(m["candidates"], key=lambda r: (
-        (100 + max(r["backdoor_drop_est"], 0.0) - scale * max(r["clean_disagreement_est"], 0.0)) / 2, -r["value"]))
+        estimated_der(r["backdoor_drop_est"], scale * r["clean_disagreement_est"]), -r["value"]))
     return round(m["oracle"]["der"] - pick["der"], 2)
 
 

@@ -86,6 +86,16 @@ class Choice:
                 "candidates": self.candidates, **self.extra}
 
 
+def estimated_der(backdoor_drop: float, clean_drop: float) -> float:
+    """The DER formula on estimated drops (fractions): ``(1 + max(backdoor_drop, 0) − max(clean_drop, 0)) / 2``.
+
+    Example:
+        >>> estimated_der(0.75, 0.25), estimated_der(-0.2, -0.3)
+        (0.75, 0.5)
+    """
+    return (1.0 + max(backdoor_drop, 0.0) - max(clean_drop, 0.0)) / 2
+
+
 def class_agreement(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per class c: the fraction of inputs the reference assigns to c that ``pred`` also assigns to c.
 
@@ -156,7 +166,7 @@ def choose(
         bdrop = (1.0 - agree_t) if backdoor_drop is None else float(backdoor_drop[v])
         rows.append({"value": v, "target_agreement": round(agree_t, 4), "backdoor_drop": round(bdrop, 4),
                      "clean_drop": round(cdrop, 4), "clean_disagreement": round(1.0 - agree_rest, 4),
-                     "estimated_der": round((1.0 + max(bdrop, 0.0) - max(cdrop, 0.0)) / 2, 4)})
+                     "estimated_der": round(estimated_der(bdrop, cdrop), 4)})
     best = max(rows, key=lambda r: (r["estimated_der"], -r["value"]))
     log.info("auto choice %s (suspected target %d, estimated DER %.3f)", best["value"], suspect,
              best["estimated_der"])
