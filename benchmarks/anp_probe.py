@@ -39,10 +39,9 @@ THRESHOLDS = (0.0, 1e-6, 0.05, 0.1, 0.2, 0.3, 0.5)
 def probe(name: str, eps: float, iterations: int, eval_limit: int) -> list[dict[str, Any]]:
     """Rows of (ε, threshold): channels pruned, clean-subset accuracy, test ACC / ASR (%)."""
     net, meta = load_model(ROOT / "zoo" / f"{name}.safetensors")
-    subset = sample_subset(load_dataset("fashion-mnist", "train"), ratio=0.01, seed=0)  # compare's ANP subset
-    x, y = clean_tensors(subset)
+    x, y = clean_tensors(sample_subset(load_dataset("fashion-mnist", "train"), ratio=0.01, seed=0))  # compare's
     t0 = time.perf_counter()
-    work, masks = ANP(iterations=iterations, eps=eps, progress=False).learn(net, subset)
+    work, masks = ANP(iterations=iterations, eps=eps, progress=False).learn(net, x, y)
     learn_s = time.perf_counter() - t0
     values = torch.cat([m.reshape(-1) for m in masks.values()])
     sets = evaluation_sets(meta, limit=eval_limit)

@@ -309,9 +309,8 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: fl
     net, meta = load_model_from_options(model, kw)
     defense = create_defense("otbr", gamma=gamma, gamma_grid=parse_floats(gamma_grid, "--gamma-grid") or (),
                              clean_scale=clean_scale, lam=lam, variant=variant, steps=steps, batch_size=batch_size,
-                             repair_steps=repair_steps,
-                             lr=lr, solver=solver, input_shape=meta.input_shape, num_classes=meta.num_classes,
-                             seed=kw["seed"], progress=progress)
+                             repair_steps=repair_steps, lr=lr, solver=solver, input_shape=meta.input_shape,
+                             num_classes=meta.num_classes, seed=kw["seed"], progress=progress)
     sets = _eval_sets(meta, kw)
     if sweep is not None:
         _otbr_sweep(defense, net, sets, parse_floats(sweep, "--sweep") or (), plot, kw, model)

@@ -127,14 +127,12 @@ class ANP(Defense):
         self.batch_size = int(check_range("batch_size", int(batch_size), 1, 1_000_000))
         self._set_run_options(seed=seed, device=device, progress=progress)
 
-    def learn(self, model: nn.Module, data: Any) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-        """A frozen working copy of ``model`` (on the defense's device) and the masks learned on clean ``data``.
+    def learn(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """A frozen working copy of ``model`` (on the defense's device) and the masks learned on clean ``(x, y)``.
 
         The copy's parameters have ``requires_grad`` off; prune it with :func:`pruned_scales` (what :meth:`run`
         does at the threshold its accuracy guard allows).
         """
-        self._require_data(data)
-        x, y = clean_tensors(data)
         work = self._work_copy(model)
         for p in work.parameters():
             p.requires_grad_(False)
@@ -232,9 +230,10 @@ class ANP(Defense):
 
     def run(self, model: nn.Module, data: Any | None = None) -> DefenseResult:
         """Learn masks on the clean subset ``data`` and prune a copy of ``model``."""
+        self._require_data(data)
         start = time.perf_counter()
-        work, masks = self.learn(model, data)
         x, y = clean_tensors(data)
+        work, masks = self.learn(model, x, y)
         t1 = time.perf_counter()
         threshold, candidates = self._guarded_threshold(work, masks, x, y)
         mods = dict(work.named_modules())
