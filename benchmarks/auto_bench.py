@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from zoo import FOLDERS
+from zoo import ZOOS as ZOO_DEFS
 
 from otbr.attacks import attack_from_config
 from otbr.data import load_dataset, sample_subset
@@ -47,9 +49,9 @@ log = logging.getLogger("auto_bench")
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-ZOOS = {"main": (ROOT / "zoo", ["badnets", "blended", "sig", "wanet", "lf", "trojan", "vgg11-badnets"]),
-        "second": (ROOT / "zoo2", ["badnets-t3", "blended-t7", "vgg11-blended-t5", "vgg11-sig-t2"]),
-        "third": (ROOT / "zoo3", ["badnets-t9", "wanet-t4", "lf-t8", "vgg11-badnets-t6"])}
+#: zoo name → (model folder, backdoored model names), from the zoo definitions in ``benchmarks/zoo.py``
+ZOOS = {z: (ROOT.parent / FOLDERS[z], [n for n, e in entries.items() if e["attack"] is not None])
+        for z, (entries, _seed, _stem) in ZOO_DEFS.items()}
 ZOO_ARGS = {"both": ["main", "second"], "all": ["main", "second", "third"]}
 FIXED = {"otbr": 0.05, "tsbd": 0.1}
 
