@@ -10,12 +10,14 @@ are shown beside it.
 
 The first two zoos are the development set of the selection rules (the calibration of OTBR's data-free clean
 term, ``otbr.selection.SYNTHETIC_CLEAN_SCALE``, was fitted on their clean accuracy); the third zoo
-(``benchmarks/zoo.py --zoo third``) is held out. Rows made before that calibration carry the estimates the
-selector computed then; ``--rescore`` re-applies the current rule to those stored estimates (the backdoor term and
-the raw disagreement do not depend on it) and keeps the as-run choice beside it.
+(``benchmarks/zoo.py --zoo third``) was held out until its results led to one more rule change (the probe's
+relative drop, ``otbr.selection.probe_drops``); the fourth zoo is held out from that change. Rows made under an
+earlier rule carry the estimates the selector computed then; ``--rescore`` re-applies the current rule to those
+stored estimates (probe rates and raw disagreement do not depend on the rule) and keeps the as-run choice beside
+it.
 
 Usage:
-    python benchmarks/auto_bench.py [--method otbr|tsbd] [--zoo main|second|third|both|all] [--only NAME,...]
+    python benchmarks/auto_bench.py [--method otbr|tsbd] [--zoo main|second|third|fourth|both|all] [--only NAME,...]
                                     [--eval-limit 5000] [--threads 1] [--append] [--rescore]
 
 Writes ``benchmarks/results/auto-<method>-fmnist.{md,json}``.
@@ -43,7 +45,7 @@ from otbr.defenses.tsbd import TSBD
 from otbr.metrics import der, evaluate
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
-from otbr.selection import SYNTHETIC_CLEAN_SCALE, estimated_der
+from otbr.selection import SYNTHETIC_CLEAN_SCALE, estimated_der, probe_drops
 
 log = logging.getLogger("auto_bench")
 
@@ -52,7 +54,7 @@ RESULTS = ROOT / "results"
 #: zoo name → (model folder, backdoored model names), from the zoo definitions in ``benchmarks/zoo.py``
 ZOOS = {z: (ROOT.parent / FOLDERS[z], [n for n, e in entries.items() if e["attack"] is not None])
         for z, (entries, _seed, _stem) in ZOO_DEFS.items()}
-ZOO_ARGS = {"both": ["main", "second"], "all": ["main", "second", "third"]}
+ZOO_ARGS = {"both": ["main", "second"], "all": ["main", "second", "third", "fourth"]}
 FIXED = {"otbr": 0.05, "tsbd": 0.1}
 
 
@@ -108,7 +110,7 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None)
            "original": {"acc": pct(base.acc), "asr": pct(base.asr), "ra": pct(base.ra)},
            "suspected_target": info["suspected_target"], "auto": auto, "oracle": oracle, "fixed": fixed,
            "gap": round(oracle["der"] - auto["der"], 2), "select_s": round(seconds, 1), "candidates": rows,
-           "probe": info.get("probe"), "clean_term": info.get("clean_term")}
+           "probe": info.get("probe"), "clean_term": info.get("clean_term"), "backdoor_term": "relative"}
     if method == "otbr":
         out["clean_scale"] = SYNTHETIC_CLEAN_SCALE
     log.info("%s/%s: auto %s (DER %.2f), oracle %s (DER %.2f), gap %.2f, %.0f s", zoo, name, auto["value"],
@@ -116,40 +118,67 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None)
     return out
 
 
-def rescore(m: dict[str, Any], scale: float = SYNTHETIC_CLEAN_SCALE) -> bool:
-    """Re-apply OTBR's selection rule with clean-term factor ``scale`` to a row made with another factor.
+def _drops(m: dict[str, Any], relative: bool) -> dict[float, float] | None:
+    """The probe's backdoor drop per candidate (percent), relative (current rule) or absolute (the rule before)."""
+    p = m.get("probe") or {}
+    if not p.get("rate") or p.get("found") is False:
+        return None
+    rates = {float(v): r for v, r in p["rate"].items()}
+    base = p["rate_original"]
+    drops = probe_drops(base, rates) if relative else {v: base - r for v, r in rates.items()}
+    return {v: 100 * d for v, d in drops.items()}
 
-    The stored estimates are the selector's own (backdoor drop; clean drop = raw disagreement × the factor it ran
-    with, 1.0 before the calibration); the rule is :func:`otbr.selection.choose`'s (highest estimated DER, ties to
-    the smaller γ). The as-run choice is kept under ``as_run``. Returns whether anything was re-scored.
+
+def rescore(m: dict[str, Any], method: str, scale: float = SYNTHETIC_CLEAN_SCALE) -> bool:
+    """Re-apply the current selection rule to a row made with an earlier one; returns whether it changed.
+
+    Earlier rules: OTBR's clean term without the calibration factor (1.0), and the probe's *absolute* rate drop
+    as the backdoor term (now relative, :func:`otbr.selection.probe_drops`). The stored estimates are the
+    selector's own (probe rates; clean drop = raw disagreement × the factor it ran with, or the measured clean
+    drop for TSBD); the rule is :func:`otbr.selection.choose`'s (highest estimated DER, ties to the smaller
+    setting). The first as-run choice is kept under ``as_run``.
     """
-    ran_with = m.get("clean_scale", 1.0)
-    if ran_with == scale:
+    otbr = method == "otbr"
+    ran_with = m.get("clean_scale", 1.0) if otbr else None
+    old_term = m.get("backdoor_term", "absolute")
+    if (not otbr or ran_with == scale) and old_term == "relative":
         return False
+    drops = _drops(m, relative=True) if old_term != "relative" else None
     for r in m["candidates"]:
-        raw = r.get("clean_disagreement_est")
-        raw = r["clean_drop_est"] / ran_with if raw is None else raw
-        r["clean_disagreement_est"] = round(raw, 2)
-        r["clean_drop_est"] = round(scale * raw, 2)
+        if otbr:
+            raw = r.get("clean_disagreement_est")
+            raw = r["clean_drop_est"] / ran_with if raw is None else raw
+            r["clean_disagreement_est"] = round(raw, 2)
+            r["clean_drop_est"] = round(scale * raw, 2)
+        if drops is not None:
+            r["backdoor_drop_est"] = round(drops[r["value"]], 2)
         r["estimated_der"] = round(100 * estimated_der(r["backdoor_drop_est"] / 100, r["clean_drop_est"] / 100), 2)
     auto = max(m["candidates"], key=lambda r: (r["estimated_der"], -r["value"]))
-    m.setdefault("as_run", {"clean_scale": ran_with, "value": m["auto"]["value"], "der": m["auto"]["der"],
-                            "gap": m["gap"]})
-    m.update(auto=auto, gap=round(m["oracle"]["der"] - auto["der"], 2), clean_scale=scale, rescored=True)
+    m.setdefault("as_run", {"clean_scale": ran_with, "backdoor_term": old_term, "value": m["auto"]["value"],
+                            "der": m["auto"]["der"], "gap": m["gap"]})
+    m.update(auto=auto, gap=round(m["oracle"]["der"] - auto["der"], 2), backdoor_term="relative", rescored=True)
+    if otbr:
+        m["clean_scale"] = scale
     return True
 
 
-def gap_at(m: dict[str, Any], scale: float) -> float | None:
-    """The DER gap the rule would have with clean-term factor ``scale`` (from the stored estimates; OTBR rows)."""
-    if any(r.get("clean_disagreement_est") is None for r in m["candidates"]):
+def gap_at(m: dict[str, Any], scale: float | None = None, relative: bool = True) -> float | None:
+    """The DER gap the rule would have with clean-term factor ``scale`` (OTBR rows; ``None``: the row's own clean
+    term) and the relative or absolute probe drop, from the stored estimates."""
+    if scale is not None and any(r.get("clean_disagreement_est") is None for r in m["candidates"]):
         return None
-    pick = max(m["candidates"], key=lambda r: (
-        estimated_der(r["backdoor_drop_est"], scale * r["clean_disagreement_est"]), -r["value"]))
+    drops = _drops(m, relative)
+    if drops is None:  # no probe found: both rules use the agreement term the row stores
+        drops = {r["value"]: r["backdoor_drop_est"] for r in m["candidates"]}
+    pick = max(m["candidates"], key=lambda r: (estimated_der(
+        drops[r["value"]] / 100, (r["clean_drop_est"] if scale is None else scale * r["clean_disagreement_est"]) / 100),
+        -r["value"]))
     return round(m["oracle"]["der"] - pick["der"], 2)
 
 
 GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (main + second)", ("main", "second")),
-          ("third zoo (held out)", ("third",)), ("all", ("main", "second", "third")))
+          ("third zoo (held out until the probe-drop change)", ("third",)),
+          ("fourth zoo (held out)", ("fourth",)), ("all", ("main", "second", "third", "fourth")))
 
 
 def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -172,6 +201,10 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
         uncal = [gap_at(m, 1.0) for m in group]
         if group[0].get("clean_scale") not in (None, 1.0) and None not in uncal:
             out[-1].update(mean_gap_factor_1=round(statistics.fmean(uncal), 2), worst_gap_factor_1=round(max(uncal), 2))
+        absolute = [gap_at(m, relative=False) for m in group]
+        if None not in absolute:
+            out[-1].update(mean_gap_abs_drop=round(statistics.fmean(absolute), 2),
+                           worst_gap_abs_drop=round(max(absolute), 2))
     return out
 
 
@@ -181,6 +214,12 @@ SUMMARY_COLUMNS = ["models", "n", "mean_gap_auto", "worst_gap_auto", "mean_gap_f
 
 def _table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(rows, list(rows[0])) if rows else "(none)"
+
+
+def margin(m: dict[str, Any]) -> float | None:
+    """Estimated-DER lead of the auto choice over the runner-up (points): a small one is a near-tie."""
+    est = sorted((r["estimated_der"] for r in m["candidates"]), reverse=True)
+    return round(est[0] - est[1], 2) if len(est) > 1 else None
 
 
 def write_markdown(p: dict[str, Any], path: Path) -> None:
@@ -195,18 +234,21 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              f"**{ORACLE_NOTE}** Here that is the `oracle` columns (best DER on the grid) and every measured column "
              "of the candidate table; they exist only to measure the gap.", "",
              *([f"**Note:** {p['note']}", ""] if p.get("note") else []),
-             "## Summary", "", markdown_table(p["summary"], SUMMARY_COLUMNS + (
-                 ["mean_gap_factor_1", "worst_gap_factor_1"] if any("mean_gap_factor_1" in r for r in p["summary"])
-                 else [])), "",
+             "## Summary", "", markdown_table(p["summary"], SUMMARY_COLUMNS + [
+                 c for c in ("mean_gap_factor_1", "worst_gap_factor_1", "mean_gap_abs_drop", "worst_gap_abs_drop")
+                 if any(c in r for r in p["summary"])]), "",
              "`mean_gap_fixed`: gap of the published fixed setting "
              f"({sym} = {FIXED[p['method']]}) on the same grid, for comparison."
              + (" `*_factor_1`: the gap the rule would have without the clean-term calibration (factor 1 on the "
-                "inversions' disagreement), from the same stored estimates." if p["method"] == "otbr" else ""), "",
-             *(["`rescored`: the row was made before the clean-term calibration (factor "
-                f"{SYNTHETIC_CLEAN_SCALE:g} on the inversions' disagreement, fitted on the development zoos' clean "
-                "accuracy); its auto choice here is the current rule applied to the selector's stored estimates, "
-                "and `as_run` columns give the choice the run made with factor 1 (`python benchmarks/auto_bench.py "
-                "--rescore`).", ""] if any(m.get("rescored") for m in p["models"]) else []),
+                "inversions' disagreement), from the same stored estimates." if p["method"] == "otbr" else "")
+             + " `*_abs_drop`: the gap with the earlier backdoor term (the probe's absolute rate drop instead of "
+             "the relative one), from the same stored probe rates.", "",
+             *(["`rescored`: the row was made under an earlier rule (OTBR: factor 1 on the inversions' "
+                f"disagreement before the calibration to {SYNTHETIC_CLEAN_SCALE:g}, fitted on the development zoos' "
+                "clean accuracy; both methods: the probe's absolute rate drop before the relative one); its auto "
+                "choice here is the current rule applied to the selector's stored estimates, and the `as_run` "
+                "columns give the choice the run made (`python benchmarks/auto_bench.py --rescore`).", ""]
+               if any(m.get("rescored") for m in p["models"]) else []),
              "## Per model", ""]
     per = []
     for m in p["models"]:
@@ -214,7 +256,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                     f"auto {sym}": m["auto"]["value"], "auto ACC": m["auto"]["acc"], "auto ASR": m["auto"]["asr"],
                     "auto DER": m["auto"]["der"], f"oracle {sym}": m["oracle"]["value"],
                     "oracle DER": m["oracle"]["der"], "gap": m["gap"],
-                    f"fixed {sym} DER": m["fixed"]["der"] if m["fixed"] else None, "select s": m["select_s"],
+                    f"fixed {sym} DER": m["fixed"]["der"] if m["fixed"] else None, "margin": margin(m),
+                    "probe rate": (m.get("probe") or {}).get("rate_original"), "select s": m["select_s"],
                     **({f"as_run {sym}": m["as_run"]["value"], "as_run gap": m["as_run"]["gap"]}
                        if any("as_run" in x for x in p["models"]) and "as_run" in m else {}),
                     **({"rescored": bool(m.get("rescored"))} if any("as_run" in x for x in p["models"]) else {})})
@@ -234,14 +277,15 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["otbr", "tsbd"], default="otbr")
-    ap.add_argument("--zoo", choices=["main", "second", "third", "both", "all"], default="both",
-                    help="both: the two development zoos; all: those and the held-out third")
+    ap.add_argument("--zoo", choices=["main", "second", "third", "fourth", "both", "all"], default="both",
+                    help="both: the two development zoos; all: those and the held-out third and fourth")
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--eval-limit", type=int, default=5000, help="first N test images (0: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--render", action="store_true", help="only rewrite the summary and Markdown from the JSON")
     ap.add_argument("--rescore", action="store_true",
-                    help="OTBR: re-apply the current clean-term calibration to rows made before it (no models run)")
+                    help="re-apply the current rule (OTBR's clean-term factor, the relative probe drop) to rows "
+                    "made under an earlier one (no models run)")
     ap.add_argument("--append", action="store_true",
                     help="keep the models of an existing result file and skip them (resume an interrupted run)")
     args = ap.parse_args(argv)
@@ -250,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     jpath = RESULTS / f"auto-{args.method}-fmnist.json"
     if args.render or args.rescore:
         payload = json.loads(jpath.read_text())
-        if args.rescore and payload["method"] == "otbr":
-            changed = [m["model"] for m in payload["models"] if rescore(m)]
+        if args.rescore:
+            changed = [m["model"] for m in payload["models"] if rescore(m, payload["method"])]
             log.info("re-scored %d rows: %s", len(changed), ", ".join(changed) or "none")
             if changed:
                 payload["command"] += f", then python benchmarks/auto_bench.py --rescore (rows: {', '.join(changed)})"

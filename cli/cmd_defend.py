@@ -178,9 +178,14 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
     if "auto" in result.info:
         auto = result.info["auto"]
         best = max(c["estimated_der"] for c in auto["candidates"])
+        margin = auto.get("margin")
         click.echo(f"automatic choice: {auto['chosen']:g} of {[c['value'] for c in auto['candidates']]} "
-                   f"(estimated DER {100 * best:.2f}, suspected target class {auto['suspected_target']}; "
-                   "no poisoned data used — candidates in the report)")
+                   f"(estimated DER {100 * best:.2f}"
+                   + ("" if margin is None else f", {100 * margin:.2f} points ahead of the next candidate")
+                   + f", suspected target class {auto['suspected_target']}; no poisoned data used — candidates in "
+                   "the report)")
+        if auto.get("probe", {}).get("found") is False:
+            click.echo(f"warning: {auto['probe']['note']}")
     click.echo(f"{result.method}: {result.timings.get('total', 0.0):.1f} s; data used by the defense: "
                f"{result.data_used}")
     if kw.get("report"):

@@ -31,6 +31,13 @@ on clean test accuracy only — no poisoned image and no trigger — and is
 reported in every choice; a measured clean-subset accuracy drop (TSBD) is used
 as is.
 
+The backdoor term with a probe is the *relative* fall of the probe's success rate (:func:`probe_drops`).
+Until the third zoo's results it was the absolute fall; that capped the term at the probe's rate on the
+original, and on the held-out WaNet model (probe rate 0.25) the clean term alone decided (DER gap 21.4). The
+change was made after seeing that result, so the third zoo no longer tests it; the fourth zoo
+(``benchmarks/zoo.py --zoo fourth``), trained before the change was run on it, does. On the 11 development
+models the change moves no choice.
+
 Nothing here accepts a dataset argument of poisoned images or a trigger: the
 inputs are the models, the synthetic set and (optionally) the clean subset.
 
@@ -66,9 +73,36 @@ SIGNAL = ("estimated DER: 1 + (drop of the suspected target's agreement on BN-in
           "target is the class whose synthetic inputs lose the candidates' agreement most")
 
 
-SIGNAL_PROBE = ("estimated DER: 1 + (drop in the success rate of a trigger reverse-engineered on the original model "
-                "toward the suspected target; sources in probe.sources) − (clean drop, see clean_term), halved; the "
-                "suspected target is the class a small trigger reaches most easily on the original (target scan)")
+SIGNAL_PROBE = ("estimated DER: 1 + (relative drop in the success rate of a trigger reverse-engineered on the original "
+                "model toward the suspected target: 1 − rate(candidate) / rate(original); sources in probe.sources) − "
+                "(clean drop, see clean_term), halved; the suspected target is the class a small trigger reaches most "
+                "easily on the original (target scan)")
+
+#: Below this success rate on the original model the reverse-engineered trigger is taken as "nothing found": its
+#: rates on the candidates say nothing about the backdoor, and the backdoor term falls back to the agreement on
+#: the suspected class's synthetic inputs (see :func:`choose_for`).
+PROBE_MIN_RATE = 0.1
+
+PROBE_NOTHING = ("the probe found no trigger the original model follows (rate below PROBE_MIN_RATE), so its rates "
+                 "cannot rank the candidates: the backdoor term is the drop of agreement on the suspected class's "
+                 "synthetic inputs instead — a weaker signal; consider checking the result with a little clean data")
+
+
+def probe_drops(rate_original: float, rates: Mapping[float, float]) -> dict[float, float]:
+    """Estimated backdoor (ASR) drop per candidate: ``1 − rate / rate_original`` of the probe trigger.
+
+    The probe is a stand-in for the unknown trigger, so only its *relative* fall carries over to the real
+    attack success rate: a probe the original follows on 25 % of the sources that no candidate follows any
+    more says "backdoor gone" as clearly as one at 100 %. (The absolute fall, used before, capped the backdoor
+    term at the probe's own rate and let the clean term decide whenever the probe was weak.)
+
+    Example:
+        >>> probe_drops(0.5, {0.1: 0.5, 0.2: 0.0})
+        {0.1: 0.0, 0.2: 1.0}
+    """
+    if rate_original <= 0:
+        raise ValueError(f"probe_drops: the original's rate must be positive, got {rate_original}")
+    return {v: 1.0 - r / rate_original for v, r in rates.items()}
 
 
 @dataclass
@@ -168,10 +202,12 @@ def choose(
                      "clean_drop": round(cdrop, 4), "clean_disagreement": round(1.0 - agree_rest, 4),
                      "estimated_der": round(estimated_der(bdrop, cdrop), 4)})
     best = max(rows, key=lambda r: (r["estimated_der"], -r["value"]))
-    log.info("auto choice %s (suspected target %d, estimated DER %.3f)", best["value"], suspect,
-             best["estimated_der"])
+    runner_up = max((r["estimated_der"] for r in rows if r is not best), default=None)
+    margin = None if runner_up is None else round(best["estimated_der"] - runner_up, 4)
+    log.info("auto choice %s (suspected target %d, estimated DER %.3f, margin %s)", best["value"], suspect,
+             best["estimated_der"], margin)
     extra = {"clean_term": "measured clean drop" if clean_drop is not None else
-             f"synthetic disagreement × {clean_scale:g}"}
+             f"synthetic disagreement × {clean_scale:g}", "margin": margin}
     return Choice(value=float(best["value"]), suspect=suspect, candidates=rows, extra=extra)
 
 
@@ -366,7 +402,9 @@ def choose_for(
     (:func:`target_scan`), else the class whose synthetic inputs lose the candidates' agreement most
     (:func:`suspect_class`); with ``probe``, a trigger reverse-engineered on the *original* toward the suspect
     from the synthetic inputs of the other classes (:func:`reverse_trigger`), whose success rate on each
-    candidate, subtracted from its rate on the original, is the backdoor term. ``probe_images`` (e.g. a
+    candidate relative to its rate on the original gives the backdoor term (:func:`probe_drops`). When the
+    original follows the probe on fewer than :data:`PROBE_MIN_RATE` of the sources, nothing was found: the
+    report says so (``probe.found``, ``probe.note``) and the agreement signal is used instead. ``probe_images`` (e.g. a
     clean subset, for TSBD) replace the synthetic inputs as the probe's sources; real images give a probe
     that behaves like the real trigger, where synthetic ones are more fragile. Real images are also easier to
     flip with *any* universal pattern, so with ``probe_ladder`` each trigger form takes the smallest size of a
@@ -411,16 +449,21 @@ def choose_for(
         kind = max(probes, key=lambda k: probes[k][2])  # the trigger form the original follows best
         mask, pattern, base, size = probes[kind]
         rates = {v: trigger_rate(m, src, mask, pattern, suspect) for v, m in candidates.items()}
-        bdrop = {v: base - r for v, r in rates.items()}
+        found = base >= PROBE_MIN_RATE
+        bdrop = probe_drops(base, rates) if found else None
         extra["probe"] = {"sources": "synthetic" if probe_images is None else "given images", "kind": kind,
                           "rate_original_by_kind": {k: round(v[2], 4) for k, v in probes.items()},
                           "size_by_kind": {k: v[3] for k, v in probes.items()}, "ladder": probe_ladder,
                           "steps": probe_steps, "rate_original": round(base, 4),
                           "rate": {str(v): round(r, 4) for v, r in sorted(rates.items())},
-                          "mask_area": round(float(mask.mean()), 4), "robust": True}
+                          "mask_area": round(float(mask.mean()), 4), "robust": True, "found": found}
+        if not found:
+            extra["probe"]["note"] = PROBE_NOTHING
+            log.warning("the reverse-engineered trigger reaches only %.0f %% on the original model; %s",
+                        100 * base, PROBE_NOTHING)
     choice = choose(preds, ref, num_classes, clean_drop=clean_drop, backdoor_drop=bdrop, suspect=suspect,
                     clean_scale=clean_scale)
-    if probe:
+    if bdrop is not None:
         choice.signal = SIGNAL_PROBE
     choice.extra.update(extra)
     return choice

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import json
 from pathlib import Path
@@ -21,9 +22,14 @@ from otbr.defenses.tsbd import TSBD
 from otbr.errors import OtbrError
 from otbr.models import Normalized
 from otbr.selection import (
+    PROBE_MIN_RATE,
+    SIGNAL,
+    SIGNAL_PROBE,
     SYNTHETIC_CLEAN_SCALE,
     choose,
+    choose_for,
     class_agreement,
+    probe_drops,
     reverse_trigger,
     suspect_class,
     target_scan,
@@ -100,6 +106,49 @@ def test_otbr_clean_scale_option_is_validated_keyed_and_the_cli_default() -> Non
     with pytest.raises(OtbrError, match="clean_scale"):
         OTBR(input_shape=(1, 8, 8), clean_scale=0.0)
     assert next(p for p in defend_otbr.params if p.name == "clean_scale").default == SYNTHETIC_CLEAN_SCALE
+
+
+def test_margin_is_the_lead_over_the_runner_up() -> None:
+    ref = torch.tensor([0, 1])
+    c = choose({0.1: ref.clone(), 0.2: ref.clone(), 0.3: ref.clone()}, ref, 2, clean_drop={0.1: 0, 0.2: 0, 0.3: 0},
+               backdoor_drop={0.1: 0.2, 0.2: 0.9, 0.3: 0.5})
+    assert c.value == 0.2 and c.extra["margin"] == pytest.approx((1.9 - 1.5) / 2)
+    assert choose({0.1: ref.clone()}, ref, 2).extra["margin"] is None
+
+
+def test_probe_drops_are_relative_to_the_original() -> None:
+    assert probe_drops(0.25, {0.05: 0.25, 0.1: 0.125, 0.2: 0.0}) == {0.05: 0.0, 0.1: 0.5, 0.2: 1.0}
+    assert probe_drops(1.0, {0.1: 0.4})[0.1] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="positive"):
+        probe_drops(0.0, {0.1: 0.0})
+
+
+def _rates(monkeypatch, original: nn.Module, on_original: float, on_candidates: float) -> None:
+    """Make the probe's success rate a given value on the original and another on every candidate."""
+    monkeypatch.setattr(selection, "trigger_rate", lambda model, *a, **k: on_original if model is original
+                        else on_candidates)
+
+
+def test_choose_for_uses_the_relative_probe_drop(backdoored, monkeypatch) -> None:
+    net = backdoored[0]
+    _rates(monkeypatch, net, 0.4, 0.1)
+    syn = torch.rand(40, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    c = choose_for(net, {0.1: copy.deepcopy(net)}, syn, CLASSES, probe_steps=2)
+    assert c.extra["probe"]["found"] is True and c.signal == SIGNAL_PROBE
+    assert c.candidates[0]["backdoor_drop"] == pytest.approx(0.75)  # 1 − 0.1 / 0.4, not 0.4 − 0.1
+
+
+def test_choose_for_says_when_the_probe_found_nothing(backdoored, monkeypatch) -> None:
+    """A probe the original barely follows cannot rank candidates: the agreement term is used and the report
+    says so."""
+    net = backdoored[0]
+    _rates(monkeypatch, net, PROBE_MIN_RATE / 2, 0.0)
+    syn = torch.rand(40, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    c = choose_for(net, {0.1: copy.deepcopy(net)}, syn, CLASSES, probe_steps=2)
+    probe = c.extra["probe"]
+    assert probe["found"] is False and "found no trigger" in probe["note"] and c.signal == SIGNAL
+    # the candidate is a copy of the original: it agrees everywhere, so the agreement term says no drop at all
+    assert c.candidates[0]["backdoor_drop"] == pytest.approx(0.0)
 
 
 def test_negative_drops_do_not_reward() -> None:
