@@ -358,16 +358,34 @@ def target_scan(
 
 
 def trigger_rate(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor,
-                 target: int, *, robust: bool = True) -> float:
+                 target: int, *, robust: bool = True, top: int = 1, batch_size: int = 512) -> float:
     """Fraction of ``images`` that ``model`` sends to ``target`` once the trigger ``(mask, pattern)`` is applied.
 
-    With ``robust`` the images first go through one fixed (seeded) :func:`augment`, the same for every model.
-    """
-    from otbr.metrics import predict
+    With ``top`` > 1, the fraction on which ``target`` is among the model's ``top`` highest logits (a softer
+    reading: a weakened backdoor still lifts the target near the top). With ``robust`` the images first go
+    through one fixed (seeded) :func:`augment`, the same for every model.
 
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        >>> x, m, p = torch.rand(6, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+        >>> trigger_rate(net, x, m, p, 0, top=3)
+        1.0
+    """
+    from otbr.device import model_device
+
+    if top < 1:
+        raise ValueError(f"trigger_rate: top must be ≥ 1, got {top}")
     if robust:
         images = augment(images, torch.Generator().manual_seed(12345))
-    return float((predict(model, (1 - mask) * images + mask * pattern) == target).double().mean())
+    device = model_device(model)
+    hits = 0
+    with frozen(model), torch.no_grad():
+        for xb in images.split(batch_size):
+            xb = xb.to(device)
+            out = model((1 - mask.to(device)) * xb + mask.to(device) * pattern.to(device))
+            above = (out > out[:, target:target + 1]).sum(1)  # classes ranked above the target
+            hits += int((above < top).sum())
+    return hits / max(len(images), 1)
 
 
 def require_batchnorm(model: torch.nn.Module, option: str, example: str) -> None:
@@ -449,6 +467,9 @@ def choose_for(
         kind = max(probes, key=lambda k: probes[k][2])  # the trigger form the original follows best
         mask, pattern, base, size = probes[kind]
         rates = {v: trigger_rate(m, src, mask, pattern, suspect) for v, m in candidates.items()}
+        # the softer top-2 reading, recorded for study (not used by the rule)
+        top2 = {v: trigger_rate(m, src, mask, pattern, suspect, top=2) for v, m in candidates.items()}
+        top2_base = trigger_rate(original, src, mask, pattern, suspect, top=2)
         found = base >= PROBE_MIN_RATE
         bdrop = probe_drops(base, rates) if found else None
         extra["probe"] = {"sources": "synthetic" if probe_images is None else "given images", "kind": kind,
@@ -456,7 +477,9 @@ def choose_for(
                           "size_by_kind": {k: v[3] for k, v in probes.items()}, "ladder": probe_ladder,
                           "steps": probe_steps, "rate_original": round(base, 4),
                           "rate": {str(v): round(r, 4) for v, r in sorted(rates.items())},
-                          "mask_area": round(float(mask.mean()), 4), "robust": True, "found": found}
+                          "mask_area": round(float(mask.mean()), 4), "robust": True, "found": found,
+                          "rate_top2_original": round(top2_base, 4),
+                          "rate_top2": {str(v): round(r, 4) for v, r in sorted(top2.items())}}
         if not found:
             extra["probe"]["note"] = PROBE_NOTHING
             log.warning("the reverse-engineered trigger reaches only %.0f %% on the original model; %s",
