@@ -76,8 +76,10 @@ FOURTH: dict[str, dict[str, Any]] = {
     "blended-t1": {**PREACT, "attack": "blended", "attack_kwargs": {"alpha": 0.25, "target": 1}},
     "wanet-t8": {**PREACT, "attack": "wanet", "attack_kwargs": {"strength": 0.6, "target": 8}},
     "sig-t6": {**PREACT, "attack": "sig", "attack_kwargs": {"frequency": 4, "target": 6}},
-    "vgg11-lf-t3": {**VGG, "attack": "lf", "attack_kwargs": {"target": 3, "poison_rate": 0.05}},
+    "vgg11-lf-t3": {**VGG, "attack": "lf", "attack_kwargs": {"target": 3}},
 }
+# (vgg11-lf-t3 was first defined with a 5 % poison rate: 37 % ASR after 2 epochs, too weak a backdoor to test a
+# defense on; changed to the default 10 % before any defense ran on the fourth zoo.)
 
 #: zoo name → (entries, seed, results file stem)
 ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
