@@ -118,13 +118,15 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None)
     return out
 
 
-def _drops(m: dict[str, Any], relative: bool) -> dict[float, float] | None:
-    """The probe's backdoor drop per candidate (percent), relative (current rule) or absolute (the rule before)."""
+def _drops(m: dict[str, Any], relative: bool, top2: bool = False) -> dict[float, float] | None:
+    """The probe's backdoor drop per candidate (percent), relative (current rule) or absolute (the rule before),
+    from the top-1 rates the rule uses or the softer top-2 reading the probe records beside them."""
     p = m.get("probe") or {}
-    if not p.get("rate") or p.get("found") is False:
+    key = "rate_top2" if top2 else "rate"
+    if not p.get(key) or p.get("found") is False:
         return None
-    rates = {float(v): r for v, r in p["rate"].items()}
-    base = p["rate_original"]
+    rates = {float(v): r for v, r in p[key].items()}
+    base = p[key + "_original"]
     drops = probe_drops(base, rates) if relative else {v: base - r for v, r in rates.items()}
     return {v: 100 * d for v, d in drops.items()}
 
@@ -162,13 +164,15 @@ def rescore(m: dict[str, Any], method: str, scale: float = SYNTHETIC_CLEAN_SCALE
     return True
 
 
-def gap_at(m: dict[str, Any], scale: float | None = None, relative: bool = True) -> float | None:
+def gap_at(m: dict[str, Any], scale: float | None = None, relative: bool = True, top2: bool = False) -> float | None:
     """The DER gap the rule would have with clean-term factor ``scale`` (OTBR rows; ``None``: the row's own clean
-    term) and the relative or absolute probe drop, from the stored estimates."""
+    term) and the relative or absolute probe drop of the top-1 or top-2 reading, from the stored estimates."""
     if scale is not None and any(r.get("clean_disagreement_est") is None for r in m["candidates"]):
         return None
-    drops = _drops(m, relative)
-    if drops is None:  # no probe found: both rules use the agreement term the row stores
+    if top2 and not (m.get("probe") or {}).get("rate_top2"):
+        return None
+    drops = _drops(m, relative, top2)
+    if drops is None:  # no probe found: every rule uses the agreement term the row stores
         drops = {r["value"]: r["backdoor_drop_est"] for r in m["candidates"]}
     pick = max(m["candidates"], key=lambda r: (estimated_der(
         drops[r["value"]] / 100, (r["clean_drop_est"] if scale is None else scale * r["clean_disagreement_est"]) / 100),
@@ -201,10 +205,11 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
         uncal = [gap_at(m, 1.0) for m in group]
         if group[0].get("clean_scale") not in (None, 1.0) and None not in uncal:
             out[-1].update(mean_gap_factor_1=round(statistics.fmean(uncal), 2), worst_gap_factor_1=round(max(uncal), 2))
-        absolute = [gap_at(m, relative=False) for m in group]
-        if None not in absolute:
-            out[-1].update(mean_gap_abs_drop=round(statistics.fmean(absolute), 2),
-                           worst_gap_abs_drop=round(max(absolute), 2))
+        for name, gaps_alt in (("abs_drop", [gap_at(m, relative=False) for m in group]),
+                               ("top2", [gap_at(m, top2=True) for m in group])):
+            if None not in gaps_alt:
+                out[-1].update({f"mean_gap_{name}": round(statistics.fmean(gaps_alt), 2),
+                                f"worst_gap_{name}": round(max(gaps_alt), 2)})
     return out
 
 
@@ -235,14 +240,16 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "of the candidate table; they exist only to measure the gap.", "",
              *([f"**Note:** {p['note']}", ""] if p.get("note") else []),
              "## Summary", "", markdown_table(p["summary"], SUMMARY_COLUMNS + [
-                 c for c in ("mean_gap_factor_1", "worst_gap_factor_1", "mean_gap_abs_drop", "worst_gap_abs_drop")
-                 if any(c in r for r in p["summary"])]), "",
+                 c for c in ("mean_gap_factor_1", "worst_gap_factor_1", "mean_gap_abs_drop", "worst_gap_abs_drop",
+                             "mean_gap_top2", "worst_gap_top2") if any(c in r for r in p["summary"])]), "",
              "`mean_gap_fixed`: gap of the published fixed setting "
              f"({sym} = {FIXED[p['method']]}) on the same grid, for comparison."
              + (" `*_factor_1`: the gap the rule would have without the clean-term calibration (factor 1 on the "
                 "inversions' disagreement), from the same stored estimates." if p["method"] == "otbr" else "")
              + " `*_abs_drop`: the gap with the earlier backdoor term (the probe's absolute rate drop instead of "
-             "the relative one), from the same stored probe rates.", "",
+             "the relative one), from the same stored probe rates. `*_top2`: the gap if the backdoor term read the "
+             "probe softly (the target among the top 2 classes, relative drop) — recorded by the selector, not used "
+             "by the rule.", "",
              *(["`rescored`: the row was made under an earlier rule (OTBR: factor 1 on the inversions' "
                 f"disagreement before the calibration to {SYNTHETIC_CLEAN_SCALE:g}, fitted on the development zoos' "
                 "clean accuracy; both methods: the probe's absolute rate drop before the relative one); its auto "
