@@ -7,7 +7,7 @@ of the original on BatchNorm-inverted inputs, pruned neurons held at zero, the s
 each scored on the test set (the only use of data). Wall times are of this machine (2 shared CPU cores).
 
 Usage:
-    python benchmarks/repair_bench.py [--zoo main|second] [--only NAME,...] [--steps 300] [--synthetic 512]
+    python benchmarks/repair_bench.py [--zoo main|second|third|fourth] [--only NAME,...] [--steps 300] [--synthetic 512]
                                       [--eval-limit 5000] [--threads 1] [--workers 1] [--append]
 
 Writes ``benchmarks/results/repair-fmnist.{md,json}``.
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from zoo import FOLDERS
 
 from otbr.attacks import attack_from_config
 from otbr.data import load_dataset
@@ -42,7 +43,8 @@ log = logging.getLogger("repair_bench")
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-ZOOS = {"main": ROOT / "zoo", "second": ROOT / "zoo2"}
+#: zoo name → model folder, from the zoo definitions in ``benchmarks/zoo.py``
+ZOOS = {z: ROOT.parent / folder for z, folder in FOLDERS.items()}
 COLUMNS = ["model", "gamma", "gamma_from", "series", "acc", "asr", "ra", "der", "acc_loss", "wall_s", "suspect",
            "target", "check"]
 SERIES = ("prune", "fusion-paper", "fusion-default", "distilled", "repair")
