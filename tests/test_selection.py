@@ -123,6 +123,19 @@ def test_probe_drops_are_relative_to_the_original() -> None:
         probe_drops(0.0, {0.1: 0.0})
 
 
+def test_trigger_rate_top_k_counts_the_target_among_the_highest_logits() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].bias.copy_(torch.tensor([3.0, 2.0, 1.0]))  # every input ranks the classes 0 > 1 > 2
+    x, m, p = torch.rand(5, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    assert [trigger_rate(net, x, m, p, 1, top=k) for k in (1, 2)] == [0.0, 1.0]
+    assert [trigger_rate(net, x, m, p, 2, top=k) for k in (2, 3)] == [0.0, 1.0]
+    assert trigger_rate(net, x, m, p, 0) == 1.0
+    with pytest.raises(ValueError, match="top"):
+        trigger_rate(net, x, m, p, 0, top=0)
+
+
 def _rates(monkeypatch, original: nn.Module, on_original: float, on_candidates: float) -> None:
     """Make the probe's success rate a given value on the original and another on every candidate."""
     monkeypatch.setattr(selection, "trigger_rate", lambda model, *a, **k: on_original if model is original
