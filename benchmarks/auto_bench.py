@@ -54,7 +54,7 @@ RESULTS = ROOT / "results"
 #: zoo name → (model folder, backdoored model names), from the zoo definitions in ``benchmarks/zoo.py``
 ZOOS = {z: (ROOT.parent / FOLDERS[z], [n for n, e in entries.items() if e["attack"] is not None])
         for z, (entries, _seed, _stem) in ZOO_DEFS.items()}
-ZOO_ARGS = {"both": ["main", "second"], "all": ["main", "second", "third", "fourth"]}
+ZOO_ARGS = {"both": ["main", "second"], "all": list(ZOOS)}
 FIXED = {"otbr": 0.05, "tsbd": 0.1}
 
 
@@ -182,7 +182,7 @@ def gap_at(m: dict[str, Any], scale: float | None = None, relative: bool = True,
 
 GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (main + second)", ("main", "second")),
           ("third zoo (held out until the probe-drop change)", ("third",)),
-          ("fourth zoo (held out)", ("fourth",)), ("all", ("main", "second", "third", "fourth")))
+          ("fourth zoo (held out)", ("fourth",)), ("all", tuple(ZOOS)))
 
 
 def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -284,7 +284,7 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["otbr", "tsbd"], default="otbr")
-    ap.add_argument("--zoo", choices=["main", "second", "third", "fourth", "both", "all"], default="both",
+    ap.add_argument("--zoo", choices=[*ZOOS, *ZOO_ARGS], default="both",
                     help="both: the two development zoos; all: those and the held-out third and fourth")
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--eval-limit", type=int, default=5000, help="first N test images (0: all)")

@@ -70,8 +70,9 @@ THIRD: dict[str, dict[str, Any]] = {
                                                                       "poison_rate": 0.05}},
 }
 
-#: A fourth zoo, held out from the rule changes made after the third zoo's results (the "probe found nothing"
-#: handling, see ``otbr.selection``): defined and trained before those changes were run on it.
+#: A fourth zoo, held out from the rule changes made after the third zoo's results (the probe's relative rate
+#: drop and the "probe found nothing" handling, see ``otbr.selection``): defined and trained before those
+#: changes were run on it.
 FOURTH: dict[str, dict[str, Any]] = {
     "blended-t1": {**PREACT, "attack": "blended", "attack_kwargs": {"alpha": 0.25, "target": 1}},
     "wanet-t8": {**PREACT, "attack": "wanet", "attack_kwargs": {"strength": 0.6, "target": 8}},
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="model folder (default benchmarks/zoo, zoo2, zoo3 or zoo4)")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--only", default=None,
-                        help="comma-separated zoo names: " + ", ".join([*ENTRIES, *SECOND, *THIRD, *FOURTH]))
+                        help="comma-separated zoo names: " + ", ".join(n for e, _, _ in ZOOS.values() for n in e))
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a contended machine)")
     parser.add_argument("--force", action="store_true", help="retrain even if a matching cached model exists")
     args = parser.parse_args(argv)
