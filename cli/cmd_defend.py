@@ -450,6 +450,10 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
 @click.option("--keep-suspect", is_flag=True,
               help="Turn off the guards on the suspected target class (risks distilling the backdoor back).")
+@click.option("--invariance", default=0.5, show_default=True, type=click.FloatRange(0),
+              help="Weight of the invariance phase (first sixth of the steps): the result learns to ignore the "
+                   "small universal perturbation that most changes its outputs, as a trigger would. 0: plain "
+                   "distillation.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="After the distillation, compare how easily each class is triggered (small reverse-engineered "
                    "triggers, no data) on ORIGINAL, PRUNED and the result; keep PRUNED when a class the pruning "
@@ -457,7 +461,8 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
 @batch_size_option(128)
 @defense_options()
 def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic_steps: int, lr: float,
-               time_budget: float | None, keep_suspect: bool, check: bool, batch_size: int, progress: bool,
+               time_budget: float | None, keep_suspect: bool, invariance: float, check: bool, batch_size: int,
+               progress: bool,
                **kw: Any) -> None:
     """EXPERIMENTAL data-free repair of a PRUNED model (OTBR --variant prune, CLP, …): distil its ORIGINAL into it.
 
@@ -482,12 +487,13 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
     pruned_net, _ = load_model_from_options(pruned, load_kw)
     rr = repair(pruned_net, orig_net, input_shape=meta.input_shape, num_classes=meta.num_classes,
                 keep_suspect=keep_suspect, synthetic=synthetic, synthetic_steps=synthetic_steps, steps=steps,
-                batch_size=batch_size, lr=lr, time_budget=time_budget, seed=kw["seed"], progress=progress, check=check)
+                batch_size=batch_size, lr=lr, time_budget=time_budget, seed=kw["seed"], progress=progress, check=check,
+                adversarial=invariance)
     result = DefenseResult(model=rr.model, method="repair",
                            config={"steps": steps, "synthetic": synthetic, "synthetic_steps": synthetic_steps,
                                    "lr": lr, "batch_size": batch_size, "time_budget": time_budget,
-                                   "keep_suspect": keep_suspect, "check": check, "seed": kw["seed"],
-                                   "pruned_model": pruned},
+                                   "keep_suspect": keep_suspect, "invariance": invariance, "check": check,
+                                   "seed": kw["seed"], "pruned_model": pruned},
                            timings={"total": rr.info["seconds"]}, info={"repair": rr.info}, data_used="none")
     finish(original, orig_net, meta, result, kw, out, _eval_sets(meta, kw))
 
