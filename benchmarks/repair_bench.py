@@ -142,10 +142,10 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _compared(path: str, models: list[str]) -> list[str]:
-    """The mean rows of an earlier result file over the same models, for reading beside this run's."""
+def _compared(path: str, models: set[tuple[str, str]]) -> list[str]:
+    """The mean rows of an earlier result file over the same (zoo, model) pairs, for reading beside this run's."""
     prev = json.loads((ROOT.parent / path).read_text())  # relative paths are read from the repository root
-    rows = [r for r in prev["rows"] if r["model"] in set(models)]
+    rows = [r for r in prev["rows"] if (r["zoo"], r["model"]) in models]
     name = Path(path).name
     return ["", f"Earlier run over the same models ({name}, invariance weight {prev.get('adversarial', 0)}):", "",
             markdown_table(summary(rows), ["series", "models", "acc", "asr", "der", "acc_loss", "max_asr",
@@ -182,7 +182,7 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "", "## Mean", "",
              markdown_table(p["summary"], ["series", "models", "acc", "asr", "der", "acc_loss", "max_asr",
                                            "mean_wall_s"]),
-             *(_compared(p["compare"], [r["model"] for r in p["rows"]]) if p.get("compare") else []),
+             *(_compared(p["compare"], {(r["zoo"], r["model"]) for r in p["rows"]}) if p.get("compare") else []),
              "", "## Per model", "", markdown_table(p["rows"], COLUMNS), "",
              f"Machine: {p['environment'].get('platform', '')}, {p['threads']} thread(s)."]
     path.write_text("\n".join(lines) + "\n")

@@ -16,12 +16,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+from repair_bench import auto_gammas
 from zoo import FOLDERS
 
 from otbr.attacks import attack_from_config
@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ps = attack_from_config(meta.attack).poison_test(test)
     sets = ((test.x[: a.n], test.y[: a.n]), (ps.x[: a.n], ps.y_true[: a.n], int(ps.target)))
     base = evaluate(model, *sets)
-    auto = {(m["zoo"], m["model"]): (m["auto"]["value"], m["suspected_target"])
-            for m in json.loads((ROOT / "results" / "auto-otbr-fmnist.json").read_text())["models"]}
-    g_auto, suspect = auto[(a.zoo, a.model)]
+    g_auto, suspect = auto_gammas()[(a.zoo, a.model)]
     gamma = g_auto if a.gamma is None else a.gamma
     mpath = cache / f"{a.zoo}-{a.model}-g{gamma}.pt"
     if mpath.exists():
