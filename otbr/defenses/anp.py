@@ -212,7 +212,8 @@ class ANP(Defense):
         below = int((values < self.threshold).sum())
         counts = sorted({max(1, round(q * below)) for q in torch.linspace(0.05, 1.0, 20).tolist()}) if below else []
         # just above the k-th lowest mask (ties included), never above the published threshold
-        grid = sorted({min(float(torch.nextafter(values[k - 1], torch.tensor(2.0))), self.threshold) for k in counts})
+        two = values.new_tensor(2.0)  # on the masks' device (CUDA when the run is there)
+        grid = sorted({min(float(torch.nextafter(values[k - 1], two)), self.threshold) for k in counts})
         mods = dict(model.named_modules())
         gamma = {n: mods[n].weight.detach() for n in masks}
         base = accuracy(model, x, y)
