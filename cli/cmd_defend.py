@@ -457,7 +457,8 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
 @click.option("--check/--no-check", default=True, show_default=True,
               help="After the distillation, compare how easily each class is triggered (small reverse-engineered "
                    "triggers, no data) on ORIGINAL, PRUNED and the result; keep PRUNED when a class the pruning "
-                   "had made harder to trigger got easier again.")
+                   "had made harder to trigger got easier again (beyond ORIGINAL's level, unless it is the suspected "
+                   "target).")
 @batch_size_option(128)
 @defense_options()
 def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic_steps: int, lr: float,
@@ -470,10 +471,11 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
 
     The transfer set is inverted from ORIGINAL's BatchNorm statistics (no data is read); the pruned neurons
     (rows all zero in PRUNED but not in ORIGINAL) stay zero; the inversions of the suspected target class
-    are left out (they carry the trigger), the teacher's belief in that class is capped at PRUNED's own,
-    and no hard label points to it. With --check (the default) the result is PRUNED itself when a
-    data-free scan finds a class that the pruning had made harder to trigger (ORIGINAL vs PRUNED) easier
-    to trigger again after the distillation. The test set is
+    are left out (they carry the trigger), the teacher's belief in that class is capped at PRUNED's own
+    (after the invariance phase: at the partly repaired model's), and no hard label points to it. With
+    --check (the default) the result is PRUNED itself when a data-free scan finds a class that the pruning
+    had made harder to trigger (ORIGINAL vs PRUNED) easier to trigger again after the distillation (a class
+    other than the suspect: only when it ends easier to trigger than on ORIGINAL). The test set is
     used only for the before/after table (of ORIGINAL vs the repaired model).
     """
     from otbr.defenses.base import DefenseResult

@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from helpers import SIDE, acc_asr, tiny_net, train_backdoor
 from helpers import tiny_files as make_tiny_files
+from torch import nn
 
 from otbr.defenses.otbr import OTBR
 from otbr.errors import OtbrError
@@ -95,6 +96,29 @@ def test_backdoor_check_flags_a_rise_only(pruned_pair) -> None:
     assert unsuppressed["suppressed"] == [] and unsuppressed["flagged"] == []
 
 
+def test_backdoor_check_with_a_suspect_lets_a_class_return_to_the_original_level(monkeypatch) -> None:
+    """With the suspect known, a non-suspect class is flagged only when it ends the tolerance above its rate on
+    the original. Scans replaced by the rates measured on two main-zoo models (GPU development run): LF's class 6
+    (0.69 → 0.38 → 0.72: pruning hurt a naturally easy class, the repair restored it) must pass; Trojan's real
+    target 0 under the wrong suspect 6 (0.56 → 0.00 → 1.00) must be flagged; the suspect itself is flagged on any
+    suppressed-then-revived rise, as without a suspect."""
+    import otbr.selection
+    from otbr.repair import backdoor_check
+
+    orig, before, after = nn.Identity(), nn.Identity(), nn.Identity()
+    table = {id(orig): [0.56, 0.0, 0.69], id(before): [0.0, 0.0, 0.38], id(after): [1.0, 0.0, 0.72]}
+    monkeypatch.setattr(otbr.selection, "target_scan",
+                        lambda m, *a, **k: torch.tensor(table[id(m)], dtype=torch.float64))
+    x, ref = torch.zeros(3, 1, 4, 4), torch.arange(3)
+    assert backdoor_check(before, after, x, ref, 3, original=orig)["flagged"] == [0, 2]  # no suspect: both
+    wrong = backdoor_check(before, after, x, ref, 3, original=orig, suspect=1)
+    assert wrong["flagged"] == [0] and wrong["suspect"] == 1  # LF-like class 2 passes, Trojan-like 0 does not
+    assert backdoor_check(before, after, x, ref, 3, original=orig, suspect=2)["flagged"] == [0, 2]
+    table[id(after)] = [0.5, 0.0, 0.72]  # the real target back to near the original's level, not above
+    assert backdoor_check(before, after, x, ref, 3, original=orig, suspect=0)["flagged"] == [0]
+    assert backdoor_check(before, after, x, ref, 3, original=orig, suspect=1)["flagged"] == []
+
+
 def test_time_budget_stops_early(pruned_pair) -> None:
     net, pruned, masks, _ = pruned_pair
     res = repair(pruned, net, input_shape=(1, SIDE, SIDE), synthetic=32, synthetic_steps=5, steps=10_000,
@@ -160,3 +184,21 @@ def test_invariance_phase_weakens_a_backdoor_that_pruning_left_in(pruned_pair) -
     assert short.info["adversarial"]["steps"] == 2  # the default phase: the first sixth
     with pytest.raises(OtbrError, match="adv_radius"):
         repair(net, net, input_shape=(1, SIDE, SIDE), adv_radius=0.0, progress=False)
+
+
+def test_recap_caps_by_the_student_after_the_invariance_phase(pruned_pair) -> None:
+    """After the invariance phase the suspect's cap comes from the student as it is then (a different run from
+    capping by the pruned model throughout); without the phase, or with the guards off, ``recap`` changes
+    nothing; the report says which cap was used."""
+    net, pruned, masks, _ = pruned_pair
+    kw = {"input_shape": (1, SIDE, SIDE), "synthetic": 64, "synthetic_steps": 5, "steps": 12, "masks": masks,
+          "suspect": 0, "check": False, "progress": False}
+    new, old = repair(pruned, net, **kw), repair(pruned, net, recap=False, **kw)
+    assert new.info["cap"] == "student after the invariance phase" and old.info["cap"] == "pruned model"
+    assert any(not torch.equal(a, b) for a, b in zip(new.model.state_dict().values(),
+                                                      old.model.state_dict().values(), strict=True))
+    for extra in ({"adversarial": 0.0}, {"keep_suspect": True}):
+        a, b = repair(pruned, net, **kw, **extra), repair(pruned, net, recap=False, **kw, **extra)
+        assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(),
+                                                     strict=True))
+    assert a.info["cap"] == "off"
