@@ -30,10 +30,11 @@ from .common import format_table, parse_json_kwargs
 @click.option("--set", "overrides", help='JSON of per-defense hyperparameters, e.g. \'{"ft": {"epochs": 5}}\'.')
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every defense and the clean subset.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG plot.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.pass_context
 def compare(ctx: click.Context, models: tuple[str, ...], defenses: str, data: str | None, data_root: str | None,
             clean_ratio: float | None, workers: int, out_dir: str, eval_limit: int | None, overrides: str | None,
-            seed: int, no_plot: bool) -> None:
+            seed: int, no_plot: bool, device: str) -> None:
     """Run every defense on every MODEL and compare ACC, ASR, RA, DER, wall time and data used.
 
     Data-free defenses read no data; data-dependent ones get a seeded clean subset of --data's
@@ -51,7 +52,7 @@ def compare(ctx: click.Context, models: tuple[str, ...], defenses: str, data: st
     progress = bool((ctx.find_root().obj or {}).get("progress", False))
     res = run_compare(list(models), names, out_dir=out_dir, data=data, data_root=data_root, clean_ratio=clean_ratio,
                       workers=workers, eval_limit=eval_limit, seed=seed, overrides=extra, progress=progress,
-                      plot=not no_plot)
+                      plot=not no_plot, device=device)
 
     def fmt(v: Any) -> str:
         return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))

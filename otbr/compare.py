@@ -142,7 +142,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     from otbr.report import environment
 
     model, name = task["model"], task["defense"]
-    net, _meta = load_model(model)
+    net, _meta = load_model(model, device=task.get("device"))  # absent: the CPU
     sets = _eval_sets(model, task.get("data_root"), task.get("eval_limit"))
     row: dict[str, Any] = {"model": Path(model).stem, "model_path": str(model), "defense": name, "key": task["key"]}
     if name == ORIGINAL:
@@ -165,7 +165,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
         if m.asr is not None and before.get("asr") is not None:
             row["der"] = der(before["acc"], before["asr"], m.acc, m.asr)
     # provenance only (not part of the key): which code and machine made the cell, and when
-    row["environment"] = {**environment(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    row["environment"] = {**environment(task.get("device")), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(task["path"], row)
     return row
 
@@ -317,6 +317,7 @@ def run_compare(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = False,
     plot: bool = True,
+    device: str | None = "cpu",
 ) -> CompareResult:
     """Run every defense on every model (resumably) and write the comparison.
 
@@ -334,6 +335,8 @@ def run_compare(
         overrides: ``{defense: {hyperparameter: value}}`` on top of the defaults.
         progress: progress bars (sequential runs only).
         plot: write ``compare.png``.
+        device: where the cells run: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when present). A GPU
+            cell is keyed apart from a CPU one (its numbers differ in rounding), so neither reuses the other.
 
     Returns:
         :class:`CompareResult`.
@@ -358,6 +361,10 @@ def run_compare(
         bad = sorted(k for k in kw if k not in params or k == "self")
         if bad:
             raise OtbrError(f"{d} has no hyperparameter(s) {', '.join(bad)}")
+    from otbr.device import resolve_device
+
+    dev = resolve_device(device)
+    gpu = str(dev) if dev.type != "cpu" else None
     notes: list[str] = []
     dependent = [d for d in defenses if registry[d].needs != "none"]
     if data is None and dependent:
@@ -397,6 +404,8 @@ def run_compare(
                     continue
                 task: dict[str, Any] = {"model": str(m), "defense": d, "data_root": data_root,
                                         "eval_limit": eval_limit, "seed": seed}
+                if gpu is not None:  # CPU cells carry no device: their keys stay those of earlier versions
+                    task["device"] = gpu
                 if d != ORIGINAL:
                     needs_data = registry[d].needs != "none"
                     task.update(kwargs=defense_kwargs(d, metas[str(m)], seed=seed, progress=progress and workers == 1,
@@ -435,7 +444,7 @@ def run_compare(
     notes.extend(failed)
     result.files = write_outputs(result.rows, list(defenses), out, notes=notes, plot=plot,
                                  settings={"data": data, "clean_ratio": clean_ratio, "eval_limit": eval_limit,
-                                           "seed": seed, "overrides": overrides or {},
+                                           "seed": seed, "overrides": overrides or {}, "device": str(dev),
                                            "ratios": {d: (clean_ratio or default_ratio(d)) for d in defenses
                                                       if registry[d].needs != "none"}})
     return result

@@ -55,7 +55,7 @@ def test_grid_rows_files_and_resume(zoo):
         assert (out / f"compare.{suffix}").is_file()
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
 
-    again = run_compare(zoo["models"][:1], ["clp", "ft"], **kw)
+    again = run_compare(zoo["models"][:1], ["clp", "ft"], **kw, device="cpu")  # the default, said explicitly
     assert again.ran == 0 and again.reused == 3
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == mtimes
     assert again.rows == res.rows
@@ -87,6 +87,8 @@ def test_without_data_data_dependent_defenses_are_skipped(zoo):
         run_compare(zoo["models"][:1], ["ft", "ulrl"], out_dir=zoo["dir"] / "nodata2")
     with pytest.raises(OtbrError, match="unknown defense"):
         run_compare(zoo["models"][:1], ["nope"], out_dir=zoo["dir"] / "x")
+    with pytest.raises(OtbrError, match="unknown device"):
+        run_compare(zoo["models"][:1], ["clp"], out_dir=zoo["dir"] / "x", device="tpu")
 
 
 def test_workers_process_pool(zoo):

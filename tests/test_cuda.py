@@ -153,3 +153,20 @@ def test_cli_defend_and_repair_with_device_cuda(tmp_path) -> None:
                                     "--synthetic-steps", "2", "--no-eval", "--device", "cuda", "-o", str(rep)])
     assert res.exit_code == 0, res.output
     assert _on(load_model(rep, device=torch.device("cpu"))[0], torch.device("cpu"))
+
+
+def test_compare_grid_on_the_gpu_is_keyed_apart_from_the_cpu(tmp_path) -> None:
+    """``run_compare(device="cuda")``: cells run on the GPU (their environment says so) and do not reuse the CPU
+    cells of the same folder, nor the CPU those of the GPU."""
+    from otbr.compare import run_compare
+
+    model, data = tiny_files(tmp_path, 60)
+    kw = {"out_dir": tmp_path / "cmp", "data": f"npz:{data}", "overrides": {"ft": {"epochs": 1, "batch_size": 16}},
+          "plot": False}
+    cpu = run_compare([str(model)], ["clp", "ft"], **kw)
+    gpu = run_compare([str(model)], ["clp", "ft"], **kw, device="cuda")
+    assert cpu.ran == 3 and gpu.ran == 3 and gpu.reused == 0
+    cells = [json.loads(p.read_text()) for p in (tmp_path / "cmp" / "cells").glob("m__*.json")]
+    assert len(cells) == 3 and all(c["environment"]["device"].startswith("cuda") for c in cells)
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["settings"]["device"].startswith("cuda")
+    assert run_compare([str(model)], ["clp", "ft"], **kw, device="cuda").reused == 3
