@@ -94,3 +94,15 @@ def tiny_files(tmp_path: Path, n: int) -> tuple[Path, Path]:
                      attack=create_attack("badnets", target=0).config())
     model = save_model(create_model("tinycnn", num_classes=4, in_channels=1), tmp_path / "m.safetensors", meta)
     return model, data
+
+
+def tiny_settings(side: int, classes: int) -> dict[str, dict]:
+    """Small settings per registered defense, so that each runs on a tiny model in about a second."""
+    return {
+        "otbr": {"steps": 2, "batch_size": 16, "input_shape": (1, side, side), "num_classes": classes},
+        "ulrl": {"unlearn_epochs": 2, "relearn_epochs": 1, "batch_size": 16},
+        "ft": {"epochs": 1, "batch_size": 16},
+        "fp": {"epochs": 1, "batch_size": 16},
+        "anp": {"iterations": 3, "batch_size": 16},
+        "tsbd": {"unlearn_max_epochs": 1, "ft_epochs": 1, "batch_size": 16},
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import tiny_settings
 from torch import nn
 
 from otbr.defenses import create_defense, list_defenses
@@ -16,15 +17,8 @@ from otbr.models.io import ModelMeta
 
 SIDE, CLASSES = 8, 4
 
-#: small settings per defense so that every registered one runs in well under a second
-TINY: dict[str, dict] = {
-    "otbr": {"steps": 2, "batch_size": 16, "input_shape": (1, SIDE, SIDE), "num_classes": CLASSES},
-    "ulrl": {"unlearn_epochs": 2, "relearn_epochs": 1, "batch_size": 16},
-    "ft": {"epochs": 1, "batch_size": 16},
-    "fp": {"epochs": 1, "batch_size": 16},
-    "anp": {"iterations": 3, "batch_size": 16},
-    "tsbd": {"unlearn_max_epochs": 1, "ft_epochs": 1, "batch_size": 16},
-}
+#: small settings per defense so that every registered one runs in about a second
+TINY = tiny_settings(SIDE, CLASSES)
 
 
 def _tiny() -> nn.Module:

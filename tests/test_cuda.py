@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import CLASSES, SIDE, acc_asr, tiny_files, tiny_net, train_backdoor
+from helpers import CLASSES, SIDE, acc_asr, tiny_files, tiny_net, tiny_settings, train_backdoor
 from torch import nn
 
 from otbr.defenses import create_defense, list_defenses
@@ -31,15 +31,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 CUDA = torch.device("cuda")
 
-#: small settings per defense (as in test_baselines) so every registered one runs in seconds
-TINY: dict[str, dict] = {
-    "otbr": {"steps": 2, "batch_size": 16, "input_shape": (1, SIDE, SIDE), "num_classes": CLASSES},
-    "ulrl": {"unlearn_epochs": 2, "relearn_epochs": 1, "batch_size": 16},
-    "ft": {"epochs": 1, "batch_size": 16},
-    "fp": {"epochs": 1, "batch_size": 16},
-    "anp": {"iterations": 3, "batch_size": 16},
-    "tsbd": {"unlearn_max_epochs": 1, "ft_epochs": 1, "batch_size": 16},
-}
+#: small settings per defense so that every registered one runs in about a second
+TINY = tiny_settings(SIDE, CLASSES)
 
 
 def _on(model: nn.Module, device: torch.device) -> bool:

@@ -119,6 +119,23 @@ def test_backdoor_check_with_a_suspect_lets_a_class_return_to_the_original_level
     assert backdoor_check(before, after, x, ref, 3, original=orig, suspect=1)["flagged"] == []
 
 
+def test_scan_guard_rescues_a_wrong_suspect(pruned_pair) -> None:
+    """Told the wrong suspect (class 1; the target is 0), the distillation brings the tiny backdoor back; with
+    ``scan_guard`` the class the original's trigger scan reaches most easily (0) is guarded too and the backdoor
+    stays out, every pruned neuron still zero. (Check off: the distilled models themselves are compared.)"""
+    net, pruned, masks, (xt, yt) = pruned_pair
+    kw = {"input_shape": (1, SIDE, SIDE), "synthetic": 512, "steps": 300, "progress": False, "masks": masks,
+          "check": False, "check_budget": 0.1, "suspect": 1}
+    wrong = repair(pruned, net, **kw)
+    assert wrong.info["guarded"] == [1] and wrong.info["scan_guard"] is None
+    rescued = repair(pruned, net, scan_guard=True, **kw)
+    assert rescued.info["guarded"] == [0, 1] and rescued.info["scan_guard"]["class"] == 0
+    asr_wrong, asr_rescued = acc_asr(wrong.model, xt, yt)[1], acc_asr(rescued.model, xt, yt)[1]
+    assert asr_wrong >= 0.5 and asr_rescued <= 0.05, (asr_wrong, asr_rescued)
+    mods = dict(unwrap(rescued.model).named_modules())
+    assert all(float(mods[n].weight.detach()[m].abs().sum()) == 0 for n, m in masks.items())
+
+
 def test_time_budget_stops_early(pruned_pair) -> None:
     net, pruned, masks, _ = pruned_pair
     res = repair(pruned, net, input_shape=(1, SIDE, SIDE), synthetic=32, synthetic_steps=5, steps=10_000,
