@@ -95,7 +95,7 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
     t1 = time.perf_counter()
     rr = repair(pruned, model, input_shape=meta.input_shape, masks=masks, num_classes=meta.num_classes,
                 suspect=suspect, synthetic=args.synthetic, steps=args.steps, time_budget=args.time_budget,
-                adversarial=args.adversarial, scan_guard=args.scan_guard, progress=False)
+                adversarial=args.adversarial, scan_guard=not args.no_scan_guard, progress=False)
     t_repair = t_prune + time.perf_counter() - t1
     out["distilled"] = (rr.distilled, t_repair)  # the distillation without the backdoor check
     out["repair"] = (rr.model, t_repair)
@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--step-up", type=int, default=0,
                     help="prune this many grid steps above the automatic γ (0: the automatic γ itself)")
-    ap.add_argument("--scan-guard", action="store_true",
-                    help="also guard the class the original's trigger scan reaches most easily (experimental)")
+    ap.add_argument("--no-scan-guard", action="store_true",
+                    help="do not also guard the class the original's trigger scan reaches most easily")
     ap.add_argument("--device", default="cpu", help="cpu (the default: the wall times are the CPU's), cuda, …")
     ap.add_argument("--workers", type=int, default=1, help="models run in this many processes at once")
     ap.add_argument("--json", default=str(RESULTS / "repair-fmnist.json"), help="result file (the .md goes beside it)")
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             done.sort(key=lambda rs: order[(rs[0]["zoo"], rs[0]["model"])])
             payload = {"command": command.strip(), "steps": args.steps, "synthetic": args.synthetic,
                        "adversarial": args.adversarial, "compare": args.compare, "step_up": args.step_up,
-                       "scan_guard": args.scan_guard,
+                       "scan_guard": not args.no_scan_guard,
                        "eval_limit": args.eval_limit, "threads": args.threads, "workers": args.workers,
                        "rows": rows + [r for rs in done for r in rs], "environment": environment(args.device),
                        "notes": args.note}

@@ -120,20 +120,28 @@ def test_backdoor_check_with_a_suspect_lets_a_class_return_to_the_original_level
 
 
 def test_scan_guard_rescues_a_wrong_suspect(pruned_pair) -> None:
-    """Told the wrong suspect (class 1; the target is 0), the distillation brings the tiny backdoor back; with
-    ``scan_guard`` the class the original's trigger scan reaches most easily (0) is guarded too and the backdoor
-    stays out, every pruned neuron still zero. (Check off: the distilled models themselves are compared.)"""
+    """Told the wrong suspect (class 1; the target is 0), the distillation without the scan guard brings the tiny
+    backdoor back; with it (the default) the class the original's trigger scan reaches most easily (0) is guarded
+    too and the backdoor stays out, every pruned neuron still zero (check off: the distilled models themselves
+    are compared). Told the right suspect, the scan guard changes nothing at all."""
     net, pruned, masks, (xt, yt) = pruned_pair
     kw = {"input_shape": (1, SIDE, SIDE), "synthetic": 512, "steps": 300, "progress": False, "masks": masks,
           "check": False, "check_budget": 0.1, "suspect": 1}
-    wrong = repair(pruned, net, **kw)
+    wrong = repair(pruned, net, scan_guard=False, **kw)
     assert wrong.info["guarded"] == [1] and wrong.info["scan_guard"] is None
-    rescued = repair(pruned, net, scan_guard=True, **kw)
+    rescued = repair(pruned, net, **kw)  # the default
     assert rescued.info["guarded"] == [0, 1] and rescued.info["scan_guard"]["class"] == 0
     asr_wrong, asr_rescued = acc_asr(wrong.model, xt, yt)[1], acc_asr(rescued.model, xt, yt)[1]
     assert asr_wrong >= 0.5 and asr_rescued <= 0.05, (asr_wrong, asr_rescued)
     mods = dict(unwrap(rescued.model).named_modules())
     assert all(float(mods[n].weight.detach()[m].abs().sum()) == 0 for n, m in masks.items())
+    # with the right suspect the scan adds nothing: the run is bit for bit the one without it, check included
+    kw.update(suspect=0, steps=30, check=True)
+    on, off = repair(pruned, net, **kw), repair(pruned, net, scan_guard=False, **kw)
+    assert on.info["guarded"] == off.info["guarded"] == [0] and on.info["scan_guard"]["class"] == 0
+    assert on.info["check"] == off.info["check"]
+    assert all(torch.equal(a, b) for a, b in zip(on.model.state_dict().values(), off.model.state_dict().values(),
+                                                 strict=True))
 
 
 def test_time_budget_stops_early(pruned_pair) -> None:
@@ -179,7 +187,9 @@ def test_transfer_set_is_reused_and_on_step_sees_every_step(pruned_pair, monkeyp
     res = repair(pruned, net, input_shape=(1, SIDE, SIDE), masks=masks, suspect=0, transfer=syn, steps=4,
                  progress=False, on_step=lambda step, student: seen.append(step))
     assert seen == [1, 2, 3, 4]
-    assert res.info["transfer_set"] == 24 and res.info["left_out_suspect_inversions"] == 8
+    left_out = 8 * len(res.info["guarded"])  # 8 inversions per class; the scan's top class may be guarded too
+    assert 0 in res.info["guarded"] and res.info["left_out_suspect_inversions"] == left_out
+    assert res.info["transfer_set"] == 32 - left_out
 
 
 def test_invariance_phase_weakens_a_backdoor_that_pruning_left_in(pruned_pair) -> None:
