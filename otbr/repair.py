@@ -93,6 +93,9 @@ from otbr.synthesis import Synthetic, frozen, synthesize
 
 log = logging.getLogger(__name__)
 
+#: the backdoor check's trigger scans: optimisation steps and synthetic sources per class
+SCAN_STEPS, SCAN_PER_CLASS = 50, 32
+
 
 @dataclass
 class RepairResult:
@@ -119,8 +122,8 @@ def backdoor_check(
     rate_original: torch.Tensor | None = None,
     tolerance: float = 0.25,
     budget: float = 0.05,
-    steps: int = 50,
-    per_class: int = 32,
+    steps: int = SCAN_STEPS,
+    per_class: int = SCAN_PER_CLASS,
 ) -> dict[str, Any]:
     """Did a change (``before`` → ``after``) make any class easier to trigger? Data-free.
 
@@ -346,7 +349,9 @@ def repair(
     if scan_guard and not keep_suspect:
         from otbr.selection import target_scan
 
-        rate_original = target_scan(original, syn.x, ref, k, budget=check_budget)
+        # the check's own scan of the original (same sources and settings), run before the distillation
+        rate_original = target_scan(original, syn.x, ref, k, budget=check_budget, steps=SCAN_STEPS,
+                                    per_class=SCAN_PER_CLASS)
         scan_top = int(rate_original.argmax())
         guarded = sorted({suspect, scan_top})
     g = torch.tensor(guarded, device=syn.y.device)
