@@ -7,7 +7,7 @@ of the original on BatchNorm-inverted inputs, pruned neurons held at zero, the s
 each scored on the test set (the only use of data). Wall times are of this machine (2 shared CPU cores).
 
 Usage:
-    python benchmarks/repair_bench.py [--zoo main|second|third|fourth] [--only NAME,...] [--steps 300] [--synthetic 512]
+    python benchmarks/repair_bench.py [--zoo main|second|third|fourth] [--only NAME,...] [--steps 150] [--synthetic 512]
                                       [--eval-limit 5000] [--threads 1] [--workers 1] [--append]
 
 Writes ``benchmarks/results/repair-fmnist.{md,json}``.
@@ -34,7 +34,7 @@ from otbr.attacks import attack_from_config
 from otbr.data import load_dataset
 from otbr.defenses.otbr import GAMMA_GRID, OTBR
 from otbr.fusion import fuse
-from otbr.metrics import der, evaluate
+from otbr.metrics import accuracy, der, evaluate
 from otbr.models import load_model
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import repair
@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 #: zoo name → model folder, from the zoo definitions in ``benchmarks/zoo.py``
 ZOOS = {z: ROOT.parent / folder for z, folder in FOLDERS.items()}
-COLUMNS = ["model", "gamma", "gamma_from", "series", "acc", "asr", "ra", "der", "acc_loss", "wall_s", "suspect",
-           "target", "check"]
+COLUMNS = ["model", "gamma", "gamma_from", "series", "acc", "acc_t", "asr", "ra", "der", "acc_loss", "wall_s",
+           "suspect", "target", "check"]
 SERIES = ("prune", "fusion-paper", "fusion-default", "distilled", "repair")
 
 
@@ -76,6 +76,8 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
     n = args.eval_limit or None
     sets = ((test.x[:n], test.y[:n]), (ps.x[:n], ps.y_true[:n], int(ps.target)))
     base = evaluate(model, *sets)
+    on_t = test.y[:n] == int(ps.target)  # the target class's clean images: how much of that class a defense keeps
+    xt, yt = test.x[:n][on_t], test.y[:n][on_t]
     gamma, suspect = chosen.get((zoo, name), (args.gamma, None))
     src = "auto (auto-otbr-fmnist.json)" if (zoo, name) in chosen else "--gamma"
     if args.step_up and (zoo, name) in chosen:
@@ -95,16 +97,19 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
     t1 = time.perf_counter()
     rr = repair(pruned, model, input_shape=meta.input_shape, masks=masks, num_classes=meta.num_classes,
                 suspect=suspect, synthetic=args.synthetic, steps=args.steps, time_budget=args.time_budget,
-                adversarial=args.adversarial, scan_guard=not args.no_scan_guard, progress=False)
+                adversarial=args.adversarial, scan_guard=not args.no_scan_guard, rebuild=args.rebuild, lr=args.lr,
+                rebuild_teacher=args.rebuild_teacher,
+                progress=False)
     t_repair = t_prune + time.perf_counter() - t1
     out["distilled"] = (rr.distilled, t_repair)  # the distillation without the backdoor check
     out["repair"] = (rr.model, t_repair)
     rows = [{"zoo": zoo, "model": name, "gamma": 0.0, "gamma_from": "-", "series": "original", "acc": pct(base.acc),
-             "asr": pct(base.asr), "ra": pct(base.ra), "der": None, "acc_loss": 0.0, "wall_s": None}]
+             "acc_t": pct(accuracy(model, xt, yt)), "asr": pct(base.asr), "ra": pct(base.ra), "der": None,
+             "acc_loss": 0.0, "wall_s": None}]
     for series, (m, wall) in out.items():
         r = evaluate(m, *sets)
         rows.append({"zoo": zoo, "model": name, "gamma": gamma, "gamma_from": src, "series": series,
-                     "acc": pct(r.acc), "asr": pct(r.asr), "ra": pct(r.ra),
+                     "acc": pct(r.acc), "acc_t": pct(accuracy(m, xt, yt)), "asr": pct(r.asr), "ra": pct(r.ra),
                      "der": pct(der(base.acc, base.asr, r.acc, r.asr)), "acc_loss": pct(base.acc - r.acc),
                      "wall_s": round(wall, 1)})
         log.info("%s %s: ACC %.2f ASR %.2f DER %.2f (%.0f s)", name, series, rows[-1]["acc"], rows[-1]["asr"],
@@ -145,6 +150,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         g = [r for r in rows if r["series"] == series]
         if g:
             out.append({"series": series, "models": len(g), "acc": statistics.fmean(r["acc"] for r in g),
+                        "acc_t": statistics.fmean(r["acc_t"] for r in g) if all("acc_t" in r for r in g) else None,
                         "asr": statistics.fmean(r["asr"] for r in g), "der": statistics.fmean(r["der"] for r in g),
                         "acc_loss": statistics.fmean(r["acc_loss"] for r in g),
                         "max_asr": max(r["asr"] for r in g), "mean_wall_s": statistics.fmean(r["wall_s"] for r in g)})
@@ -157,7 +163,7 @@ def _compared(path: str, models: set[tuple[str, str]]) -> list[str]:
     rows = [r for r in prev["rows"] if (r["zoo"], r["model"]) in models]
     name = Path(path).name
     return ["", f"Earlier run over the same models ({name}, invariance weight {prev.get('adversarial', 0)}):", "",
-            markdown_table(summary(rows), ["series", "models", "acc", "asr", "der", "acc_loss", "max_asr",
+            markdown_table(summary(rows), ["series", "models", "acc", "acc_t", "asr", "der", "acc_loss", "max_asr",
                                            "mean_wall_s"])]
 
 
@@ -181,12 +187,16 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                 "`--step-up`: prune harder, then repair)" if p.get("step_up") else "")
              + (", the scan guard on (`repair(scan_guard=True)`: the class the original's trigger scan reaches "
                 "most easily is guarded as well as the suspect)" if p.get("scan_guard") else "")
+             + (f", {p['rebuild']} images per guarded class inverted from the student after the invariance phase "
+                "(`repair(rebuild=…)`)" if p.get("rebuild") else "")
              + ". " + _wall_text(p["environment"]), "",
-             "Repair settings (Adam lr 1e-4, no input jitter, the suspected class's inversions left out, the rest "
-             "of `otbr.repair.repair`'s defaults) were chosen on the BadNets model while watching its poisoned test "
-             "set (see [repair-explore-fmnist.md](repair-explore-fmnist.md)): an ORACLE choice for `badnets`, "
-             "every other model is held out. `suspect`: the class the repair guards (from the automatic γ selection "
-             "when recorded); `target`: the real one, shown for reading only.",
+             f"Repair settings (Adam lr {p.get('lr', 1e-4):g}, no input jitter, the suspected class's inversions "
+             "left out, the rest of `otbr.repair.repair`'s defaults) were chosen on the BadNets model while "
+             "watching its poisoned test set (see [repair-explore-fmnist.md](repair-explore-fmnist.md)): an "
+             "ORACLE choice for `badnets`, every other model is held out. `suspect`: the class the repair guards "
+             "(from the automatic γ selection when recorded); `target`: the real one, shown for reading only; "
+             "`acc_t`: clean accuracy on the target class's test images (for reading: how much of that class a "
+             "defense keeps).",
              *([" The invariance phase's settings (weight 0.5, radius 1.5, the first sixth of the steps) were chosen "
                 "on `blended`, `badnets` and `sig` while watching their poisoned test sets (see "
                 "[repair-invariance-explore-fmnist.md](repair-invariance-explore-fmnist.md)): ORACLE for those "
@@ -201,7 +211,7 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "Goal (issue 9): mean DER ≥ 95, mean ACC loss ≤ 2 points, no model above 10 % ASR, ≤ 10 min per model.",
              *(["", "Notes on this run:", ""] + [f"- {n}" for n in p["notes"]] if p.get("notes") else []),
              "", "## Mean", "",
-             markdown_table(p["summary"], ["series", "models", "acc", "asr", "der", "acc_loss", "max_asr",
+             markdown_table(p["summary"], ["series", "models", "acc", "acc_t", "asr", "der", "acc_loss", "max_asr",
                                            "mean_wall_s"]),
              *(_compared(p["compare"], {(r["zoo"], r["model"]) for r in p["rows"]}) if p.get("compare") else []),
              "", "## Per model", "", markdown_table(p["rows"], COLUMNS), "",
@@ -216,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="badnets,blended,trojan",
                     help="model names of --zoo, or ZOO:NAME (e.g. second:badnets-t3), comma-separated")
     ap.add_argument("--gamma", type=float, default=0.1, help="γ where no automatic choice is recorded")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=inspect.signature(repair).parameters["steps"].default,
+                    help="distillation steps (default: the library's)")
     ap.add_argument("--synthetic", type=int, default=512)
     ap.add_argument("--time-budget", type=float, default=None)
     ap.add_argument("--adversarial", type=float, default=inspect.signature(repair).parameters["adversarial"].default,
@@ -229,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="prune this many grid steps above the automatic γ (0: the automatic γ itself)")
     ap.add_argument("--no-scan-guard", action="store_true",
                     help="do not also guard the class the original's trigger scan reaches most easily")
+    ap.add_argument("--rebuild", type=int, default=inspect.signature(repair).parameters["rebuild"].default,
+                    help="images per guarded class inverted from the student after the invariance phase "
+                         "(repair(rebuild=…); default: the library's)")
+    ap.add_argument("--rebuild-teacher", choices=("original", "self"), default="original",
+                    help="who labels the rebuilt images (repair(rebuild_teacher=…))")
+    ap.add_argument("--lr", type=float, default=inspect.signature(repair).parameters["lr"].default,
+                    help="the distillation's Adam learning rate (default: the library's)")
     ap.add_argument("--device", default="cpu", help="cpu (the default: the wall times are the CPU's), cuda, …")
     ap.add_argument("--workers", type=int, default=1, help="models run in this many processes at once")
     ap.add_argument("--json", default=str(RESULTS / "repair-fmnist.json"), help="result file (the .md goes beside it)")
@@ -259,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             done.sort(key=lambda rs: order[(rs[0]["zoo"], rs[0]["model"])])
             payload = {"command": command.strip(), "steps": args.steps, "synthetic": args.synthetic,
                        "adversarial": args.adversarial, "compare": args.compare, "step_up": args.step_up,
-                       "scan_guard": not args.no_scan_guard,
+                       "scan_guard": not args.no_scan_guard, "rebuild": args.rebuild, "lr": args.lr,
+                       "rebuild_teacher": args.rebuild_teacher,
                        "eval_limit": args.eval_limit, "threads": args.threads, "workers": args.workers,
                        "rows": rows + [r for rs in done for r in rs], "environment": environment(args.device),
                        "notes": args.note}

@@ -441,7 +441,7 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
 @click.command("repair")
 @click.argument("pruned", type=click.Path(dir_okay=False))
 @click.argument("original", type=click.Path(dir_okay=False))
-@click.option("--steps", default=300, show_default=True, type=click.IntRange(0), help="Distillation steps.")
+@click.option("--steps", default=150, show_default=True, type=click.IntRange(0), help="Distillation steps.")
 @click.option("--synthetic", default=512, show_default=True, type=click.IntRange(2),
               help="BatchNorm-inverted transfer images.")
 @click.option("--synthetic-steps", default=100, show_default=True, type=click.IntRange(0), help="Inversion steps.")

@@ -254,7 +254,7 @@ def repair(
     synthetic: int = 512,
     synthetic_steps: int = 100,
     transfer: Synthetic | None = None,
-    steps: int = 300,
+    steps: int = 150,
     batch_size: int = 128,
     lr: float = 1e-4,
     temperature: float = 4.0,
@@ -274,6 +274,8 @@ def repair(
     adv_fraction: float = 1 / 6,
     recap: bool = True,
     scan_guard: bool = True,
+    rebuild: int = 0,
+    rebuild_teacher: str = "original",
 ) -> RepairResult:
     """Distil ``original`` into a copy of ``pruned`` on BN-inverted synthetic inputs; no data is read.
 
@@ -324,6 +326,15 @@ def repair(
             15 times (the selection's suspect 14) and differed from the suspect only on Trojan (a development
             model), whose repair it turned from "kept pruned" (DER 89.34) into ACC 75.26 / ASR 0.00 / DER 92.69
             (``benchmarks/results/repair-scanguard-cpu-fmnist.md``).
+        rebuild: images per guarded class inverted from the *student* once the invariance phase is over (from the
+            pruned model before the first step when there is no such phase) and added to the transfer set, so the
+            distillation can win the guarded classes' clean behaviour back: the transfer set otherwise holds no
+            image of them and every soft label caps them, and the student learns to avoid them. Inverted from the
+            model least tied to the trigger so far, not from the original (whose inversions of the target carry the
+            trigger). ``0``: off.
+        rebuild_teacher: who labels the rebuilt images: ``"original"`` (the teacher, capped as every input) or
+            ``"self"`` (the model they were inverted from: the student keeps what it knew of those classes then,
+            and the backdoored original teaches nothing about them).
     """
     from otbr.selection import augment, suspect_class
 
@@ -369,6 +380,10 @@ def repair(
     gen = torch.Generator().manual_seed(seed)
     delta = torch.zeros((1, *shape), device=device)
     adv_until = round(adv_fraction * steps)
+    rebuild_at = adv_until if recap and adversarial > 0 else 0
+    rebuilt, n_base, rebuilder = None, len(x), None
+    if rebuild_teacher not in ("original", "self"):
+        raise OtbrError(f"repair: rebuild_teacher must be 'original' or 'self', got {rebuild_teacher!r}")
     done, losses = 0, []
     bar = tqdm(total=steps, desc="repair (distillation)", disable=not progress, leave=False)
     try:
@@ -376,6 +391,12 @@ def repair(
             for _ in range(steps):
                 if recap and adversarial > 0 and not keep_suspect and done == adv_until > 0:
                     capper = copy.deepcopy(student).requires_grad_(False)  # eval mode, like the student
+                if rebuild > 0 and not keep_suspect and done == rebuild_at and rebuilt is None:
+                    rebuilt = synthesize(student, rebuild * len(guarded), shape, num_classes=k, classes=guarded,
+                                         steps=syn.info.get("steps", synthetic_steps), seed=seed + 1, progress=False)
+                    x, y = torch.cat([x, rebuilt.x]), torch.cat([y, rebuilt.y])
+                    if rebuild_teacher == "self":
+                        rebuilder = copy.deepcopy(student).requires_grad_(False)
                 if time_budget is not None and time.perf_counter() - t0 > time_budget:
                     break
                 idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
@@ -389,9 +410,13 @@ def repair(
                         cap = F.softmax(capper(xb), dim=1)[:, g_dev]  # at T = 1: sharp
                         soft[:, g_dev] = torch.minimum(soft[:, g_dev], cap)
                         soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
+                    if rebuilder is not None:  # the rebuilt images: labelled by the model they came from
+                        mine = (idx >= n_base).to(device)
+                        if bool(mine.any()):
+                            soft[mine] = F.softmax(rebuilder(xb[mine]) / temperature, dim=1)
                 out = student(xb)
                 loss = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
-                if ce_weight > 0:  # guarded: no label here is the suspect (its inversions were left out)
+                if ce_weight > 0:  # no label here is a guarded class (their inversions were left out) unless rebuilt
                     loss = loss + ce_weight * F.cross_entropy(out, y[idx].to(device))
                 if adversarial > 0 and done < adv_until:
                     delta = _universal_step(student, xb, soft.argmax(1), delta, adv_radius, adv_steps)
@@ -425,7 +450,10 @@ def repair(
             "guarded": [] if keep_suspect else guarded,
             "scan_guard": None if scan_top is None else {"class": scan_top,
                                                          "rate": round(float(rate_original[scan_top]), 4)},
-            "left_out_suspect_inversions": len(syn.x) - len(x),
+            "left_out_suspect_inversions": len(syn.x) - (len(x) - (0 if rebuilt is None else len(rebuilt.x))),
+            "rebuilt": None if rebuilt is None else {"images": len(rebuilt.x), "at_step": rebuild_at,
+                                                     "teacher": rebuild_teacher,
+                                                     "seconds": rebuilt.info["seconds"]},
             "held_zero_neurons": int(sum(int(m.sum()) for m in masks.values())),
             "final_loss": losses[-1] if losses else None, "synthetic": syn.info, "lr": lr, "shift": shift,
             "temperature": temperature,

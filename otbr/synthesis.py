@@ -100,6 +100,7 @@ def synthesize(
     input_shape: Sequence[int],
     *,
     num_classes: int | None = None,
+    classes: Sequence[int] | None = None,
     steps: int = 200,
     lr: float = 0.1,
     bn_weight: float = 1.0,
@@ -120,6 +121,7 @@ def synthesize(
         n: number of images.
         input_shape: ``(C, H, W)``.
         num_classes: classes to assign round-robin (inferred when ``None``).
+        classes: assign these classes round-robin instead of all ``num_classes`` (e.g. one class).
         steps: Adam steps per batch.
         lr: Adam learning rate on the image logits.
         batch_size: images optimised together (BN statistics are matched per batch).
@@ -134,6 +136,9 @@ def synthesize(
     shape = tuple(int(s) for s in input_shape)
     device = model_device(model)
     k = num_classes or output_classes(model, shape)
+    cycle = torch.arange(k) if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
+    if len(cycle) == 0 or int(cycle.min()) < 0 or int(cycle.max()) >= k:
+        raise OtbrError(f"synthesize: classes must be non-empty and in [0, {k}), got {cycle.tolist()}")
     stats: list[torch.Tensor] = []
 
     def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
@@ -155,7 +160,7 @@ def synthesize(
         for s in starts:
             m = min(batch_size, n - s)
             m_eff = max(m, 2)
-            y = (torch.arange(s, s + m_eff) % k).to(device)
+            y = cycle[torch.arange(s, s + m_eff) % len(cycle)].to(device)
             z = (torch.randn((m_eff, *shape), generator=gen) * 0.5).to(device).requires_grad_(True)
             opt = torch.optim.Adam([z], lr=lr)
             for _ in range(steps):
@@ -179,6 +184,7 @@ def synthesize(
     x, y = torch.cat(xs), torch.cat(ys)
     info = {"n": n, "steps": steps, "lr": lr, "bn_weight": bn_weight, "tv_weight": tv_weight,
             "l2_weight": l2_weight, "batch_size": batch_size, "seed": seed, "final_loss": last,
+            **({} if classes is None else {"classes": cycle.tolist()}),
             "seconds": round(time.perf_counter() - t0, 3)}
     log.info("BN inversion: %d images in %.1f s (final BN loss %.3f, CE %.3f)", n, info["seconds"],
              last.get("bn", float("nan")), last.get("ce", float("nan")))

@@ -229,3 +229,35 @@ def test_recap_caps_by_the_student_after_the_invariance_phase(pruned_pair) -> No
         assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(),
                                                      strict=True))
     assert a.info["cap"] == "off"
+
+
+def test_rebuild_adds_inversions_of_the_guarded_classes_from_the_student(pruned_pair) -> None:
+    """``rebuild`` inverts that many images per guarded class from the student after the invariance phase and
+    adds them to the transfer set (a different run from without); ``rebuild_teacher="self"`` labels them by that
+    student, not by the original (a different run again); a bad teacher name is refused."""
+    net, pruned, masks, _ = pruned_pair
+    kw = {"input_shape": (1, SIDE, SIDE), "synthetic": 64, "synthetic_steps": 5, "steps": 12, "masks": masks,
+          "suspect": 0, "check": False, "scan_guard": False, "progress": False}
+    plain, rebuilt, own = (repair(pruned, net, **kw), repair(pruned, net, rebuild=6, **kw),
+                           repair(pruned, net, rebuild=6, rebuild_teacher="self", **kw))
+    assert plain.info["rebuilt"] is None
+    assert rebuilt.info["rebuilt"]["images"] == 6 and rebuilt.info["rebuilt"]["at_step"] == 2
+    assert rebuilt.info["transfer_set"] == plain.info["transfer_set"] + 6
+    assert own.info["rebuilt"]["teacher"] == "self"
+
+    def differ(a, b) -> bool:
+        return any(not torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(),
+                                                         strict=True))
+
+    assert differ(plain, rebuilt) and differ(rebuilt, own)
+    with pytest.raises(OtbrError, match="rebuild_teacher"):
+        repair(pruned, net, rebuild=2, rebuild_teacher="pruned", **kw)
+
+
+def test_synthesize_can_invert_chosen_classes_only() -> None:
+    from otbr.synthesis import synthesize
+
+    syn = synthesize(tiny_net(), 5, (1, SIDE, SIDE), num_classes=4, classes=[2], steps=1, progress=False)
+    assert syn.y.tolist() == [2] * 5 and syn.info["classes"] == [2]
+    with pytest.raises(OtbrError, match="classes"):
+        synthesize(tiny_net(), 5, (1, SIDE, SIDE), num_classes=4, classes=[4], steps=1, progress=False)
