@@ -145,15 +145,17 @@ def _work(zoo: str, name: str, args: argparse.Namespace) -> list[dict[str, Any]]
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def mean(g: list[dict[str, Any]], key: str) -> float | None:
+        vals = [r.get(key) for r in g]
+        return None if any(v is None for v in vals) else statistics.fmean(vals)
+
     out = []
-    for series in SERIES:
+    for series in ("original", *SERIES):
         g = [r for r in rows if r["series"] == series]
         if g:
-            out.append({"series": series, "models": len(g), "acc": statistics.fmean(r["acc"] for r in g),
-                        "acc_t": statistics.fmean(r["acc_t"] for r in g) if all("acc_t" in r for r in g) else None,
-                        "asr": statistics.fmean(r["asr"] for r in g), "der": statistics.fmean(r["der"] for r in g),
-                        "acc_loss": statistics.fmean(r["acc_loss"] for r in g),
-                        "max_asr": max(r["asr"] for r in g), "mean_wall_s": statistics.fmean(r["wall_s"] for r in g)})
+            out.append({"series": series, "models": len(g), "acc": mean(g, "acc"), "acc_t": mean(g, "acc_t"),
+                        "asr": mean(g, "asr"), "der": mean(g, "der"), "acc_loss": mean(g, "acc_loss"),
+                        "max_asr": max(r["asr"] for r in g), "mean_wall_s": mean(g, "wall_s")})
     return out
 
 
@@ -162,6 +164,8 @@ def _compared(path: str, models: set[tuple[str, str]]) -> list[str]:
     prev = json.loads((ROOT.parent / path).read_text())  # relative paths are read from the repository root
     rows = [r for r in prev["rows"] if (r["zoo"], r["model"]) in models]
     name = Path(path).name
+    if not rows:
+        return ["", f"({name}, given as the earlier run to compare with, holds none of these models.)"]
     return ["", f"Earlier run over the same models ({name}, invariance weight {prev.get('adversarial', 0)}):", "",
             markdown_table(summary(rows), ["series", "models", "acc", "acc_t", "asr", "der", "acc_loss", "max_asr",
                                            "mean_wall_s"])]

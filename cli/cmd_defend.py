@@ -467,7 +467,9 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
                **kw: Any) -> None:
     """EXPERIMENTAL data-free repair of a PRUNED model (OTBR --variant prune, CLP, …): distil its ORIGINAL into it.
 
-    Measured per zoo model in benchmarks/results/repair-fmnist.md; check the result before using it.
+    Measured per zoo model in benchmarks/results/repair-gpu-fmnist.md; check the result before using it. It
+    removes a backdoor by giving up the suspected class: on every zoo model it cleaned, the result no longer
+    recognised that class (info.repair.guarded_kept estimates this with no data; a warning says so).
 
     The transfer set is inverted from ORIGINAL's BatchNorm statistics (no data is read); the pruned neurons
     (rows all zero in PRUNED but not in ORIGINAL) stay zero; the inversions of the suspected target class

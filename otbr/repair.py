@@ -44,6 +44,15 @@ pruned model's, which still carries much of a lightly pruned backdoor, and the p
 (Blended-t7 ASR 78 %). ``recap`` (on) takes the cap from the student after the phase: on all 19 zoo models (GPU)
 mean DER 73.9 → 84.5, on the 8 held-out ones 70.7 → 82.3 (``benchmarks/results/repair-gpu-explore-fmnist.md``).
 
+What it costs: the repair removes a backdoor by giving up the guarded class. Over the 19 zoo models (GPU, 150
+steps, ``benchmarks/results/repair-gpu-fmnist.md``) every model whose ASR fell below 10 % (16) ends with clean
+accuracy 0.00 on its target class — the student never sees an image of that class and every soft label caps
+it — so its ACC loss (≈ 10 points) is that class plus ≈ 1.6 points over the other nine. Winning the class back
+from inversions of it (``rebuild``, off) brought the backdoor back with it (mean ASR 16 → 28–42 %,
+``benchmarks/results/repair-gpu-explore-fmnist.md`` §3). ``info["guarded_kept"]`` reports, with no data, the
+share of the original's inversions of the guarded classes that each model calls by their class; below 0.1 the
+repair warns. 150 steps (300 until 2026-11-23) were chosen on the main and second zoos' mean DER (§4 there).
+
 The images are NOT jittered by default (``shift=0``): a backdoored model reads
 shifted inversions as its target class (56 % of them on the BadNets model,
 against 10 % unshifted), so jitter teaches the student the backdoor's habit
@@ -188,6 +197,33 @@ def backdoor_check(
                           "above its rate on the original")
         out["suspect"] = suspects[0] if len(suspects) == 1 else suspects
     out["flagged"] = [c for c in range(num_classes) if float(rise[c]) >= tolerance - 1e-9 and bool(watched[c])]
+    return out
+
+
+def guarded_kept(syn: Synthetic, guarded: Sequence[int],
+                 models: Mapping[str, nn.Module | torch.Tensor]) -> dict[str, float] | None:
+    """Per model, the share of ``syn``'s inversions of the ``guarded`` classes that it calls by their class.
+
+    A data-free hint of whether a repaired model still knows the guarded classes: the inversions were optimised
+    to be those classes for the original (so it scores ≈ 1), and a model that no longer predicts a class scores
+    ≈ 0. They can carry the trigger, so a high score does not prove the backdoor gone, and a low one can also mean
+    that the trigger was what made them the class. A value may be a model or its predictions already made.
+    ``None`` when ``syn`` holds no inversion of those classes.
+
+    Example:
+        >>> from otbr.models import create_model
+        >>> from otbr.synthesis import Synthetic
+        >>> syn = Synthetic(torch.rand(6, 1, 8, 8), torch.arange(6) % 3)
+        >>> guarded_kept(syn, [1], {"truth": syn.y})
+        {'truth': 1.0}
+    """
+    on = torch.isin(syn.y, torch.tensor(list(guarded), dtype=syn.y.dtype))
+    if not bool(on.any()):
+        return None
+    out = {}
+    for name, m in models.items():
+        pred = m[on] if isinstance(m, torch.Tensor) else predict(m, syn.x[on])
+        out[name] = round(float((pred.cpu() == syn.y[on]).float().mean()), 4)
     return out
 
 
@@ -446,6 +482,13 @@ def repair(
                         "had suppressed, than the pruned one "
                         "(data-free check); returning the pruned model unchanged", info_check["flagged"])
             model = copy.deepcopy(pruned)
+    kept = None if keep_suspect else guarded_kept(
+        syn, guarded, {"original": original if ref is None else ref, "pruned": pruned, "result": model})
+    if kept is not None and kept["result"] < 0.1:
+        log.warning("repair: the result calls only %.0f %% of the original's inversions of the guarded class(es) %s "
+                    "by their class: it has probably given up those classes (on the zoo models every repair that "
+                    "removed the backdoor did); check it on clean data if you have any", 100 * kept["result"],
+                    guarded)
     info = {"steps": done, "requested_steps": steps, "suspect": suspect, "transfer_set": len(x),
             "guarded": [] if keep_suspect else guarded,
             "scan_guard": None if scan_top is None else {"class": scan_top,
@@ -463,7 +506,7 @@ def repair(
                    ("pruned model" if not keep_suspect else "off"),
             "seconds": round(time.perf_counter() - t0, 2),
             "stopped_by_budget": done < steps,
-            "check": info_check, "reverted": model is not student}
+            "check": info_check, "reverted": model is not student, "guarded_kept": kept}
     log.info("repair: %d steps in %.1f s (transfer set %d, %d held-zero neurons)", done, info["seconds"], len(x),
              info["held_zero_neurons"])
     return RepairResult(model, info, distilled=student)

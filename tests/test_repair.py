@@ -145,10 +145,16 @@ def test_scan_guard_rescues_a_wrong_suspect(pruned_pair) -> None:
 
 
 def test_time_budget_stops_early(pruned_pair) -> None:
+    """The budget counts from the call: with the transfer set given and no scans before the distillation, the
+    first steps start at once (on a loaded machine an inversion and a scan could eat the whole budget, and no step
+    would run); 100 000 steps of the tiny model take far longer than the budget on any machine."""
+    from otbr.synthesis import synthesize
+
     net, pruned, masks, _ = pruned_pair
-    res = repair(pruned, net, input_shape=(1, SIDE, SIDE), synthetic=32, synthetic_steps=5, steps=10_000,
-                 time_budget=1.0, progress=False, masks=masks)
-    assert res.info["stopped_by_budget"] and 0 < res.info["steps"] < 10_000
+    syn = synthesize(net, 32, (1, SIDE, SIDE), steps=5, progress=False)
+    res = repair(pruned, net, input_shape=(1, SIDE, SIDE), transfer=syn, steps=100_000, time_budget=1.0,
+                 scan_guard=False, check=False, progress=False, masks=masks)
+    assert res.info["stopped_by_budget"] and 0 < res.info["steps"] < 100_000
 
 
 def test_cli_repair_step(tmp_path) -> None:
@@ -261,3 +267,21 @@ def test_synthesize_can_invert_chosen_classes_only() -> None:
     assert syn.y.tolist() == [2] * 5 and syn.info["classes"] == [2]
     with pytest.raises(OtbrError, match="classes"):
         synthesize(tiny_net(), 5, (1, SIDE, SIDE), num_classes=4, classes=[4], steps=1, progress=False)
+
+
+def test_repair_reports_how_much_of_the_guarded_classes_it_keeps(pruned_pair) -> None:
+    """``info["guarded_kept"]``: per model, the share of the original's inversions of the guarded classes it calls
+    by their class — computed on the run's own transfer set (checked against predictions made here); none when
+    the guards are off."""
+    from otbr.metrics import predict
+    from otbr.synthesis import synthesize
+
+    net, pruned, masks, _ = pruned_pair
+    syn = synthesize(net, 64, (1, SIDE, SIDE), steps=5, progress=False)
+    kw = {"input_shape": (1, SIDE, SIDE), "transfer": syn, "steps": 6, "masks": masks, "suspect": 0,
+          "check": False, "scan_guard": False, "progress": False}
+    rr = repair(pruned, net, **kw)
+    on = syn.y == 0
+    for name, m in (("original", net), ("pruned", pruned), ("result", rr.model)):
+        assert rr.info["guarded_kept"][name] == round(float((predict(m, syn.x[on]) == 0).float().mean()), 4)
+    assert repair(pruned, net, keep_suspect=True, **kw).info["guarded_kept"] is None

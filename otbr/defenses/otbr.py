@@ -226,6 +226,11 @@ class OTBR(Defense):
                 info["notes"].append(f"repair: the backdoor check flagged class(es) {rr.info['check']['flagged']} "
                                      "(suppressed by the pruning) as easier to trigger again after the distillation; "
                                      "the pruned model is returned")
+            kept = rr.info.get("guarded_kept")
+            if kept is not None and kept["result"] < 0.1:
+                info["notes"].append(f"repair: the result calls only {100 * kept['result']:.0f} % of the original's "
+                                     f"inversions of the guarded class(es) {rr.info['guarded']} by their class: it has "
+                                     "probably given up those classes; check it on clean data if you have any")
         if auto is not None:
             info["auto"] = auto
             info["notes"].append(f"γ = {gamma:g} chosen automatically from {self.gamma_grid} with no data "
