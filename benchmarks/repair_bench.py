@@ -55,11 +55,15 @@ def pct(v: float | None) -> float | None:
     return None if v is None else round(100 * v, 2)
 
 
-def auto_gammas() -> dict[tuple[str, str], tuple[float, int]]:
+def auto_gammas(rule: str = "current") -> dict[tuple[str, str], tuple[float, int]]:
+    """Per zoo model, the automatic γ recorded in ``auto-otbr-fmnist.json`` and the selection's suspect; with
+    ``rule="before-lean"``, the γ of the rule before the lean toward pruning (what the repair runs made before
+    2026-11-23 used)."""
     path = RESULTS / "auto-otbr-fmnist.json"
     if not path.is_file():
         return {}
-    return {(m["zoo"], m["model"]): (m["auto"]["value"], m["suspected_target"])
+    return {(m["zoo"], m["model"]): ((m.get("before_lean") or m["auto"])["value"] if rule == "before-lean"
+                                     else m["auto"]["value"], m["suspected_target"])
             for m in json.loads(path.read_text())["models"]}
 
 
@@ -79,7 +83,8 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
     on_t = test.y[:n] == int(ps.target)  # the target class's clean images: how much of that class a defense keeps
     xt, yt = test.x[:n][on_t], test.y[:n][on_t]
     gamma, suspect = chosen.get((zoo, name), (args.gamma, None))
-    src = "auto (auto-otbr-fmnist.json)" if (zoo, name) in chosen else "--gamma"
+    src = ("auto (auto-otbr-fmnist.json" + (", before the lean rule)" if args.auto_rule == "before-lean" else ")")
+           if (zoo, name) in chosen else "--gamma")
     if args.step_up and (zoo, name) in chosen:
         gamma, src = stepped(gamma, args.step_up), f"auto +{args.step_up} step(s)"
     t0 = time.perf_counter()
@@ -141,7 +146,7 @@ def _work(zoo: str, name: str, args: argparse.Namespace) -> list[dict[str, Any]]
     """One model in a worker process (its own torch threads and test set)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    return run_model(zoo, name, args, load_dataset("fashion-mnist", "test"), auto_gammas())
+    return run_model(zoo, name, args, load_dataset("fashion-mnist", "test"), auto_gammas(args.auto_rule))
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -240,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="an earlier result file whose mean rows are shown beside this run's (for reading)")
     ap.add_argument("--eval-limit", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--auto-rule", choices=("current", "before-lean"), default="current",
+                    help="which recorded automatic γ to start from: the current rule's or the one before the lean "
+                         "toward pruning (to reproduce the repair runs made before it)")
     ap.add_argument("--step-up", type=int, default=0,
                     help="prune this many grid steps above the automatic γ (0: the automatic γ itself)")
     ap.add_argument("--no-scan-guard", action="store_true",
@@ -281,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             done.sort(key=lambda rs: order[(rs[0]["zoo"], rs[0]["model"])])
             payload = {"command": command.strip(), "steps": args.steps, "synthetic": args.synthetic,
                        "adversarial": args.adversarial, "compare": args.compare, "step_up": args.step_up,
-                       "scan_guard": not args.no_scan_guard, "rebuild": args.rebuild, "lr": args.lr,
-                       "rebuild_teacher": args.rebuild_teacher,
+                       "scan_guard": not args.no_scan_guard, "auto_rule": args.auto_rule, "rebuild": args.rebuild,
+                       "lr": args.lr, "rebuild_teacher": args.rebuild_teacher,
                        "eval_limit": args.eval_limit, "threads": args.threads, "workers": args.workers,
                        "rows": rows + [r for rs in done for r in rs], "environment": environment(args.device),
                        "notes": args.note}

@@ -286,6 +286,9 @@ def defend() -> None:
 @click.option("--clean-scale", default=0.7, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="--gamma auto: factor from the loss of agreement on the inverted inputs to the estimated loss "
                    "of clean accuracy (calibrated on the development zoos' clean accuracy; 1 takes it as is).")
+@click.option("--lean", default=0.035, show_default=True, type=click.FloatRange(0, 1),
+              help="--gamma auto: take the largest γ whose estimated DER is within this of the best (under-pruning "
+                   "leaves the backdoor; 0: the best estimate itself).")
 @click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Fusion weight λ of the aligned pruned model.")
 @click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,
@@ -300,8 +303,8 @@ def defend() -> None:
 @click.option("--sweep", help="Comma-separated γ grid to evaluate (an ORACLE table: scored on poisoned data).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
 @defense_options()
-def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: float, lam: float, variant: str,
-                steps: int, batch_size: int, lr: float, solver: str, repair_steps: int, sweep: str | None,
+def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: float, lean: float, lam: float,
+                variant: str, steps: int, batch_size: int, lr: float, solver: str, repair_steps: int, sweep: str | None,
                 plot: str | None, progress: bool, **kw: Any) -> None:
     """Data-free OTBR: random-noise unlearning → NWC pruning → optimal-transport fusion.
 
@@ -313,9 +316,10 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: fl
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
     net, meta = load_model_from_options(model, kw)
     defense = create_defense("otbr", gamma=gamma, gamma_grid=parse_floats(gamma_grid, "--gamma-grid") or (),
-                             clean_scale=clean_scale, lam=lam, variant=variant, steps=steps, batch_size=batch_size,
-                             repair_steps=repair_steps, lr=lr, solver=solver, input_shape=meta.input_shape,
-                             num_classes=meta.num_classes, seed=kw["seed"], progress=progress)
+                             clean_scale=clean_scale, lean=lean, lam=lam, variant=variant, steps=steps,
+                             batch_size=batch_size, repair_steps=repair_steps, lr=lr, solver=solver,
+                             input_shape=meta.input_shape, num_classes=meta.num_classes, seed=kw["seed"],
+                             progress=progress)
     sets = _eval_sets(meta, kw)
     if sweep is not None:
         _otbr_sweep(defense, net, sets, parse_floats(sweep, "--sweep") or (), plot, kw, model)

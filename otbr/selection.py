@@ -55,7 +55,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,14 @@ log = logging.getLogger(__name__)
 #: Factor from the loss of agreement on inverted inputs to the estimated loss of clean accuracy (see the module
 #: docstring: fitted on the clean accuracy of the development zoos, no poisoned data).
 SYNTHETIC_CLEAN_SCALE = 0.7
+
+#: OTBR's lean toward pruning (estimated-DER units, fractions): among the candidates whose estimated DER is within
+#: this of the best, the largest γ is taken. Under-pruning leaves the backdoor (ASR 50–66 % at the zoo's near-ties)
+#: and costs far more DER than a grid step of extra pruning; differences of a few points are within the
+#: estimator's error. Fitted on the development zoos' oracle gaps (ORACLE for those 11 models: the middle of the
+#: widest run of best values, 0.0343–0.0394); held out, the fourth zoo's mean gap went 6.69 → 2.38
+#: (``benchmarks/results/auto-otbr-fmnist.md``, re-scored from the stored estimates).
+OTBR_LEAN = 0.035
 
 SIGNAL = ("estimated DER: 1 + (drop of the suspected target's agreement on BN-inverted synthetic inputs) − "
           "(drop of clean agreement on the other classes' inputs × SYNTHETIC_CLEAN_SCALE), halved; the suspected "
@@ -170,8 +178,9 @@ def choose(
     backdoor_drop: Mapping[float, float] | None = None,
     suspect: int | None = None,
     clean_scale: float = SYNTHETIC_CLEAN_SCALE,
+    lean: float = 0.0,
 ) -> Choice:
-    """Pick the candidate setting with the highest estimated DER.
+    """Pick the candidate setting with the highest estimated DER (with ``lean``: the largest setting within it).
 
     Args:
         candidates: setting → the candidate model's predicted classes on the synthetic inputs.
@@ -184,9 +193,13 @@ def choose(
         suspect: the suspected target class (default :func:`suspect_class`).
         clean_scale: factor on the synthetic disagreement when it stands in for the clean drop (ignored when
             ``clean_drop`` is given); each row keeps the raw ``clean_disagreement``.
+        lean: take the largest setting whose estimated DER is within ``lean`` of the best (:func:`pick`; OTBR
+            uses :data:`OTBR_LEAN`); ``0``: the best itself.
     """
     if not candidates:
         raise ValueError("choose: no candidates")
+    if lean < 0:
+        raise ValueError(f"choose: lean must be ≥ 0, got {lean}")
     if not 0.0 < clean_scale <= 1.0:
         raise ValueError(f"choose: clean_scale must be in (0, 1], got {clean_scale}")
     values = sorted(candidates)
@@ -202,14 +215,33 @@ def choose(
         rows.append({"value": v, "target_agreement": round(agree_t, 4), "backdoor_drop": round(bdrop, 4),
                      "clean_drop": round(cdrop, 4), "clean_disagreement": round(1.0 - agree_rest, 4),
                      "estimated_der": round(estimated_der(bdrop, cdrop), 4)})
-    best = max(rows, key=lambda r: (r["estimated_der"], -r["value"]))
-    runner_up = max((r["estimated_der"] for r in rows if r is not best), default=None)
-    margin = None if runner_up is None else round(best["estimated_der"] - runner_up, 4)
-    log.info("auto choice %s (suspected target %d, estimated DER %.3f, margin %s)", best["value"], suspect,
-             best["estimated_der"], margin)
+    top = pick(rows, 0.0)
+    best = pick(rows, lean)
+    runner_up = max((r["estimated_der"] for r in rows if r is not top), default=None)
+    margin = None if runner_up is None else round(top["estimated_der"] - runner_up, 4)
+    log.info("auto choice %s (suspected target %d, estimated DER %.3f, margin %s%s)", best["value"], suspect,
+             best["estimated_der"], margin,
+             "" if best is top else f"; the most pruning within {lean:g} of the best, {top['value']:g}")
     extra = {"clean_term": "measured clean drop" if clean_drop is not None else
-             f"synthetic disagreement × {clean_scale:g}", "margin": margin}
+             f"synthetic disagreement × {clean_scale:g}", "margin": margin,
+             "lean": {"within": lean, "best_estimate": top["value"], "moved": best is not top}}
     return Choice(value=float(best["value"]), suspect=suspect, candidates=rows, extra=extra)
+
+
+def pick(rows: Sequence[Mapping[str, Any]], lean: float = 0.0) -> Mapping[str, Any]:
+    """The row (``value``, ``estimated_der``) with the highest estimated DER, ties to the smaller value; with
+    ``lean`` > 0, the largest value among the rows whose estimated DER is within ``lean`` of that best.
+
+    Example:
+        >>> rows = [{"value": 0.1, "estimated_der": 0.90}, {"value": 0.15, "estimated_der": 0.88}]
+        >>> pick(rows)["value"], pick(rows, lean=0.035)["value"]
+        (0.1, 0.15)
+    """
+    top = max(rows, key=lambda r: (r["estimated_der"], -r["value"]))
+    if lean <= 0:
+        return top
+    return max((r for r in rows if r["estimated_der"] >= top["estimated_der"] - lean - 1e-12),
+               key=lambda r: r["value"])
 
 
 def _mask(logits: torch.Tensor, budget: float) -> torch.Tensor:
@@ -412,6 +444,7 @@ def choose_for(
     probe_images: torch.Tensor | None = None,
     probe_ladder: bool = False,
     clean_scale: float = SYNTHETIC_CLEAN_SCALE,
+    lean: float = 0.0,
 ) -> Choice:
     """:func:`choose` on models, with every signal computed from ``synthetic`` inputs.
 
@@ -486,7 +519,7 @@ def choose_for(
             log.warning("the reverse-engineered trigger reaches only %.0f %% on the original model; %s",
                         100 * base, PROBE_NOTHING)
     choice = choose(preds, ref, num_classes, clean_drop=clean_drop, backdoor_drop=bdrop, suspect=suspect,
-                    clean_scale=clean_scale)
+                    clean_scale=clean_scale, lean=lean)
     if bdrop is not None:
         choice.signal = SIGNAL_PROBE
     choice.extra.update(extra)

@@ -108,6 +108,28 @@ def test_otbr_clean_scale_option_is_validated_keyed_and_the_cli_default() -> Non
     assert next(p for p in defend_otbr.params if p.name == "clean_scale").default == SYNTHETIC_CLEAN_SCALE
 
 
+def test_lean_takes_the_most_pruning_within_it_of_the_best() -> None:
+    """With ``lean`` the largest setting whose estimate is within it of the best wins (not one just outside it);
+    the report names the best estimate and says the choice moved; OTBR and its CLI default to OTBR_LEAN."""
+    from cli.cmd_defend import defend_otbr
+    from otbr.selection import OTBR_LEAN
+
+    ref = torch.tensor([0, 1])
+    cands = {0.1: ref.clone(), 0.2: ref.clone(), 0.3: ref.clone()}
+    kw = {"clean_drop": {0.1: 0, 0.2: 0, 0.3: 0}, "backdoor_drop": {0.1: 0.9, 0.2: 0.86, 0.3: 0.82}}  # DER .95 .93 .91
+    assert choose(cands, ref, 2, **kw).value == 0.1
+    leaned = choose(cands, ref, 2, lean=0.03, **kw)
+    assert leaned.value == 0.2 and leaned.extra["lean"] == {"within": 0.03, "best_estimate": 0.1, "moved": True}
+    assert choose(cands, ref, 2, lean=0.05, **kw).value == 0.3
+    assert choose(cands, ref, 2, lean=0.05, **kw).extra["margin"] == pytest.approx(0.02)  # still the best's lead
+    with pytest.raises(ValueError, match="lean"):
+        choose(cands, ref, 2, lean=-0.1, **kw)
+    assert OTBR(input_shape=(1, 8, 8)).config()["lean"] == OTBR_LEAN == 0.035
+    assert next(p for p in defend_otbr.params if p.name == "lean").default == OTBR_LEAN
+    with pytest.raises(OtbrError, match="lean"):
+        OTBR(input_shape=(1, 8, 8), lean=2.0)
+
+
 def test_margin_is_the_lead_over_the_runner_up() -> None:
     ref = torch.tensor([0, 1])
     c = choose({0.1: ref.clone(), 0.2: ref.clone(), 0.3: ref.clone()}, ref, 2, clean_drop={0.1: 0, 0.2: 0, 0.3: 0},

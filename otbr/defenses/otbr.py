@@ -44,7 +44,7 @@ from otbr.layers import scored_layers
 from otbr.models.registry import output_classes
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pruning import global_topk, mask_count, mask_indices, prune_neurons
-from otbr.selection import SYNTHETIC_CLEAN_SCALE, Choice, choose_for, require_batchnorm
+from otbr.selection import OTBR_LEAN, SYNTHETIC_CLEAN_SCALE, Choice, choose_for, require_batchnorm
 from otbr.synthesis import synthesize
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ class OTBR(Defense):
         clean_scale: for ``gamma="auto"``, the factor from the loss of agreement on those inputs to the estimated
             loss of clean accuracy (default :data:`otbr.selection.SYNTHETIC_CLEAN_SCALE`, calibrated on the
             development zoos' clean accuracy; 1.0 takes the disagreement as is).
+        lean: for ``gamma="auto"``, take the largest γ whose estimated DER is within ``lean`` of the best
+            (default :data:`otbr.selection.OTBR_LEAN`: under-pruning costs more than a step of extra pruning;
+            ``0`` takes the best estimate itself).
         repair_steps: ``N > 0`` replaces the fusion by ``N`` steps of data-free repair of the pruned model
             (:func:`otbr.repair.repair`: distillation of the original on BatchNorm-inverted inputs with the
             pruned neurons held at zero).
@@ -94,6 +97,7 @@ class OTBR(Defense):
         synthetic: int = 256,
         synthetic_steps: int = 100,
         clean_scale: float = SYNTHETIC_CLEAN_SCALE,
+        lean: float = OTBR_LEAN,
         repair_steps: int = 0,
         lam: float = 0.5,
         steps: int = 20,
@@ -113,6 +117,7 @@ class OTBR(Defense):
             raise OtbrError(f"synthetic must be ≥ 2 and synthetic_steps ≥ 0, got {synthetic}, {synthetic_steps}")
         self.synthetic, self.synthetic_steps = int(synthetic), int(synthetic_steps)
         self.clean_scale = check_range("clean_scale", float(clean_scale), 0.0, 1.0, low_open=True)
+        self.lean = check_range("lean", float(lean), 0.0, 1.0)
         if int(repair_steps) < 0:
             raise OtbrError(f"repair_steps must be ≥ 0, got {repair_steps}")
         self.repair_steps = int(repair_steps)
@@ -253,7 +258,7 @@ class OTBR(Defense):
                          seed=self.seed, progress=self.progress)
         built = {g: self._defend(work, scores, g) for g in self.gamma_grid}
         choice = choose_for(work, {g: b[1] for g, b in built.items()}, syn.x, num_classes,
-                            clean_scale=self.clean_scale)
+                            clean_scale=self.clean_scale, lean=self.lean)
         choice.extra["synthetic"] = syn.info
         return choice, built, time.perf_counter() - t0
 
