@@ -263,10 +263,10 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              *([f"**Lean toward pruning** (OTBR, `otbr.selection.OTBR_LEAN` = {OTBR_LEAN:g}, since 2026-11-23): "
                 f"the rule takes the largest γ whose estimated DER is within {100 * OTBR_LEAN:g} points of the "
                 "best. It was fitted on the development zoos' (main + second) gaps in this file — ORACLE for those "
-                "11 models: the middle of the widest run of best lean values, 3.43–3.94 points — and applied to "
-                "every row's stored estimates by `--rescore` (no model re-run; the selector is deterministic given "
-                "them). The fourth zoo is its held-out test. `before_lean` columns: the choice and gap of the rule "
-                "before it.", ""] if any("before_lean" in m for m in p["models"]) else []),
+                "11 models: the middle of the range of leans with the lowest development gap, 3.43–3.94 points — "
+                "and applied to every row's stored estimates by `--rescore` (no model re-run; the selector is "
+                "deterministic given them). The fourth zoo is its held-out test. `before_lean` columns: the choice "
+                "and gap of the rule before it.", ""] if any("before_lean" in m for m in p["models"]) else []),
              "## Per model", ""]
     per = []
     for m in p["models"]:

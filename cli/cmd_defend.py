@@ -177,11 +177,14 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
         click.echo(f"defended model written to {out}")
     if "auto" in result.info:
         auto = result.info["auto"]
-        best = max(c["estimated_der"] for c in auto["candidates"])
-        margin = auto.get("margin")
-        click.echo(f"automatic choice: {auto['chosen']:g} of {[c['value'] for c in auto['candidates']]} "
-                   f"(estimated DER {100 * best:.2f}"
-                   + ("" if margin is None else f", {100 * margin:.2f} points ahead of the next candidate")
+        est = {c["value"]: c["estimated_der"] for c in auto["candidates"]}
+        best = max(est.values())
+        margin, lean = auto.get("margin"), auto.get("lean") or {}
+        moved = (f", the most pruning within {100 * lean['within']:g} points of the best estimate "
+                 f"({lean['best_estimate']:g}: {100 * best:.2f})") if lean.get("moved") else ""
+        click.echo(f"automatic choice: {auto['chosen']:g} of {list(est)} "
+                   f"(estimated DER {100 * est[auto['chosen']]:.2f}{moved}"
+                   + ("" if margin is None or moved else f", {100 * margin:.2f} points ahead of the next candidate")
                    + f", suspected target class {auto['suspected_target']}; no poisoned data used — candidates in "
                    "the report)")
         if auto.get("probe", {}).get("found") is False:

@@ -73,7 +73,7 @@ SYNTHETIC_CLEAN_SCALE = 0.7
 #: this of the best, the largest γ is taken. Under-pruning leaves the backdoor (ASR 50–66 % at the zoo's near-ties)
 #: and costs far more DER than a grid step of extra pruning; differences of a few points are within the
 #: estimator's error. Fitted on the development zoos' oracle gaps (ORACLE for those 11 models: the middle of the
-#: widest run of best values, 0.0343–0.0394); held out, the fourth zoo's mean gap went 6.69 → 2.38
+#: range with the lowest development gap, 0.0343–0.0394); held out, the fourth zoo's mean gap went 6.69 → 2.38
 #: (``benchmarks/results/auto-otbr-fmnist.md``, re-scored from the stored estimates).
 OTBR_LEAN = 0.035
 
