@@ -55,14 +55,14 @@ def pct(v: float | None) -> float | None:
     return None if v is None else round(100 * v, 2)
 
 
-def auto_gammas(rule: str = "current") -> dict[tuple[str, str], tuple[float, int]]:
-    """Per zoo model, the automatic γ recorded in ``auto-otbr-fmnist.json`` and the selection's suspect; with
-    ``rule="before-lean"``, the γ of the rule before the lean toward pruning (what the repair runs made before
-    2026-11-23 used)."""
+def auto_gammas(rule: str = "no-lean") -> dict[tuple[str, str], tuple[float, int]]:
+    """Per zoo model, the automatic γ recorded in ``auto-otbr-fmnist.json`` and the selection's suspect: with
+    ``rule="no-lean"`` (the default) the choice without the lean toward pruning — what ``OTBR(repair_steps=…)``
+    picks — with ``rule="lean"`` the fused output's (``otbr.selection.OTBR_LEAN``)."""
     path = RESULTS / "auto-otbr-fmnist.json"
     if not path.is_file():
         return {}
-    return {(m["zoo"], m["model"]): ((m.get("before_lean") or m["auto"])["value"] if rule == "before-lean"
+    return {(m["zoo"], m["model"]): ((m.get("before_lean") or m["auto"])["value"] if rule == "no-lean"
                                      else m["auto"]["value"], m["suspected_target"])
             for m in json.loads(path.read_text())["models"]}
 
@@ -83,8 +83,7 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
     on_t = test.y[:n] == int(ps.target)  # the target class's clean images: how much of that class a defense keeps
     xt, yt = test.x[:n][on_t], test.y[:n][on_t]
     gamma, suspect = chosen.get((zoo, name), (args.gamma, None))
-    src = ("auto (auto-otbr-fmnist.json" + (", before the lean rule)" if args.auto_rule == "before-lean" else ")")
-           if (zoo, name) in chosen else "--gamma")
+    src = (f"auto ({args.auto_rule}, auto-otbr-fmnist.json)" if (zoo, name) in chosen else "--gamma")
     if args.step_up and (zoo, name) in chosen:
         gamma, src = stepped(gamma, args.step_up), f"auto +{args.step_up} step(s)"
     t0 = time.perf_counter()
@@ -245,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="an earlier result file whose mean rows are shown beside this run's (for reading)")
     ap.add_argument("--eval-limit", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    ap.add_argument("--auto-rule", choices=("current", "before-lean"), default="current",
-                    help="which recorded automatic γ to start from: the current rule's or the one before the lean "
-                         "toward pruning (to reproduce the repair runs made before it)")
+    ap.add_argument("--auto-rule", choices=("no-lean", "lean"), default="no-lean",
+                    help="which recorded automatic γ to start from: without the lean toward pruning (what OTBR "
+                         "picks when the repair replaces the fusion; the default) or with it (the fused output's)")
     ap.add_argument("--step-up", type=int, default=0,
                     help="prune this many grid steps above the automatic γ (0: the automatic γ itself)")
     ap.add_argument("--no-scan-guard", action="store_true",

@@ -289,9 +289,9 @@ def defend() -> None:
 @click.option("--clean-scale", default=0.7, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="--gamma auto: factor from the loss of agreement on the inverted inputs to the estimated loss "
                    "of clean accuracy (calibrated on the development zoos' clean accuracy; 1 takes it as is).")
-@click.option("--lean", default=0.035, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--lean", default=None, type=click.FloatRange(0, 1),
               help="--gamma auto: take the largest γ whose estimated DER is within this of the best (under-pruning "
-                   "leaves the backdoor; 0: the best estimate itself).")
+                   "leaves the backdoor; 0: the best estimate itself). Default: 0.035, and 0 with --repair.")
 @click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Fusion weight λ of the aligned pruned model.")
 @click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,
@@ -306,7 +306,7 @@ def defend() -> None:
 @click.option("--sweep", help="Comma-separated γ grid to evaluate (an ORACLE table: scored on poisoned data).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
 @defense_options()
-def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: float, lean: float, lam: float,
+def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: float, lean: float | None, lam: float,
                 variant: str, steps: int, batch_size: int, lr: float, solver: str, repair_steps: int, sweep: str | None,
                 plot: str | None, progress: bool, **kw: Any) -> None:
     """Data-free OTBR: random-noise unlearning → NWC pruning → optimal-transport fusion.
