@@ -211,7 +211,6 @@ def guarded_kept(syn: Synthetic, guarded: Sequence[int],
     ``None`` when ``syn`` holds no inversion of those classes.
 
     Example:
-        >>> from otbr.models import create_model
         >>> from otbr.synthesis import Synthetic
         >>> syn = Synthetic(torch.rand(6, 1, 8, 8), torch.arange(6) % 3)
         >>> guarded_kept(syn, [1], {"truth": syn.y})
