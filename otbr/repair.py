@@ -226,6 +226,27 @@ def guarded_kept(syn: Synthetic, guarded: Sequence[int],
     return out
 
 
+#: below this share of the guarded classes' inversions called by their class, the repair says it gave them up
+GAVE_UP_BELOW = 0.1
+
+
+def gave_up_note(kept: Mapping[str, float] | None, guarded: Sequence[int]) -> str | None:
+    """The warning when the repaired result calls fewer than :data:`GAVE_UP_BELOW` of the original's inversions of
+    the ``guarded`` classes by their class (``kept``: :func:`guarded_kept`'s answer), else ``None``.
+
+    Example:
+        >>> gave_up_note({"result": 0.0}, [3])[:32]
+        'the result calls only 0 % of the'
+        >>> gave_up_note({"result": 0.5}, [3]) is None
+        True
+    """
+    if kept is None or kept["result"] >= GAVE_UP_BELOW:
+        return None
+    return (f"the result calls only {100 * kept['result']:.0f} % of the original's inversions of the guarded "
+            f"class(es) {list(guarded)} by their class: it has probably given up those classes; check it on clean "
+            "data if you have any")
+
+
 def zeroed_neurons(pruned: nn.Module, original: nn.Module,
                    layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Per layer, the output neurons whose weights are all zero in ``pruned`` but not in ``original``.
@@ -416,7 +437,8 @@ def repair(
     delta = torch.zeros((1, *shape), device=device)
     adv_until = round(adv_fraction * steps)
     rebuild_at = adv_until if recap and adversarial > 0 else 0
-    rebuilt, n_base, rebuilder = None, len(x), None
+    rebuilt, n_base = None, len(x)
+    self_labels = False  # the rebuilt images are in and labelled by the model they came from (the capper then)
     if rebuild_teacher not in ("original", "self"):
         raise OtbrError(f"repair: rebuild_teacher must be 'original' or 'self', got {rebuild_teacher!r}")
     done, losses = 0, []
@@ -427,11 +449,12 @@ def repair(
                 if recap and adversarial > 0 and not keep_suspect and done == adv_until > 0:
                     capper = copy.deepcopy(student).requires_grad_(False)  # eval mode, like the student
                 if rebuild > 0 and not keep_suspect and done == rebuild_at and rebuilt is None:
+                    # the capper holds the student's weights here (re-capped at this step, or both are the pruned
+                    # model at step 0) and keeps them: it is the model the rebuilt images come from
                     rebuilt = synthesize(student, rebuild * len(guarded), shape, num_classes=k, classes=guarded,
                                          steps=syn.info.get("steps", synthetic_steps), seed=seed + 1, progress=False)
                     x, y = torch.cat([x, rebuilt.x]), torch.cat([y, rebuilt.y])
-                    if rebuild_teacher == "self":
-                        rebuilder = copy.deepcopy(student).requires_grad_(False)
+                    self_labels = rebuild_teacher == "self"
                 if time_budget is not None and time.perf_counter() - t0 > time_budget:
                     break
                 idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
@@ -442,13 +465,13 @@ def repair(
                 with torch.no_grad():
                     soft = F.softmax(teacher(xb) / temperature, dim=1)
                     if not keep_suspect:  # guard 2 (cont.): no more belief in the suspect than the pruned model has
-                        cap = F.softmax(capper(xb), dim=1)[:, g_dev]  # at T = 1: sharp
+                        capped = capper(xb)
+                        cap = F.softmax(capped, dim=1)[:, g_dev]  # at T = 1: sharp
                         soft[:, g_dev] = torch.minimum(soft[:, g_dev], cap)
                         soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
-                    if rebuilder is not None:  # the rebuilt images: labelled by the model they came from
-                        mine = (idx >= n_base).to(device)
-                        if bool(mine.any()):
-                            soft[mine] = F.softmax(rebuilder(xb[mine]) / temperature, dim=1)
+                        if self_labels:  # the rebuilt images: labelled by the model they came from
+                            mine = (idx >= n_base).to(device)
+                            soft[mine] = F.softmax(capped[mine] / temperature, dim=1)
                 out = student(xb)
                 loss = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
                 if ce_weight > 0:  # no label here is a guarded class (their inversions were left out) unless rebuilt
@@ -483,16 +506,14 @@ def repair(
             model = copy.deepcopy(pruned)
     kept = None if keep_suspect else guarded_kept(
         syn, guarded, {"original": original if ref is None else ref, "pruned": pruned, "result": model})
-    if kept is not None and kept["result"] < 0.1:
-        log.warning("repair: the result calls only %.0f %% of the original's inversions of the guarded class(es) %s "
-                    "by their class: it has probably given up those classes (on the zoo models every repair that "
-                    "removed the backdoor did); check it on clean data if you have any", 100 * kept["result"],
-                    guarded)
+    gave_up = gave_up_note(kept, guarded)
+    if gave_up is not None:
+        log.warning("repair: %s (on the zoo models every repair that removed the backdoor did)", gave_up)
     info = {"steps": done, "requested_steps": steps, "suspect": suspect, "transfer_set": len(x),
             "guarded": [] if keep_suspect else guarded,
             "scan_guard": None if scan_top is None else {"class": scan_top,
                                                          "rate": round(float(rate_original[scan_top]), 4)},
-            "left_out_suspect_inversions": len(syn.x) - (len(x) - (0 if rebuilt is None else len(rebuilt.x))),
+            "left_out_suspect_inversions": len(syn.x) - n_base,
             "rebuilt": None if rebuilt is None else {"images": len(rebuilt.x), "at_step": rebuild_at,
                                                      "teacher": rebuild_teacher,
                                                      "seconds": rebuilt.info["seconds"]},

@@ -220,7 +220,7 @@ class OTBR(Defense):
         stage = info.pop("_timings")
         t_repair = 0.0
         if self.repair_steps > 0:
-            from otbr.repair import repair
+            from otbr.repair import gave_up_note, repair
 
             t3 = time.perf_counter()
             rr = repair(pruned, work, input_shape=shape, masks=global_topk(scores, gamma), num_classes=num_classes,
@@ -234,11 +234,9 @@ class OTBR(Defense):
                 info["notes"].append(f"repair: the backdoor check flagged class(es) {rr.info['check']['flagged']} "
                                      "(suppressed by the pruning) as easier to trigger again after the distillation; "
                                      "the pruned model is returned")
-            kept = rr.info.get("guarded_kept")
-            if kept is not None and kept["result"] < 0.1:
-                info["notes"].append(f"repair: the result calls only {100 * kept['result']:.0f} % of the original's "
-                                     f"inversions of the guarded class(es) {rr.info['guarded']} by their class: it has "
-                                     "probably given up those classes; check it on clean data if you have any")
+            gave_up = gave_up_note(rr.info["guarded_kept"], rr.info["guarded"])
+            if gave_up is not None:
+                info["notes"].append(f"repair: {gave_up}")
         if auto is not None:
             info["auto"] = auto
             info["notes"].append(f"γ = {gamma:g} chosen automatically from {self.gamma_grid} with no data "
