@@ -62,8 +62,8 @@ def pct(v: float | None) -> float | None:
     return None if v is None else round(100 * v, 2)
 
 
-def candidates_otbr(model, meta, subset) -> tuple[Any, dict[float, Any], float]:
-    d = OTBR(input_shape=meta.input_shape, num_classes=meta.num_classes, progress=False)
+def candidates_otbr(model, meta, subset, repeats: int = 1) -> tuple[Any, dict[float, Any], float]:
+    d = OTBR(input_shape=meta.input_shape, num_classes=meta.num_classes, selection_repeats=repeats, progress=False)
     if FIXED["otbr"] not in d.gamma_grid:
         raise SystemExit("the fixed γ must be on the grid")
     t0 = time.perf_counter()
@@ -71,7 +71,7 @@ def candidates_otbr(model, meta, subset) -> tuple[Any, dict[float, Any], float]:
     return choice, cands, time.perf_counter() - t0
 
 
-def candidates_tsbd(model, meta, subset) -> tuple[Any, dict[float, Any], float]:
+def candidates_tsbd(model, meta, subset, repeats: int = 1) -> tuple[Any, dict[float, Any], float]:
     d = TSBD(progress=False)
     x = subset.x.float() / 255
     y = subset.y.long()
@@ -83,7 +83,8 @@ def candidates_tsbd(model, meta, subset) -> tuple[Any, dict[float, Any], float]:
     return auto, cands, time.perf_counter() - t0
 
 
-def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None) -> dict[str, Any] | None:
+def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
+              repeats: int = 1) -> dict[str, Any] | None:
     path = ZOOS[zoo][0] / f"{name}.safetensors"
     if not path.is_file():
         log.warning("%s missing: run python benchmarks/zoo.py%s first", path, "" if zoo == "main" else f" --zoo {zoo}")
@@ -92,7 +93,7 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None)
     ps = attack_from_config(meta.attack).poison_test(test)
     sets = ((test.x[:limit], test.y[:limit]), (ps.x[:limit], ps.y_true[:limit], int(ps.target)))
     base = evaluate(model, *sets)
-    choice, cands, seconds = (candidates_otbr if method == "otbr" else candidates_tsbd)(model, meta, subset)
+    choice, cands, seconds = (candidates_otbr if method == "otbr" else candidates_tsbd)(model, meta, subset, repeats)
     info = choice.as_dict() if hasattr(choice, "as_dict") else choice
     est = {c["value"]: c for c in info["candidates"]}
     rows = []
@@ -102,7 +103,9 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None)
                      "der": pct(der(base.acc, base.asr, after.acc, after.asr)),
                      "estimated_der": pct(est[v]["estimated_der"]), "backdoor_drop_est": pct(est[v]["backdoor_drop"]),
                      "clean_drop_est": pct(est[v]["clean_drop"]),
-                     "clean_disagreement_est": pct(est[v].get("clean_disagreement"))})
+                     "clean_disagreement_est": pct(est[v].get("clean_disagreement")),
+                     **({f"estimated_der_{e}": pct(est[v][f"estimated_der_{e}"]) for e in ("min", "max")}
+                        if "estimated_der_min" in est[v] else {})})
     oracle = max(rows, key=lambda r: (r["der"], -r["value"]))
     auto = next(r for r in rows if r["value"] == float(info["chosen"]))
     fixed = next((r for r in rows if abs(r["value"] - FIXED[method]) < 1e-12), None)
@@ -113,6 +116,11 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None)
            "probe": info.get("probe"), "clean_term": info.get("clean_term"), "backdoor_term": "relative"}
     if method == "otbr":
         out["clean_scale"], out["lean"] = SYNTHETIC_CLEAN_SCALE, OTBR_LEAN
+    if "repeats" in info:  # each synthetic set's lone estimates (fractions) and choice, and their agreement
+        out["repeats"] = [{"seed": r["seed"], "suspect": r["suspect"], "chosen": r["chosen"],
+                           "estimated_der": {float(v): pct(e) for v, e in r["estimated_der"].items()}}
+                          for r in info["repeats"]]
+        out["repeat_agreement"] = info["repeat_agreement"]
     log.info("%s/%s: auto %s (DER %.2f), oracle %s (DER %.2f), gap %.2f, %.0f s", zoo, name, auto["value"],
              auto["der"], oracle["value"], oracle["der"], out["gap"], seconds)
     return out
@@ -142,6 +150,8 @@ def rescore(m: dict[str, Any], method: str, scale: float = SYNTHETIC_CLEAN_SCALE
     ``as_run``, the choice just before the lean rule under ``before_lean``.
     """
     otbr = method == "otbr"
+    if "repeats" in m:  # averaged over synthetic sets: the stored probe is only the first set's
+        return False
     ran_with = m.get("clean_scale", 1.0) if otbr else None
     ran_lean = m.get("lean", 0.0) if otbr else 0.0
     old_term = m.get("backdoor_term", "absolute")
@@ -184,6 +194,23 @@ def gap_at(m: dict[str, Any], scale: float | None = None, relative: bool = True,
     return round(m["oracle"]["der"] - pick(rows, 100 * m.get("lean", 0.0))["der"], 2)
 
 
+def lone_gaps(m: dict[str, Any], lean: float | None = None) -> list[float]:
+    """Per synthetic set of a ``--repeats`` row: the DER gap of the choice that set alone would make (its own
+    suspect and estimates), with the row's lean (``lean`` in points overrides it)."""
+    der = {r["value"]: r["der"] for r in m["candidates"]}
+    within = 100 * m.get("lean", 0.0) if lean is None else lean
+    out = []
+    for r in m["repeats"]:
+        rows = [{"value": float(v), "estimated_der": e} for v, e in r["estimated_der"].items()]
+        out.append(round(m["oracle"]["der"] - der[pick(rows, within)["value"]], 2))
+    return out
+
+
+def averaged_gap(m: dict[str, Any], lean: float) -> float:
+    """The DER gap of the averaged estimates' choice with ``lean`` (points)."""
+    return round(m["oracle"]["der"] - pick(m["candidates"], lean)["der"], 2)
+
+
 GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (main + second)", ("main", "second")),
           ("third zoo (held out until the probe-drop change)", ("third",)),
           ("fourth zoo (held out)", ("fourth",)), ("all", tuple(ZOOS)))
@@ -206,6 +233,17 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "mean_der_auto": round(statistics.fmean(m["auto"]["der"] for m in group), 2),
                     "mean_der_oracle": round(statistics.fmean(m["oracle"]["der"] for m in group), 2),
                     "mean_select_s": round(statistics.fmean(m["select_s"] for m in group), 1)})
+        if all("repeats" in m for m in group):
+            lone = [g for m in group for g in lone_gaps(m)]
+            lone0 = [g for m in group for g in lone_gaps(m, 0.0)]
+            avg0 = [averaged_gap(m, 0.0) for m in group]
+            out[-1].update(mean_gap_one_set=round(statistics.fmean(lone), 2), worst_gap_one_set=round(max(lone), 2),
+                           mean_gap_auto_no_lean=round(statistics.fmean(avg0), 2),
+                           worst_gap_auto_no_lean=round(max(avg0), 2),
+                           mean_gap_one_set_no_lean=round(statistics.fmean(lone0), 2),
+                           worst_gap_one_set_no_lean=round(max(lone0), 2),
+                           mean_repeat_agreement=round(statistics.fmean(m["repeat_agreement"] for m in group), 2))
+            continue  # the stored probe is the first set's only: no re-reading of it
         uncal = [gap_at(m, 1.0) for m in group]
         if group[0].get("clean_scale") not in (None, 1.0) and None not in uncal:
             out[-1].update(mean_gap_factor_1=round(statistics.fmean(uncal), 2), worst_gap_factor_1=round(max(uncal), 2))
@@ -245,7 +283,10 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              *([f"**Note:** {p['note']}", ""] if p.get("note") else []),
              "## Summary", "", markdown_table(p["summary"], SUMMARY_COLUMNS + [
                  c for c in ("mean_gap_factor_1", "worst_gap_factor_1", "mean_gap_abs_drop", "worst_gap_abs_drop",
-                             "mean_gap_top2", "worst_gap_top2") if any(c in r for r in p["summary"])]), "",
+                             "mean_gap_top2", "worst_gap_top2", "mean_gap_one_set", "worst_gap_one_set",
+                             "mean_gap_auto_no_lean", "worst_gap_auto_no_lean", "mean_gap_one_set_no_lean",
+                             "worst_gap_one_set_no_lean", "mean_repeat_agreement")
+                 if any(c in r for r in p["summary"])]), "",
              "`mean_gap_fixed`: gap of the published fixed setting "
              f"({sym} = {FIXED[p['method']]}) on the same grid, for comparison."
              + (" `*_factor_1`: the gap the rule would have without the clean-term calibration (factor 1 on the "
@@ -308,10 +349,18 @@ def main(argv: list[str] | None = None) -> int:
                     "made under an earlier one (no models run)")
     ap.add_argument("--append", action="store_true",
                     help="keep the models of an existing result file and skip them (resume an interrupted run)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="OTBR: average the selector's estimates over this many synthetic sets (seeds); the rows "
+                    "also keep each set's lone choice. Results go to auto-otbr-repeatsK-fmnist.json")
+    ap.add_argument("--out", help="result file stem instead of the default (e.g. to run zoos in two processes)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    jpath = RESULTS / f"auto-{args.method}-fmnist.json"
+    if args.repeats < 1 or (args.repeats > 1 and args.method != "otbr"):
+        raise SystemExit("--repeats: a positive number, for --method otbr only")
+    stem = args.out or (f"auto-{args.method}-fmnist" if args.repeats == 1
+                        else f"auto-otbr-repeats{args.repeats}-fmnist")
+    jpath = RESULTS / f"{stem}.json"
     if args.render or args.rescore:
         payload = json.loads(jpath.read_text())
         if args.rescore:
@@ -344,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ZOOS[zoo][1]:
             if (only is not None and name not in only) or (zoo, name) in done:
                 continue
-            row = run_model(args.method, zoo, name, test, subset, args.eval_limit or None)
+            row = run_model(args.method, zoo, name, test, subset, args.eval_limit or None, args.repeats)
             if row is None:
                 continue
             models = [m for m in models if (m["zoo"], m["model"]) != (zoo, name)] + [row]

@@ -282,6 +282,7 @@ def reverse_trigger(
     lr: float = 0.1,
     batch_size: int = 256,
     robust: bool = True,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A universal trigger ``(mask, pattern)`` that sends ``images`` to ``target`` on ``model``.
 
@@ -309,7 +310,7 @@ def reverse_trigger(
     a = torch.full((1, 1, *shape[1:]), -2.0, device=device, requires_grad=kind == "patch")
     pz = torch.zeros((1, *shape), device=device, requires_grad=True)
     opt = torch.optim.Adam([a, pz] if kind == "patch" else [pz], lr=lr)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
 
     def mask() -> torch.Tensor:
         return _mask(a, budget) if kind == "patch" else torch.full_like(a, alpha)
@@ -340,13 +341,15 @@ def target_scan(
     steps: int = 50,
     per_class: int = 32,
     lr: float = 0.1,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Per class c: how well a trigger within ``budget`` sends other-class synthetic inputs to c.
 
     One universal trigger per class is optimised, all classes together in one batch of
     ``num_classes · per_class`` inputs (each class's sources are synthetic inputs the model assigns to
     other classes). A backdoor target needs only a small trigger, so its rate stands out (the idea of Neural
-    Cleanse, with a fixed area budget and no per-class loop). Returns the success rate per class.
+    Cleanse, with a fixed area budget and no per-class loop). ``seed`` draws the sources. Returns the success
+    rate per class.
 
     Example:
         >>> from otbr.models import create_model
@@ -357,7 +360,7 @@ def target_scan(
     from otbr.device import model_device
 
     device = model_device(model)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     src, tgt = [], []
     for c in range(num_classes):
         pool = synthetic[reference != c]
@@ -393,12 +396,13 @@ def target_scan(
 
 
 def trigger_rate(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor,
-                 target: int, *, robust: bool = True, top: int = 1, batch_size: int = 512) -> float:
+                 target: int, *, robust: bool = True, top: int = 1, batch_size: int = 512,
+                 seed: int = 12345) -> float:
     """Fraction of ``images`` that ``model`` sends to ``target`` once the trigger ``(mask, pattern)`` is applied.
 
     With ``top`` > 1, the fraction on which ``target`` is among the model's ``top`` highest logits (a softer
     reading: a weakened backdoor still lifts the target near the top). With ``robust`` the images first go
-    through one fixed (seeded) :func:`augment`, the same for every model.
+    through one fixed :func:`augment` (seeded by ``seed``), the same for every model.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
@@ -411,7 +415,7 @@ def trigger_rate(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tenso
     if top < 1:
         raise ValueError(f"trigger_rate: top must be ≥ 1, got {top}")
     if robust:
-        images = augment(images, torch.Generator().manual_seed(12345))
+        images = augment(images, torch.Generator().manual_seed(seed))
     device = model_device(model)
     hits = 0
     with frozen(model), torch.no_grad():
@@ -433,6 +437,65 @@ def require_batchnorm(model: torch.nn.Module, option: str, example: str) -> None
                         f"pass a fixed {option} (e.g. {example})")
 
 
+def _scan_suspect(scan: torch.Tensor, preds: Mapping[float, torch.Tensor], ref: torch.Tensor,
+                  num_classes: int) -> int:
+    """The class the scan reaches best; a tie (e.g. every class reachable) goes to the agreement signal."""
+    top = float(scan.max())
+    tied = [c for c in range(num_classes) if float(scan[c]) >= top - 1e-9]
+    agree = suspect_class(preds, ref, num_classes) if len(tied) > 1 else tied[0]
+    return agree if agree in tied else tied[0]
+
+
+def _probe(
+    original: torch.nn.Module,
+    candidates: Mapping[float, torch.nn.Module],
+    pool: torch.Tensor,
+    pool_ref: torch.Tensor,
+    suspect: int,
+    *,
+    budget: float,
+    steps: int,
+    ladder: bool,
+    sources: str,
+    seed: int = 0,
+) -> tuple[dict[float, float] | None, dict[str, Any]]:
+    """Reverse-engineer a trigger toward ``suspect`` on the original; the backdoor drop per candidate (``None``
+    when the original does not follow it) and the probe's record (see :func:`choose_for`)."""
+    src = pool[pool_ref != suspect]
+    if len(src) == 0:
+        src = pool
+    rate_seed = 12345 + seed
+    probes = {}
+    ladders = {"patch": (0.01, 0.02, budget), "blend": (0.03, 0.05, 0.1)} if ladder else \
+        {"patch": (budget,), "blend": (0.1,)}
+    for kind, sizes in ladders.items():
+        for size in sizes:
+            mask, pattern = reverse_trigger(original, src, suspect, kind=kind, budget=size, alpha=size,
+                                            steps=steps, seed=seed)
+            probes[kind] = (mask, pattern, trigger_rate(original, src, mask, pattern, suspect, seed=rate_seed), size)
+            if probes[kind][2] >= 0.9:
+                break
+    kind = max(probes, key=lambda k: probes[k][2])  # the trigger form the original follows best
+    mask, pattern, base, size = probes[kind]
+    rates = {v: trigger_rate(m, src, mask, pattern, suspect, seed=rate_seed) for v, m in candidates.items()}
+    # the softer top-2 reading, recorded for study (not used by the rule)
+    top2 = {v: trigger_rate(m, src, mask, pattern, suspect, top=2, seed=rate_seed) for v, m in candidates.items()}
+    top2_base = trigger_rate(original, src, mask, pattern, suspect, top=2, seed=rate_seed)
+    found = base >= PROBE_MIN_RATE
+    info: dict[str, Any] = {
+        "sources": sources, "kind": kind, "rate_original_by_kind": {k: round(v[2], 4) for k, v in probes.items()},
+        "size_by_kind": {k: v[3] for k, v in probes.items()}, "ladder": ladder, "steps": steps,
+        "rate_original": round(base, 4), "rate": {str(v): round(r, 4) for v, r in sorted(rates.items())},
+        "mask_area": round(float(mask.mean()), 4), "robust": True, "found": found,
+        "rate_top2_original": round(top2_base, 4),
+        "rate_top2": {str(v): round(r, 4) for v, r in sorted(top2.items())}}
+    if not found:
+        info["note"] = PROBE_NOTHING
+        log.warning("the reverse-engineered trigger reaches only %.0f %% on the original model; %s",
+                    100 * base, PROBE_NOTHING)
+    return (probe_drops(base, rates) if found else None), info
+
+
 def choose_for(
     original: torch.nn.Module,
     candidates: Mapping[float, torch.nn.Module],
@@ -447,6 +510,8 @@ def choose_for(
     probe_ladder: bool = False,
     clean_scale: float = SYNTHETIC_CLEAN_SCALE,
     lean: float = 0.0,
+    seed: int = 0,
+    suspect: int | None = None,
 ) -> Choice:
     """:func:`choose` on models, with every signal computed from ``synthetic`` inputs.
 
@@ -465,7 +530,8 @@ def choose_for(
     ladder (patch area 1, 2, 5 % of the image; blend weight 0.03, 0.05, 0.1) at which the original follows it
     on ≥ 90 % of the sources — a backdoor needs only a small trigger (the idea of Neural Cleanse's norm).
     Without ``clean_drop`` the clean term is the disagreement on the other classes' synthetic inputs times
-    ``clean_scale`` (module docstring).
+    ``clean_scale`` (module docstring). ``seed`` seeds the scan and the probe; ``suspect`` skips the scan.
+    Several synthetic sets: :func:`choose_for_repeats`.
     """
     from otbr.metrics import predict
 
@@ -476,53 +542,105 @@ def choose_for(
     pool, pool_ref = synthetic, ref
     if probe_images is not None:
         pool, pool_ref = probe_images, predict(original, probe_images)
-    if probe:
-        scan = target_scan(original, pool, pool_ref, num_classes, budget=probe_budget)
-        top = float(scan.max())
-        tied = [c for c in range(num_classes) if float(scan[c]) >= top - 1e-9]
-        # ties (e.g. every class reachable) fall back to the agreement signal, restricted to the tied classes
-        agree = suspect_class(preds, ref, num_classes) if len(tied) > 1 else tied[0]
-        suspect = agree if agree in tied else tied[0]
+    if suspect is None and probe:
+        scan = target_scan(original, pool, pool_ref, num_classes, budget=probe_budget, seed=seed)
+        suspect = _scan_suspect(scan, preds, ref, num_classes)
         extra["target_scan"] = [round(float(v), 4) for v in scan]
-    else:
+    elif suspect is None:
         suspect = suspect_class(preds, ref, num_classes)
     if probe:
-        src = pool[pool_ref != suspect]
-        if len(src) == 0:
-            src = pool
-        probes = {}
-        ladders = {"patch": (0.01, 0.02, probe_budget), "blend": (0.03, 0.05, 0.1)} if probe_ladder else \
-            {"patch": (probe_budget,), "blend": (0.1,)}
-        for kind, sizes in ladders.items():
-            for size in sizes:
-                mask, pattern = reverse_trigger(original, src, suspect, kind=kind, budget=size, alpha=size,
-                                                steps=probe_steps)
-                probes[kind] = (mask, pattern, trigger_rate(original, src, mask, pattern, suspect), size)
-                if probes[kind][2] >= 0.9:
-                    break
-        kind = max(probes, key=lambda k: probes[k][2])  # the trigger form the original follows best
-        mask, pattern, base, size = probes[kind]
-        rates = {v: trigger_rate(m, src, mask, pattern, suspect) for v, m in candidates.items()}
-        # the softer top-2 reading, recorded for study (not used by the rule)
-        top2 = {v: trigger_rate(m, src, mask, pattern, suspect, top=2) for v, m in candidates.items()}
-        top2_base = trigger_rate(original, src, mask, pattern, suspect, top=2)
-        found = base >= PROBE_MIN_RATE
-        bdrop = probe_drops(base, rates) if found else None
-        extra["probe"] = {"sources": "synthetic" if probe_images is None else "given images", "kind": kind,
-                          "rate_original_by_kind": {k: round(v[2], 4) for k, v in probes.items()},
-                          "size_by_kind": {k: v[3] for k, v in probes.items()}, "ladder": probe_ladder,
-                          "steps": probe_steps, "rate_original": round(base, 4),
-                          "rate": {str(v): round(r, 4) for v, r in sorted(rates.items())},
-                          "mask_area": round(float(mask.mean()), 4), "robust": True, "found": found,
-                          "rate_top2_original": round(top2_base, 4),
-                          "rate_top2": {str(v): round(r, 4) for v, r in sorted(top2.items())}}
-        if not found:
-            extra["probe"]["note"] = PROBE_NOTHING
-            log.warning("the reverse-engineered trigger reaches only %.0f %% on the original model; %s",
-                        100 * base, PROBE_NOTHING)
+        bdrop, extra["probe"] = _probe(original, candidates, pool, pool_ref, suspect, budget=probe_budget,
+                                       steps=probe_steps, ladder=probe_ladder, seed=seed,
+                                       sources="synthetic" if probe_images is None else "given images")
     choice = choose(preds, ref, num_classes, clean_drop=clean_drop, backdoor_drop=bdrop, suspect=suspect,
                     clean_scale=clean_scale, lean=lean)
     if bdrop is not None:
         choice.signal = SIGNAL_PROBE
     choice.extra.update(extra)
     return choice
+
+
+#: The per-candidate terms :func:`choose_for_repeats` averages over its repeats.
+_TERMS = ("target_agreement", "backdoor_drop", "clean_drop", "clean_disagreement", "estimated_der")
+
+
+def choose_for_repeats(
+    original: torch.nn.Module,
+    candidates: Mapping[float, torch.nn.Module],
+    synthetic_sets: Sequence[torch.Tensor],
+    num_classes: int,
+    *,
+    probe_budget: float = 0.05,
+    probe_steps: int = 100,
+    clean_scale: float = SYNTHETIC_CLEAN_SCALE,
+    lean: float = 0.0,
+) -> Choice:
+    """:func:`choose_for` (data-free, with the probe) averaged over several synthetic sets, each with its own seed.
+
+    The estimates of one set are the end of a chain of optimisations (inversion → scan → probe) that amplifies
+    small numerical differences: the same model can get a different suspected target, or estimates tens of
+    points apart, from another seed or another machine. With ``k`` sets: the target scan is averaged over the
+    sets to give one suspect; each set's probe toward it gives that set's estimates; each candidate's terms
+    are averaged (``estimated_der_min`` / ``_max`` keep their spread) and :func:`pick` chooses (with ``lean``).
+    ``extra["repeats"]`` records, per set, what it would have chosen alone (its own suspect and estimates) —
+    ``repeat_agreement`` is the share of sets whose lone choice is the averaged one, a measure of how sure the
+    choice is. One set gives exactly :func:`choose_for`.
+
+    Example:
+        >>> c = choose_for_repeats(net, cands, [syn_a, syn_b, syn_c], 10)  # doctest: +SKIP
+        >>> c.extra["repeat_agreement"]  # doctest: +SKIP
+        0.6667
+    """
+    from otbr.metrics import predict
+
+    sets = list(synthetic_sets)
+    if not sets:
+        raise ValueError("choose_for_repeats: no synthetic sets")
+    if len(sets) == 1:
+        return choose_for(original, candidates, sets[0], num_classes, probe_budget=probe_budget,
+                          probe_steps=probe_steps, clean_scale=clean_scale, lean=lean)
+    refs = [predict(original, x) for x in sets]
+    preds = [{v: predict(m, x) for v, m in candidates.items()} for x in sets]
+    scans = [target_scan(original, x, r, num_classes, budget=probe_budget, seed=i)
+             for i, (x, r) in enumerate(zip(sets, refs, strict=True))]
+    own = [_scan_suspect(sc, p, r, num_classes) for sc, p, r in zip(scans, preds, refs, strict=True)]
+    scan = torch.stack(scans).mean(0)
+    joint = {v: torch.cat([p[v] for p in preds]) for v in candidates}
+    suspect = _scan_suspect(scan, joint, torch.cat(refs), num_classes)
+    repeats: list[dict[str, Any]] = []
+    per_set: list[Choice] = []
+    for i, x in enumerate(sets):
+        alone = choose_for(original, candidates, x, num_classes, probe_budget=probe_budget, probe_steps=probe_steps,
+                           clean_scale=clean_scale, lean=lean, seed=i, suspect=own[i])
+        joined = alone if own[i] == suspect else choose_for(
+            original, candidates, x, num_classes, probe_budget=probe_budget, probe_steps=probe_steps,
+            clean_scale=clean_scale, lean=lean, seed=i, suspect=suspect)
+        per_set.append(joined)
+        repeats.append({"seed": i, "suspect": own[i], "chosen": alone.value,
+                        "target_scan": [round(float(v), 4) for v in scans[i]],
+                        "estimated_der": {str(r["value"]): r["estimated_der"] for r in alone.candidates},
+                        "probe": alone.extra.get("probe"),
+                        "estimated_der_at_suspect": {str(r["value"]): r["estimated_der"] for r in joined.candidates},
+                        "probe_at_suspect": joined.extra.get("probe")})
+    rows: list[dict[str, float]] = []
+    for j, v in enumerate(sorted(candidates)):
+        cells = [c.candidates[j] for c in per_set]
+        row: dict[str, float] = {"value": v}
+        row.update({t: round(sum(c[t] for c in cells) / len(cells), 4) for t in _TERMS})
+        row["estimated_der_min"] = min(c["estimated_der"] for c in cells)
+        row["estimated_der_max"] = max(c["estimated_der"] for c in cells)
+        rows.append(row)
+    top, best = pick(rows, 0.0), pick(rows, lean)
+    runner_up = max((r["estimated_der"] for r in rows if r is not top), default=None)
+    agreement = round(sum(r["chosen"] == best["value"] for r in repeats) / len(repeats), 4)
+    log.info("auto choice %s over %d synthetic sets (suspected target %d, estimated DER %.3f, %d of %d sets alone "
+             "agree)", best["value"], len(sets), suspect, best["estimated_der"],
+             sum(r["chosen"] == best["value"] for r in repeats), len(sets))
+    extra = {"clean_term": f"synthetic disagreement × {clean_scale:g}",
+             "margin": None if runner_up is None else round(top["estimated_der"] - runner_up, 4),
+             "lean": {"within": lean, "best_estimate": top["value"], "moved": best is not top},
+             "target_scan": [round(float(v), 4) for v in scan], "repeats": repeats, "repeat_agreement": agreement,
+             "probe": per_set[0].extra.get("probe")}
+    signal = per_set[0].signal + f"; each term averaged over {len(sets)} synthetic sets (seeds), the suspect from " \
+                                 "their averaged target scan"
+    return Choice(value=float(best["value"]), suspect=suspect, candidates=rows, signal=signal, extra=extra)

@@ -44,7 +44,7 @@ from otbr.layers import scored_layers
 from otbr.models.registry import output_classes
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pruning import global_topk, mask_count, mask_indices, prune_neurons
-from otbr.selection import OTBR_LEAN, SYNTHETIC_CLEAN_SCALE, Choice, choose_for, require_batchnorm
+from otbr.selection import OTBR_LEAN, SYNTHETIC_CLEAN_SCALE, Choice, choose_for_repeats, require_batchnorm
 from otbr.synthesis import synthesize
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ class OTBR(Defense):
         gamma_grid: candidate γ values for ``gamma="auto"``.
         synthetic: number of BatchNorm-inverted inputs for ``gamma="auto"``.
         synthetic_steps: inversion steps for those inputs.
+        selection_repeats: for ``gamma="auto"``, invert that many synthetic sets (seeds ``seed``, ``seed + 1``, …)
+            and average the estimates over them (:func:`otbr.selection.choose_for_repeats`); the report gives
+            each set's lone choice and the share that agree. Costs that many times the selection's time.
         clean_scale: for ``gamma="auto"``, the factor from the loss of agreement on those inputs to the estimated
             loss of clean accuracy (default :data:`otbr.selection.SYNTHETIC_CLEAN_SCALE`, calibrated on the
             development zoos' clean accuracy; 1.0 takes the disagreement as is).
@@ -99,6 +102,7 @@ class OTBR(Defense):
         gamma_grid: Sequence[float] = GAMMA_GRID,
         synthetic: int = 256,
         synthetic_steps: int = 100,
+        selection_repeats: int = 1,
         clean_scale: float = SYNTHETIC_CLEAN_SCALE,
         lean: float | None = None,
         repair_steps: int = 0,
@@ -119,6 +123,9 @@ class OTBR(Defense):
         if int(synthetic) < 2 or int(synthetic_steps) < 0:
             raise OtbrError(f"synthetic must be ≥ 2 and synthetic_steps ≥ 0, got {synthetic}, {synthetic_steps}")
         self.synthetic, self.synthetic_steps = int(synthetic), int(synthetic_steps)
+        if int(selection_repeats) < 1:
+            raise OtbrError(f"selection_repeats must be ≥ 1, got {selection_repeats}")
+        self.selection_repeats = int(selection_repeats)
         self.clean_scale = check_range("clean_scale", float(clean_scale), 0.0, 1.0, low_open=True)
         self.lean = None if lean is None else check_range("lean", float(lean), 0.0, 1.0)
         if int(repair_steps) < 0:
@@ -255,12 +262,12 @@ class OTBR(Defense):
                 num_classes: int) -> tuple[Choice, dict[float, tuple[nn.Module, nn.Module, dict]], float]:
         """The automatic choice and, per γ of the grid, what :meth:`_defend` built (pruned, fused, info)."""
         t0 = time.perf_counter()
-        syn = synthesize(work, self.synthetic, shape, num_classes=num_classes, steps=self.synthetic_steps,
-                         seed=self.seed, progress=self.progress)
+        syns = [synthesize(work, self.synthetic, shape, num_classes=num_classes, steps=self.synthetic_steps,
+                           seed=self.seed + i, progress=self.progress) for i in range(self.selection_repeats)]
         built = {g: self._defend(work, scores, g) for g in self.gamma_grid}
-        choice = choose_for(work, {g: b[1] for g, b in built.items()}, syn.x, num_classes,
-                            clean_scale=self.clean_scale, lean=self.effective_lean())
-        choice.extra["synthetic"] = syn.info
+        choice = choose_for_repeats(work, {g: b[1] for g, b in built.items()}, [s.x for s in syns], num_classes,
+                                    clean_scale=self.clean_scale, lean=self.effective_lean())
+        choice.extra["synthetic"] = syns[0].info if len(syns) == 1 else [s.info for s in syns]
         return choice, built, time.perf_counter() - t0
 
     def effective_lean(self) -> float:
