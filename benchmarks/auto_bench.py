@@ -308,6 +308,12 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                 "and applied to every row's stored estimates by `--rescore` (no model re-run; the selector is "
                 "deterministic given them). The fourth zoo is its held-out test. `before_lean` columns: the choice "
                 "and gap of the rule before it.", ""] if any("before_lean" in m for m in p["models"]) else []),
+             *(["**Averaged over synthetic sets** (`OTBR(selection_repeats=K)`, `--repeats`): the auto choice "
+                "averages each candidate's estimates over K BatchNorm inversions (seeds 0…K−1) at one suspected "
+                "target (the averaged target scan); `each set alone` is what each set would have chosen by itself "
+                "(its own suspect and estimates, the same lean) — the choice a one-set selector makes with that "
+                "seed — and its gap. `*_one_set`: those lone gaps over all sets and models; `*_no_lean`: the same "
+                "rules without the lean toward pruning.", ""] if any("repeats" in m for m in p["models"]) else []),
              "## Per model", ""]
     per = []
     for m in p["models"]:
@@ -321,7 +327,11 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                        if any("as_run" in x for x in p["models"]) and "as_run" in m else {}),
                     **({"rescored": bool(m.get("rescored"))} if any("as_run" in x for x in p["models"]) else {}),
                     **({f"before_lean {sym}": m["before_lean"]["value"], "before_lean gap": m["before_lean"]["gap"]}
-                       if "before_lean" in m else {})})
+                       if "before_lean" in m else {}),
+                    **({f"each set alone {sym}": " / ".join(f"{r['chosen']:g}" for r in m["repeats"]),
+                        "each set alone gap": " / ".join(f"{g:g}" for g in lone_gaps(m)),
+                        "suspect per set": " / ".join(str(r["suspect"]) for r in m["repeats"])}
+                       if "repeats" in m else {})})
     lines += [_table(per), "", "## Every candidate (measured columns are ORACLE)", ""]
     cand = [{"model": m["model"], sym: r["value"], "est. DER": r["estimated_der"],
              "est. backdoor drop": r["backdoor_drop_est"], "est. clean drop": r["clean_drop_est"],
@@ -353,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="OTBR: average the selector's estimates over this many synthetic sets (seeds); the rows "
                     "also keep each set's lone choice. Results go to auto-otbr-repeatsK-fmnist.json")
     ap.add_argument("--out", help="result file stem instead of the default (e.g. to run zoos in two processes)")
+    ap.add_argument("--merge", help="comma-separated result stems (made with --out) to merge into the output file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
@@ -361,6 +372,17 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.out or (f"auto-{args.method}-fmnist" if args.repeats == 1
                         else f"auto-otbr-repeats{args.repeats}-fmnist")
     jpath = RESULTS / f"{stem}.json"
+    if args.merge:
+        parts = [json.loads((RESULTS / f"{s}.json").read_text()) for s in args.merge.split(",")]
+        if len({(p["method"], p["eval_limit"]) for p in parts}) != 1:
+            raise SystemExit("--merge: the files differ in method or eval limit")
+        models = [m for p in parts for m in p["models"]]
+        payload = {**parts[0], "models": models, "summary": summary(models),
+                   "command": " ; ".join(f"({p['command']})" for p in parts) + " (in parallel processes), merged by "
+                   "python benchmarks/auto_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+        write_json(jpath, payload)
+        write_markdown(payload, jpath.with_suffix(".md"))
+        return 0
     if args.render or args.rescore:
         payload = json.loads(jpath.read_text())
         if args.rescore:

@@ -187,6 +187,11 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
                    + ("" if margin is None or moved else f", {100 * margin:.2f} points ahead of the next candidate")
                    + f", suspected target class {auto['suspected_target']}; no poisoned data used — candidates in "
                    "the report)")
+        if auto.get("repeats"):
+            alone = [r["chosen"] for r in auto["repeats"]]
+            click.echo(f"averaged over {len(alone)} synthetic sets; each set alone would choose "
+                       f"{', '.join(f'{v:g}' for v in alone)} ({sum(v == auto['chosen'] for v in alone)} of "
+                       f"{len(alone)} agree with the averaged choice)")
         if auto.get("probe", {}).get("found") is False:
             click.echo(f"warning: {auto['probe']['note']}")
     click.echo(f"{result.method}: {result.timings.get('total', 0.0):.1f} s; data used by the defense: "
@@ -292,6 +297,9 @@ def defend() -> None:
 @click.option("--lean", default=None, type=click.FloatRange(0, 1),
               help="--gamma auto: take the largest γ whose estimated DER is within this of the best (under-pruning "
                    "leaves the backdoor; 0: the best estimate itself). Default: 0.035, and 0 with --repair.")
+@click.option("--selection-repeats", default=3, show_default=True, type=click.IntRange(1),
+              help="--gamma auto: average the estimates over this many synthetic sets (seeds); the report gives "
+                   "each set's lone choice and how many agree. Costs that many times the selection's time.")
 @click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Fusion weight λ of the aligned pruned model.")
 @click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,
@@ -306,9 +314,9 @@ def defend() -> None:
 @click.option("--sweep", help="Comma-separated γ grid to evaluate (an ORACLE table: scored on poisoned data).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
 @defense_options()
-def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: float, lean: float | None, lam: float,
-                variant: str, steps: int, batch_size: int, lr: float, solver: str, repair_steps: int, sweep: str | None,
-                plot: str | None, progress: bool, **kw: Any) -> None:
+def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: float, lean: float | None,
+                selection_repeats: int, lam: float, variant: str, steps: int, batch_size: int, lr: float, solver: str,
+                repair_steps: int, sweep: str | None, plot: str | None, progress: bool, **kw: Any) -> None:
     """Data-free OTBR: random-noise unlearning → NWC pruning → optimal-transport fusion.
 
     Needs only the model file. The defense reads no data; the test set is used only for the
@@ -319,7 +327,8 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: fl
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
     net, meta = load_model_from_options(model, kw)
     defense = create_defense("otbr", gamma=gamma, gamma_grid=parse_floats(gamma_grid, "--gamma-grid") or (),
-                             clean_scale=clean_scale, lean=lean, lam=lam, variant=variant, steps=steps,
+                             clean_scale=clean_scale, lean=lean, selection_repeats=selection_repeats, lam=lam,
+                             variant=variant, steps=steps,
                              batch_size=batch_size, repair_steps=repair_steps, lr=lr, solver=solver,
                              input_shape=meta.input_shape, num_classes=meta.num_classes, seed=kw["seed"],
                              progress=progress)

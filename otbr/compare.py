@@ -53,6 +53,10 @@ REMOVED_ASR = 10.0
 #: the default clean ratio of a data-dependent defense that declares none
 FALLBACK_RATIO = 0.05
 
+#: Options a defense gained after cells were made, with the value that reproduces those cells exactly: at that
+#: value they stay out of a cell's key, so the cells made before stay valid (any other value re-runs them).
+LATER_OPTIONS: dict[str, dict[str, Any]] = {"otbr": {"selection_repeats": 1}}
+
 
 @dataclasses.dataclass
 class CompareResult:
@@ -417,8 +421,9 @@ def run_compare(
                 keyed["kwargs"] = {k: v for k, v in keyed.get("kwargs", {}).items() if k != "progress"}
                 if d != ORIGINAL:
                     # key on the full configuration, defaults included: a changed default must not reuse old cells
+                    neutral = LATER_OPTIONS.get(d, {}).items()
                     keyed["config"] = {k: v for k, v in registry[d](**task["kwargs"]).config().items()
-                                       if k != "progress"}
+                                       if k != "progress" and (k, v) not in neutral}
                 legacy = _key({**keyed, "model_sha": _file_id(m), "before": task.get("before")})
                 # the model's bytes, not how its path was spelled nor when the file was touched (a clone resumes)
                 keyed.pop("model")

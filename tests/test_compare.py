@@ -79,6 +79,22 @@ def test_resume_follows_the_model_bytes_not_its_path_or_mtime(zoo, monkeypatch):
     assert run_compare(["a.safetensors"], ["clp"], out_dir=out, plot=False).ran == 2
 
 
+def test_an_option_added_later_keeps_old_cells_at_its_neutral_value(zoo, monkeypatch):
+    """A defense that gains an option (here CLP's made-up ``later``) keeps its earlier cells while the option
+    holds the value listed in LATER_OPTIONS (the one that reproduces them); any other value runs them again."""
+    import otbr.compare as compare
+    from otbr.defenses.clp import CLP
+
+    out = zoo["dir"] / "later"
+    assert run_compare(zoo["models"][:1], ["clp"], out_dir=out, plot=False).ran == 2
+    config = CLP.config
+    monkeypatch.setattr(compare, "LATER_OPTIONS", {"clp": {"later": 1}})
+    monkeypatch.setattr(CLP, "config", lambda self: {**config(self), "later": 1})
+    assert run_compare(zoo["models"][:1], ["clp"], out_dir=out, plot=False).ran == 0
+    monkeypatch.setattr(CLP, "config", lambda self: {**config(self), "later": 2})
+    assert run_compare(zoo["models"][:1], ["clp"], out_dir=out, plot=False).ran == 1
+
+
 def test_without_data_data_dependent_defenses_are_skipped(zoo):
     res = run_compare(zoo["models"][:1], ["clp", "ft"], out_dir=zoo["dir"] / "nodata")
     assert [r["defense"] for r in res.rows] == ["original", "clp"]

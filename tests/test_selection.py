@@ -28,6 +28,7 @@ from otbr.selection import (
     SYNTHETIC_CLEAN_SCALE,
     choose,
     choose_for,
+    choose_for_repeats,
     class_agreement,
     probe_drops,
     reverse_trigger,
@@ -189,6 +190,45 @@ def test_choose_for_says_when_the_probe_found_nothing(backdoored, monkeypatch) -
     assert c.candidates[0]["backdoor_drop"] == pytest.approx(0.0)
 
 
+def test_repeats_average_the_sets_at_one_suspect_and_keep_each_sets_lone_choice(monkeypatch) -> None:
+    """Three synthetic sets: the first alone suspects class 1 and would take γ 0.1, the other two suspect class 0
+    and take 0.2. The averaged scan suspects 0; every set's probe toward 0 gives its estimate, the estimates are
+    averaged (spread kept) and the choice is 0.2, with 2 of 3 sets agreeing. One set is plain choose_for."""
+    net = tiny_net().eval()
+    c1, c2 = copy.deepcopy(net), copy.deepcopy(net)
+    scans = {0: [0.6, 1.0, 0.0], 1: [1.0, 0.3, 0.0], 2: [1.0, 0.3, 0.0]}
+    monkeypatch.setattr(selection, "target_scan", lambda *a, seed=0, **k: torch.tensor(scans[seed] + [0.0] * (
+        CLASSES - 3), dtype=torch.float64))
+    monkeypatch.setattr(selection, "reverse_trigger", lambda *a, **k: (torch.zeros(1, 1, SIDE, SIDE),) * 2)
+
+    def rate(model, images, mask, pattern, target, *, seed=12345, top=1, **k) -> float:
+        if model is net:
+            return 1.0
+        if target == 0:  # c1 keeps half the probe (set 0) or a fifth of it (sets 1, 2); c2 none
+            return (0.5 if seed == 12345 else 0.2) if model is c1 else 0.0
+        return 0.0 if model is c1 else 1.0
+
+    monkeypatch.setattr(selection, "trigger_rate", rate)
+    sets = [torch.rand(30, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    c = choose_for_repeats(net, {0.1: c1, 0.2: c2}, sets, CLASSES, probe_steps=1)
+    assert c.suspect == 0 and c.value == 0.2
+    assert [(r["suspect"], r["chosen"]) for r in c.extra["repeats"]] == [(1, 0.1), (0, 0.2), (0, 0.2)]
+    assert c.extra["repeat_agreement"] == pytest.approx(2 / 3, abs=1e-4)
+    row = {r["value"]: r for r in c.candidates}
+    # copies agree everywhere: no clean drop; backdoor drop of c1 toward 0 is 0.5, 0.8, 0.8 → estimates .75 .9 .9
+    assert row[0.1]["estimated_der"] == pytest.approx(0.85, abs=1e-4)
+    assert (row[0.1]["estimated_der_min"], row[0.1]["estimated_der_max"]) == pytest.approx((0.75, 0.9))
+    assert row[0.2]["estimated_der"] == pytest.approx(1.0)
+    alone = choose_for(net, {0.1: c1, 0.2: c2}, sets[0], CLASSES, probe_steps=1)
+    one = choose_for_repeats(net, {0.1: c1, 0.2: c2}, sets[:1], CLASSES, probe_steps=1)
+    est = [[r["estimated_der"] for r in x.candidates] for x in (alone, one)]
+    assert (alone.value, alone.suspect) == (one.value, one.suspect) == (0.1, 1) and est[0] == est[1] == [1.0, 0.5]
+    with pytest.raises(ValueError, match="no synthetic sets"):
+        choose_for_repeats(net, {0.1: c1}, [], CLASSES)
+    with pytest.raises(OtbrError, match="selection_repeats"):
+        OTBR(input_shape=(1, 8, 8), selection_repeats=0)
+
+
 def test_negative_drops_do_not_reward() -> None:
     ref = torch.tensor([0, 1])
     c = choose({0.1: ref.clone()}, ref, 2, clean_drop={0.1: -0.3}, backdoor_drop={0.1: -0.2})
@@ -287,6 +327,8 @@ def test_otbr_auto_reads_no_data_and_ignores_what_it_is_given(backdoored, monkey
     assert res.config["gamma"] == "auto" and auto["chosen"] in OTBR().gamma_grid
     assert {"value", "estimated_der", "backdoor_drop", "clean_drop"} <= set(auto["candidates"][0])
     assert res.info["gamma"] == auto["chosen"] and "chosen automatically" in " ".join(res.info["notes"])
+    rep = OTBR(**kw, selection_repeats=2).run(net, poisoned)  # averaged over two synthetic sets: still no data
+    assert not seen and len(rep.info["auto"]["repeats"]) == 2 and len(rep.info["auto"]["synthetic"]) == 2
 
 
 def test_tsbd_auto_uses_only_the_clean_subset(backdoored, monkeypatch) -> None:
@@ -321,7 +363,12 @@ def test_cli_auto_is_the_default_and_reported(tmp_path: Path) -> None:
                                     "--no-eval", "-o", str(out), "--report", str(report)])
     assert res.exit_code == 0, res.output
     assert "automatic choice:" in res.output and "no poisoned data" in res.output
+    assert "averaged over 3 synthetic sets" in res.output  # the default
     payload = json.loads(report.read_text())
     assert payload["config"]["gamma"] == "auto" and payload["info"]["auto"]["candidates"]
+    rep = CliRunner().invoke(main, ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16", "--no-eval",
+                                    "--selection-repeats", "1", "-o", str(tmp_path / "o2.safetensors")])
+    assert rep.exit_code == 0, rep.output
+    assert "automatic choice:" in rep.output and "synthetic sets" not in rep.output
     bad = CliRunner().invoke(main, ["defend", "otbr", str(model), "--gamma", "often", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "neither 'auto' nor a number" in bad.output and "Traceback" not in bad.output
