@@ -510,8 +510,6 @@ def choose_for(
     probe_ladder: bool = False,
     clean_scale: float = SYNTHETIC_CLEAN_SCALE,
     lean: float = 0.0,
-    seed: int = 0,
-    suspect: int | None = None,
 ) -> Choice:
     """:func:`choose` on models, with every signal computed from ``synthetic`` inputs.
 
@@ -530,8 +528,7 @@ def choose_for(
     ladder (patch area 1, 2, 5 % of the image; blend weight 0.03, 0.05, 0.1) at which the original follows it
     on ≥ 90 % of the sources — a backdoor needs only a small trigger (the idea of Neural Cleanse's norm).
     Without ``clean_drop`` the clean term is the disagreement on the other classes' synthetic inputs times
-    ``clean_scale`` (module docstring). ``seed`` seeds the scan and the probe; ``suspect`` skips the scan.
-    Several synthetic sets: :func:`choose_for_repeats`.
+    ``clean_scale`` (module docstring). Several synthetic sets: :func:`choose_for_repeats`.
     """
     from otbr.metrics import predict
 
@@ -542,16 +539,15 @@ def choose_for(
     pool, pool_ref = synthetic, ref
     if probe_images is not None:
         pool, pool_ref = probe_images, predict(original, probe_images)
-    if suspect is None and probe:
-        scan = target_scan(original, pool, pool_ref, num_classes, budget=probe_budget, seed=seed)
+    if probe:
+        scan = target_scan(original, pool, pool_ref, num_classes, budget=probe_budget)
         suspect = _scan_suspect(scan, preds, ref, num_classes)
         extra["target_scan"] = [round(float(v), 4) for v in scan]
-    elif suspect is None:
-        suspect = suspect_class(preds, ref, num_classes)
-    if probe:
         bdrop, extra["probe"] = _probe(original, candidates, pool, pool_ref, suspect, budget=probe_budget,
-                                       steps=probe_steps, ladder=probe_ladder, seed=seed,
+                                       steps=probe_steps, ladder=probe_ladder,
                                        sources="synthetic" if probe_images is None else "given images")
+    else:
+        suspect = suspect_class(preds, ref, num_classes)
     choice = choose(preds, ref, num_classes, clean_drop=clean_drop, backdoor_drop=bdrop, suspect=suspect,
                     clean_scale=clean_scale, lean=lean)
     if bdrop is not None:
@@ -609,19 +605,25 @@ def choose_for_repeats(
     suspect = _scan_suspect(scan, joint, torch.cat(refs), num_classes)
     repeats: list[dict[str, Any]] = []
     per_set: list[Choice] = []
+    probe_kw = {"budget": probe_budget, "steps": probe_steps, "ladder": False, "sources": "synthetic"}
     for i, x in enumerate(sets):
-        alone = choose_for(original, candidates, x, num_classes, probe_budget=probe_budget, probe_steps=probe_steps,
-                           clean_scale=clean_scale, lean=lean, seed=i, suspect=own[i])
-        joined = alone if own[i] == suspect else choose_for(
-            original, candidates, x, num_classes, probe_budget=probe_budget, probe_steps=probe_steps,
-            clean_scale=clean_scale, lean=lean, seed=i, suspect=suspect)
+        # the predictions and scans above are reused: each set needs only its probe(s) and the rule
+        bdrop, probe_own = _probe(original, candidates, x, refs[i], own[i], seed=i, **probe_kw)
+        alone = choose(preds[i], refs[i], num_classes, backdoor_drop=bdrop, suspect=own[i], clean_scale=clean_scale,
+                       lean=lean)
+        joined, probe_joined = alone, probe_own
+        if own[i] != suspect:
+            bdrop, probe_joined = _probe(original, candidates, x, refs[i], suspect, seed=i, **probe_kw)
+            joined = choose(preds[i], refs[i], num_classes, backdoor_drop=bdrop, suspect=suspect,
+                            clean_scale=clean_scale, lean=lean)
+        joined.signal = SIGNAL_PROBE if bdrop is not None else SIGNAL
         per_set.append(joined)
         repeats.append({"seed": i, "suspect": own[i], "chosen": alone.value,
                         "target_scan": [round(float(v), 4) for v in scans[i]],
                         "estimated_der": {str(r["value"]): r["estimated_der"] for r in alone.candidates},
-                        "probe": alone.extra.get("probe"),
+                        "probe": probe_own,
                         "estimated_der_at_suspect": {str(r["value"]): r["estimated_der"] for r in joined.candidates},
-                        "probe_at_suspect": joined.extra.get("probe")})
+                        "probe_at_suspect": probe_joined})
     rows: list[dict[str, float]] = []
     for j, v in enumerate(sorted(candidates)):
         cells = [c.candidates[j] for c in per_set]
@@ -640,7 +642,7 @@ def choose_for_repeats(
              "margin": None if runner_up is None else round(top["estimated_der"] - runner_up, 4),
              "lean": {"within": lean, "best_estimate": top["value"], "moved": best is not top},
              "target_scan": [round(float(v), 4) for v in scan], "repeats": repeats, "repeat_agreement": agreement,
-             "probe": per_set[0].extra.get("probe")}
+             "probe": repeats[0]["probe_at_suspect"]}
     signal = per_set[0].signal + f"; each term averaged over {len(sets)} synthetic sets (seeds), the suspect from " \
                                  "their averaged target scan"
     return Choice(value=float(best["value"]), suspect=suspect, candidates=rows, signal=signal, extra=extra)
