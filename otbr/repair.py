@@ -52,6 +52,10 @@ from inversions of it (``rebuild``, off) brought the backdoor back with it (mean
 ``benchmarks/results/repair-gpu-explore-fmnist.md`` §3). ``info["guarded_kept"]`` reports, with no data, the
 share of the original's inversions of the guarded classes that each model calls by their class; below 0.1 the
 repair warns. 150 steps (300 until 2026-11-23) were chosen on the main and second zoos' mean DER (§4 there).
+The class is held down rather than erased, and the backdoor with it: adding 7–16 to the suspect's logit of a
+repaired model brings its ASR back to 7–20 % on four zoo models (ORACLE probe,
+``benchmarks/results/repair-bias-explore-fmnist.md``), and only on one of them does the class come back first —
+so the repaired model's ASR rests partly on that suppressed logit, and no data-free bias wins the class back.
 
 The images are NOT jittered by default (``shift=0``): a backdoored model reads
 shifted inversions as its target class (56 % of them on the BadNets model,
