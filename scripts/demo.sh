@@ -22,5 +22,5 @@ echo "[demo] model: $model" >&2
 "$otbr" inspect "$model" | head -n 8
 echo "[demo] OTBR, data-free: random-noise unlearning -> NWC pruning -> OT fusion (no data is read by the defense;" >&2
 echo "[demo] the Fashion-MNIST test set and the model's recorded trigger are used only to measure before/after)" >&2
-"$otbr" defend otbr "$model" -o "$out/defended.safetensors" --report "$out/report.json"
+"$otbr" defend otbr "$model" -o "$out/defended.safetensors" --report "$out/report.json" --force
 echo "[demo] defended model: $out/defended.safetensors   report: $out/report.json" >&2
