@@ -33,6 +33,7 @@ from zoo import FOLDERS
 from otbr.attacks import attack_from_config
 from otbr.data import load_dataset
 from otbr.defenses.otbr import OTBR
+from otbr.metrics import accuracy
 from otbr.models import load_model, save_model
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import repair
@@ -100,7 +101,7 @@ def sweep(zoo: str, name: str, test: Any, cache: Path, limit: int) -> dict[str, 
                      "asr": round(100 * float((pp == target).float().mean()), 2),
                      "real_fp": round(100 * float((pc[y != target] == target).float().mean()), 2),
                      "syn_fp": round(100 * float((pss[other] == suspect).float().mean()), 2)})
-    orig_acc = round(100 * float((logits(original, x).argmax(1) == y).float().mean()), 2)
+    orig_acc = round(100 * accuracy(original, x, y), 2)
     return {"zoo": zoo, "model": name, "gamma": gamma, "suspect": suspect, "target": target,
             "original_acc": orig_acc, "repair_s": round(secs, 1), "rows": rows}
 
@@ -131,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    args.cache.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "repair-bias-explore-fmnist.json"
     if args.render:
         write_markdown(json.loads(path.read_text()), path.with_suffix(".md"))
         return 0
+    args.cache.mkdir(parents=True, exist_ok=True)
     if not args.models:
         ap.error("--models is required")
     test = load_dataset("fashion-mnist", "test")
