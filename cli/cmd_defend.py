@@ -296,7 +296,7 @@ def defend() -> None:
                    "of clean accuracy (calibrated on the development zoos' clean accuracy; 1 takes it as is).")
 @click.option("--lean", default=None, type=click.FloatRange(0, 1),
               help="--gamma auto: take the largest γ whose estimated DER is within this of the best (under-pruning "
-                   "leaves the backdoor; 0: the best estimate itself). Default: 0.035, and 0 with --repair.")
+                   "leaves the backdoor; 0: the best estimate itself). Default: 0.065, and 0 with --repair.")
 @click.option("--selection-repeats", default=3, show_default=True, type=click.IntRange(1),
               help="--gamma auto: average the estimates over this many synthetic sets (seeds); the report gives "
                    "each set's lone choice and how many agree. Costs that many times the selection's time.")

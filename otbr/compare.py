@@ -55,7 +55,9 @@ FALLBACK_RATIO = 0.05
 
 #: Options a defense gained after cells were made, with the value that reproduces those cells exactly: at that
 #: value they stay out of a cell's key, so the cells made before stay valid (any other value re-runs them).
-LATER_OPTIONS: dict[str, dict[str, Any]] = {"otbr": {"selection_repeats": 1}}
+#: OTBR's ``lean_used`` entered the key when the default lean changed from 0.035 to 0.065: the cells keyed before
+#: it ran with 0.035.
+LATER_OPTIONS: dict[str, dict[str, Any]] = {"otbr": {"selection_repeats": 1, "lean_used": 0.035}}
 
 
 @dataclasses.dataclass

@@ -126,7 +126,9 @@ def test_lean_takes_the_most_pruning_within_it_of_the_best() -> None:
     with pytest.raises(ValueError, match="lean"):
         choose(cands, ref, 2, lean=-0.1, **kw)
     assert OTBR(input_shape=(1, 8, 8)).config()["lean"] is None  # the default: OTBR_LEAN, 0 with the repair
-    assert OTBR(input_shape=(1, 8, 8)).effective_lean() == OTBR_LEAN == 0.035
+    assert OTBR(input_shape=(1, 8, 8)).effective_lean() == OTBR_LEAN == 0.065
+    assert OTBR(input_shape=(1, 8, 8)).config()["lean_used"] == OTBR_LEAN  # in reports and compare's cell keys
+    assert "lean_used" not in OTBR(input_shape=(1, 8, 8), gamma=0.1).config()  # no choice, no lean
     assert OTBR(input_shape=(1, 8, 8), repair_steps=5).effective_lean() == 0.0
     assert OTBR(input_shape=(1, 8, 8), repair_steps=5, lean=0.02).effective_lean() == 0.02
     assert next(p for p in defend_otbr.params if p.name == "lean").default is None

@@ -275,6 +275,20 @@ class OTBR(Defense):
         choice.extra["synthetic"] = syns[0].info if len(syns) == 1 else [s.info for s in syns]
         return choice, built, time.perf_counter() - t0
 
+    def config(self) -> dict[str, Any]:
+        """The hyperparameters (public attributes), plus ``lean_used`` when ``gamma="auto"``: the lean the choice
+        applies (``lean=None`` follows :data:`~otbr.selection.OTBR_LEAN`, so a changed default shows in reports and
+        in ``otbr compare``'s cell keys).
+
+        Example:
+            >>> OTBR(input_shape=(1, 8, 8)).config()["lean_used"], "lean_used" in OTBR(gamma=0.1).config()
+            (0.065, False)
+        """
+        out = super().config()
+        if self.gamma == "auto":
+            out["lean_used"] = self.effective_lean()
+        return out
+
     def effective_lean(self) -> float:
         """The lean the automatic γ uses: ``lean`` when given, else :data:`~otbr.selection.OTBR_LEAN` for the fused
         output and ``0`` when the repair replaces the fusion.
@@ -282,7 +296,7 @@ class OTBR(Defense):
         Example:
             >>> fused, repaired = OTBR(input_shape=(1, 8, 8)), OTBR(input_shape=(1, 8, 8), repair_steps=10)
             >>> fused.effective_lean(), repaired.effective_lean()
-            (0.035, 0.0)
+            (0.065, 0.0)
         """
         if self.lean is not None:
             return self.lean
