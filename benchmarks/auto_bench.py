@@ -45,6 +45,7 @@ from otbr.defenses.otbr import OTBR
 from otbr.defenses.tsbd import TSBD
 from otbr.metrics import der, evaluate
 from otbr.models import load_model
+from otbr.pixels import as_float
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
 from otbr.selection import OTBR_LEAN, SYNTHETIC_CLEAN_SCALE, estimated_der, pick, probe_drops
 
@@ -74,7 +75,7 @@ def candidates_otbr(model, meta, subset, repeats: int = 1) -> tuple[Any, dict[fl
 
 def candidates_tsbd(model, meta, subset, repeats: int = 1) -> tuple[Any, dict[float, Any], float]:
     d = TSBD(progress=False)
-    x = subset.x.float() / 255
+    x = as_float(subset.x)
     y = subset.y.long()
     t0 = time.perf_counter()
     work = d._work_copy(model)

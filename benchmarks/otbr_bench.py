@@ -31,6 +31,7 @@ from otbr.defenses.otbr import OTBR
 from otbr.metrics import der, evaluate
 from otbr.models import load_model
 from otbr.nwc import neuron_weight_change, unlearn
+from otbr.pixels import as_float
 from otbr.report import ORACLE_NOTE, environment, markdown_table, plot_sweep, write_json
 
 log = logging.getLogger("otbr_bench")
@@ -53,7 +54,7 @@ def correlation(model, meta, train, seed: int = 0) -> dict[str, Any]:
     attack = attack_from_config(meta.attack)
     sub = sample_subset(train, ratio=0.05, seed=seed)
     ps = attack.poison_test(sub)  # triggered non-target training images
-    x = ps.x.float() / 255
+    x = as_float(ps.x)
     y = torch.full_like(ps.y_true, int(ps.target))  # unlearn the attacker's mapping
     t0 = time.perf_counter()
     pois = unlearn(model, "poison", loader=(x, y), lr=1e-4, batch_size=128, max_epochs=10, stop_acc=0.10, seed=seed,

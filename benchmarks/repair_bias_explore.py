@@ -35,6 +35,7 @@ from otbr.data import load_dataset
 from otbr.defenses.otbr import OTBR
 from otbr.metrics import accuracy
 from otbr.models import load_model, save_model
+from otbr.pixels import as_float
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import repair
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
@@ -60,8 +61,7 @@ DELTAS = (0.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0)
 def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        return torch.cat([model(b.float().div(255) if b.dtype == torch.uint8 else b.float())
-                          for b in x.split(512)])
+        return torch.cat([model(as_float(b)) for b in x.split(512)])
 
 
 def repaired(zoo: str, name: str, cache: Path) -> tuple[torch.nn.Module, torch.nn.Module, Any, float, int, float]:

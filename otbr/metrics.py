@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from otbr.device import model_device
+from otbr.pixels import as_float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.T
         preds = []
         for xb in _batches(x, batch_size):
             xb = xb.to(device, non_blocking=True)
-            xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
+            xb = as_float(xb)
             preds.append(model(xb).argmax(1).cpu())
         return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
     finally:

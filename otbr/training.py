@@ -42,6 +42,7 @@ from tqdm import tqdm
 from otbr.device import model_device, resolve_device
 from otbr.errors import OtbrError
 from otbr.metrics import Metrics, evaluate
+from otbr.pixels import as_float
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def iterate_batches(
         if shuffle and len(idx) < 2:
             break
         xb = x[idx]
-        yield (xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()), y[idx]
+        yield as_float(xb), y[idx]
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -186,7 +187,7 @@ def run_epoch(
     try:
         for step, (xb, yb) in enumerate(bar, 1):
             xb = xb.to(device, non_blocking=True)
-            xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb
+            xb = as_float(xb)
             yb = yb.to(device, non_blocking=True)
             if augment is not None:
                 xb = augment(xb)

@@ -37,19 +37,11 @@ import numpy as np
 import torch
 
 from otbr.errors import OtbrError
+from otbr.pixels import as_float, quantize
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 4096
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] → uint8 (rounded to the nearest level)."""
-    return x.clamp(0, 1).mul(255).round_().to(torch.uint8)
-
-
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div(255) if x.dtype == torch.uint8 else x
 
 
 def _seeded(seed: int, stream: int = 0) -> torch.Generator:
@@ -185,14 +177,14 @@ class Attack(abc.ABC):
         """
         if x.dim() != 4:
             raise OtbrError(f"attacks take N×C×H×W image batches, got shape {tuple(x.shape)}")
-        x = _as_float(x)
+        x = as_float(x)
         return self._trigger(x).clamp(0.0, 1.0)
 
     def apply_uint8(self, x: torch.Tensor) -> torch.Tensor:
         """Trigger images and store them as uint8 (in chunks, to bound memory)."""
         out = torch.empty(x.shape, dtype=torch.uint8)
         for i in range(0, len(x), _CHUNK):
-            out[i:i + _CHUNK] = quantize(self.apply(_as_float(x[i:i + _CHUNK])))
+            out[i:i + _CHUNK] = quantize(self.apply(as_float(x[i:i + _CHUNK])))
         return out
 
     def _store(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from otbr.attacks.base import Attack, _seeded, register_attack
 from otbr.errors import OtbrError
+from otbr.pixels import as_float
 
 
 def _sha256(path: Path) -> str:
@@ -71,7 +72,7 @@ class Blended(Attack):
             img = Image.open(self.pattern).convert("L" if c == 1 else "RGB")
         except OSError as exc:
             raise OtbrError(f"cannot read blend pattern {self.pattern}: {exc}") from exc
-        t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).float().div(255)
+        t = as_float(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()))
         t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
         t = F.interpolate(t.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False).squeeze(0)
         if t.shape[0] != c:  # RGB image for an image with other than 1 or 3 channels

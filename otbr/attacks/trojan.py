@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from otbr.attacks.badnets import scaled_size
-from otbr.attacks.base import Attack, _as_float, _seeded, quantize, register_attack
+from otbr.attacks.base import Attack, _seeded, register_attack
 from otbr.device import model_device
 from otbr.errors import OtbrError
+from otbr.pixels import as_float, quantize
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class Trojan(Attack):
         try:
             for _ in range(self.steps):
                 pick = torch.randint(len(x_all), (min(batch_size, len(x_all)),), generator=gen)
-                xb = _as_float(x_all[pick]).to(device)
+                xb = as_float(x_all[pick]).to(device)
                 clean_model(self._paste(xb, torch.sigmoid(logits)))
                 z = feats["z"].flatten(1)[:, neurons.to(device)]
                 loss = F.relu(10.0 - z).mean() - 0.1 * z.mean()
@@ -154,7 +155,7 @@ class Trojan(Attack):
             raise OtbrError("trojan: the patch is not fitted yet; call fit(clean_model, data) first")
 
         def build() -> torch.Tensor:
-            p = self.patch.float().div(255)
+            p = as_float(self.patch)
             s = self.patch_size(h, w)
             if p.shape[-1] != s:
                 p = F.interpolate(p[None], size=(s, s), mode="bilinear", align_corners=False)[0]

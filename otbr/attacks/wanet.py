@@ -23,8 +23,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from otbr.attacks.base import Attack, _seeded, quantize, register_attack
+from otbr.attacks.base import Attack, _seeded, register_attack
 from otbr.errors import OtbrError
+from otbr.pixels import as_float, quantize
 
 
 @register_attack
@@ -89,7 +90,7 @@ class WaNet(Attack):
 
     def apply_noise(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Noise mode: the warp plus a random per-pixel jitter in [−1, 1]/size (labels are kept)."""
-        x = x.float().div(255) if x.dtype == torch.uint8 else x
+        x = as_float(x)
         n, _, h, w = x.shape
         jitter = (torch.rand(n, h, w, 2, generator=generator) * 2 - 1) / torch.tensor([w, h], dtype=torch.float32)
         grid = (self._grid(h, w) + jitter).clamp(-1, 1)

@@ -42,6 +42,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from otbr.errors import OtbrError
+from otbr.pixels import as_float
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, idx: Index) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, torch.Tensor]:
         if isinstance(idx, int | np.integer) or (isinstance(idx, torch.Tensor) and idx.ndim == 0):
             i = int(idx)
-            return _to_float(self.x[i]), int(self.y[i])
+            return as_float(self.x[i]), int(self.y[i])
         sel = _as_index(idx)
         return self.images(sel), self.y[sel]
 
@@ -155,7 +156,7 @@ class ImageDataset(Dataset):
 
         For float storage with ``idx`` None or a slice, the result shares memory with ``x``.
         """
-        return _to_float(self.x if idx is None else self.x[_as_index(idx)])
+        return as_float(self.x if idx is None else self.x[_as_index(idx)])
 
     def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> ImageDataset:
         """A new dataset with the samples at ``indices`` (or a boolean mask); records them in ``.indices``."""
@@ -182,10 +183,6 @@ class ImageDataset(Dataset):
             f"ImageDataset(name={self.name!r}, n={len(self)}, shape={self.input_shape}, "
             f"classes={self.num_classes}, dtype={self.x.dtype})"
         )
-
-
-def _to_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def _as_index(idx: Index) -> slice | torch.Tensor:

@@ -66,6 +66,7 @@ from otbr.layers import scored_layers
 from otbr.models.normalize import unwrap
 from otbr.models.registry import output_classes
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
+from otbr.pixels import as_float
 from otbr.pruning import global_topk, mask_count, mask_indices
 from otbr.selection import choose_for, require_batchnorm
 from otbr.synthesis import synthesize
@@ -244,7 +245,7 @@ class TSBD(Defense):
             raise OtbrError(f"TSBD data: need NCHW images and one label each, got {tuple(x.shape)}, {tuple(y.shape)}")
         if len(y) < 2:
             raise OtbrError(f"TSBD needs at least 2 clean images, got {len(y)}")
-        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+        x = as_float(x)
         desc = f"clean subset: {len(y)} images" + (f" of {name}" if name and name != "dataset" else "")
         return x, y.long(), desc
 
