@@ -1,0 +1,41 @@
+"""The benchmark scripts' bookkeeping that committed results rest on (no models run)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+auto_bench = pytest.importorskip("auto_bench")
+
+
+def _row(lean: float) -> dict:
+    """A three-set OTBR row: averaged estimates (points) and measured DER per γ, chosen under ``lean``."""
+    est = {0.1: 90.0, 0.15: 85.0, 0.2: 80.0}
+    der = {0.1: 70.0, 0.15: 95.0, 0.2: 60.0}
+    cands = [{"value": v, "estimated_der": est[v], "der": der[v]} for v in est]
+    auto = auto_bench.pick(cands, 100 * lean)
+    oracle = max(cands, key=lambda r: r["der"])
+    return {"candidates": cands, "auto": auto, "oracle": oracle, "gap": round(oracle["der"] - auto["der"], 2),
+            "lean": lean, "clean_scale": 0.7, "backdoor_term": "relative", "repeats": [
+                {"seed": 0, "suspect": 1, "chosen": 0.1, "estimated_der": {str(v): e for v, e in est.items()}}]}
+
+
+def test_rescore_reapplies_a_changed_lean_to_averaged_rows_and_keeps_the_old_choice() -> None:
+    row = _row(0.035)
+    assert row["auto"]["value"] == 0.1 and row["gap"] == 25.0
+    assert auto_bench.rescore(row, "otbr", lean=0.065)
+    assert row["auto"]["value"] == 0.15 and row["gap"] == 0.0 and row["lean"] == 0.065 and row["rescored"]
+    assert row["lean_history"] == [{"lean": 0.035, "value": 0.1, "der": 70.0, "gap": 25.0}]
+    assert row["as_run"]["value"] == 0.1
+    assert auto_bench.lone_gaps(row) == [0.0]  # each set's lone choice under the row's new lean
+    assert not auto_bench.rescore(row, "otbr", lean=0.065)  # nothing left to change
+    assert auto_bench.rescore(row, "otbr", lean=0.2) and row["auto"]["value"] == 0.2
+    assert [h["lean"] for h in row["lean_history"]] == [0.035, 0.065] and row["as_run"]["value"] == 0.1
+
+
+def test_rescore_leaves_tsbd_rows_with_repeats_alone() -> None:
+    row = _row(0.0)
+    assert not auto_bench.rescore(row, "tsbd", lean=0.065) and "lean_history" not in row
