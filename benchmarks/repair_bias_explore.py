@@ -18,8 +18,6 @@ Writes ``benchmarks/results/repair-bias-explore-fmnist.{md,json}`` (repaired mod
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from explore_cli import model_specs, parser, start
 from repair_bench import auto_gammas
 from zoo import FOLDERS
 
@@ -123,24 +122,17 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", help="comma-separated zoo:model (required unless --render)")
+    ap = parser(__doc__)
     ap.add_argument("--eval-limit", type=int, default=5000)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/otbr-repair-bias"))
-    ap.add_argument("--render", action="store_true", help="only rewrite the Markdown from the JSON")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    torch.set_num_threads(args.threads)
     path = RESULTS / "repair-bias-explore-fmnist.json"
-    if args.render:
-        write_markdown(json.loads(path.read_text()), path.with_suffix(".md"))
+    if start(args, path, write_markdown):
         return 0
+    specs = model_specs(ap, args.models)
     args.cache.mkdir(parents=True, exist_ok=True)
-    if not args.models:
-        ap.error("--models is required")
     test = load_dataset("fashion-mnist", "test")
-    models = [sweep(*item.split(":", 1), test, args.cache, args.eval_limit) for item in args.models.split(",")]
+    models = [sweep(zoo, name, test, args.cache, args.eval_limit) for zoo, name in specs]
     payload = {"command": "python benchmarks/repair_bias_explore.py " + " ".join(argv or sys.argv[1:]),
                "eval_limit": args.eval_limit, "threads": args.threads, "models": models,
                "environment": environment(), "oracle_note": ORACLE_NOTE}

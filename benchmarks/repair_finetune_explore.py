@@ -22,8 +22,6 @@ Writes ``benchmarks/results/repair-finetune-explore-fmnist.{md,json}``; repaired
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 import time
@@ -31,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from explore_cli import model_specs, parser, start
 from repair_bias_explore import repaired
-from zoo import FOLDERS
 
 from otbr.attacks import attack_from_config
 from otbr.data import load_dataset, sample_subset
@@ -94,25 +92,15 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", help="comma-separated ZOO:NAME (required unless --render)")
+    ap = parser(__doc__)
     ap.add_argument("--epochs", default="1,5", help="fine-tuning epochs, comma-separated (each from the start)")
     ap.add_argument("--eval-limit", type=int, default=5000)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/otbr-repair-bias"))
-    ap.add_argument("--render", action="store_true", help="only rewrite the Markdown from the JSON")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    torch.set_num_threads(args.threads)
     path = RESULTS / "repair-finetune-explore-fmnist.json"
-    if args.render:
-        write_markdown(json.loads(path.read_text()), path.with_suffix(".md"))
+    if start(args, path, write_markdown):
         return 0
-    if not args.models:
-        ap.error("--models is required")
-    specs = [s.split(":", 1) for s in args.models.split(",")]
-    if any(len(s) != 2 or s[0] not in FOLDERS for s in specs):
-        ap.error(f"--models: give ZOO:NAME with ZOO one of {sorted(FOLDERS)}")
+    specs = model_specs(ap, args.models)
     args.cache.mkdir(parents=True, exist_ok=True)
     test = load_dataset("fashion-mnist", "test")
     subset = sample_subset(load_dataset("fashion-mnist", "train"), ratio=0.05, seed=0)

@@ -24,7 +24,6 @@ Writes ``benchmarks/results/suspect-explore-fmnist.{md,json}``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from explore_cli import model_specs, parser, start
 from zoo import FOLDERS
 
 from otbr.defenses.otbr import OTBR
@@ -107,20 +107,13 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=False, help="comma-separated ZOO:NAME")
-    ap.add_argument("--threads", type=int, default=1)
+    ap = parser(__doc__)
     ap.add_argument("--append", action="store_true", help="keep the rows of the existing result file")
-    ap.add_argument("--render", action="store_true", help="only rewrite the Markdown from the JSON")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    torch.set_num_threads(args.threads)
     path = RESULTS / "suspect-explore-fmnist.json"
-    if args.render:
-        write_markdown(json.loads(path.read_text()), path.with_suffix(".md"))
+    if start(args, path, write_markdown):
         return 0
-    if not args.models:
-        raise SystemExit("--models: give ZOO:NAME,...")
+    specs = model_specs(ap, args.models)
     command = "python benchmarks/suspect_explore.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[dict[str, Any]] = []
     kept: dict[str, Any] = {}
@@ -129,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, command = prev["models"], prev["command"] + ", then " + command
         kept = {k: prev[k] for k in ("reading",) if k in prev}
     done = {(r["zoo"], r["model"]) for r in rows}
-    for spec in args.models.split(","):
-        zoo, _, name = spec.partition(":")
-        if zoo not in FOLDERS or not name:
-            raise SystemExit(f"--models: {spec!r} is not ZOO:NAME with ZOO one of {sorted(FOLDERS)}")
+    for zoo, name in specs:
         if (zoo, name) in done:
             continue
         rows.append(explore(zoo, name))
