@@ -6,7 +6,8 @@ target class with it (acc_t ≈ 0). ``repair_bias_explore.py`` showed that class
 erased. A user who has a little clean data after all would fine-tune the cleaned model to win the class back. This
 probe measures what that does: each series (the original, OTBR's pruning at the repair's automatic γ, the default
 OT fusion at that γ, and the default repair of the pruned model) is fine-tuned with ``FT`` (SGD lr 0.01, cosine,
-batch 128) on the 5 % clean subset TSBD and FT use (seed 0), for 1 and 5 epochs, and scored on the clean and
+batch 128) and with TSBD's activeness-aware update (``otbr.activeness.finetune``, TSBD's defaults) on the 5 % clean
+subset TSBD and FT use (seed 0), for 1 and 5 epochs, and scored on the clean and
 poisoned test sets: ACC, the target class's clean accuracy (acc_t) and the ASR. Fine-tuning the original is the
 plain FT baseline.
 
@@ -22,6 +23,7 @@ Writes ``benchmarks/results/repair-finetune-explore-fmnist.{md,json}``; repaired
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -32,10 +34,12 @@ import torch
 from explore_cli import model_specs, parser, start
 from repair_bias_explore import repaired
 
+from otbr.activeness import finetune
 from otbr.attacks import attack_from_config
 from otbr.data import load_dataset, sample_subset
 from otbr.defenses.ft import FT
 from otbr.defenses.otbr import OTBR
+from otbr.finetune import clean_tensors
 from otbr.metrics import predict
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
 
@@ -43,6 +47,18 @@ log = logging.getLogger("repair_finetune_explore")
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 SERIES = ("original", "pruned", "fused", "repaired")
+TUNERS = ("ft", "activeness")
+
+
+def tune(model: torch.nn.Module, subset: Any, tuner: str, epochs: int) -> torch.nn.Module:
+    """A fine-tuned copy: ``ft`` is the FT baseline (plain SGD); ``activeness`` TSBD's stage-2 update (gradient-norm
+    penalty, r 0.05, α 0.7, 2-px crops) at TSBD's defaults otherwise (SGD lr 0.01, cosine)."""
+    if tuner == "ft":
+        return FT(epochs=epochs, progress=False).run(model, subset).model
+    work = copy.deepcopy(model)
+    x, y = clean_tensors(subset)
+    finetune(work, x, y, mode="activeness", epochs=epochs, progress=False)
+    return work
 
 
 def scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, px: torch.Tensor, target: int) -> dict:
@@ -54,7 +70,7 @@ def scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, px: torch.T
 
 
 def explore(zoo: str, name: str, test: Any, subset: Any, epochs: list[int], cache: Path,
-            limit: int) -> dict[str, Any]:
+            limit: int, tuners: list[str]) -> dict[str, Any]:
     original, fixed, meta, gamma, suspect, _ = repaired(zoo, name, cache)
     ps = attack_from_config(meta.attack).poison_test(test)
     target = int(ps.target)
@@ -64,13 +80,15 @@ def explore(zoo: str, name: str, test: Any, subset: Any, epochs: list[int], cach
               "fused": OTBR(**kw).run(original).model, "repaired": fixed}
     rows = []
     for series in SERIES:
-        rows.append({"series": series, "ft_epochs": 0, **scores(models[series], x, y, px, target), "ft_s": 0.0})
-        for e in epochs:
-            t0 = time.perf_counter()
-            tuned = FT(epochs=e, progress=False).run(models[series], subset).model
-            rows.append({"series": series, "ft_epochs": e, **scores(tuned, x, y, px, target),
-                         "ft_s": round(time.perf_counter() - t0, 1)})
-            log.info("%s/%s %s + FT %d: %s", zoo, name, series, e, rows[-1])
+        rows.append({"series": series, "tuner": "-", "ft_epochs": 0, **scores(models[series], x, y, px, target),
+                     "ft_s": 0.0})
+        for tuner in tuners:
+            for e in epochs:
+                t0 = time.perf_counter()
+                tuned = tune(models[series], subset, tuner, e)
+                rows.append({"series": series, "tuner": tuner, "ft_epochs": e, **scores(tuned, x, y, px, target),
+                             "ft_s": round(time.perf_counter() - t0, 1)})
+                log.info("%s/%s %s + %s %d: %s", zoo, name, series, tuner, e, rows[-1])
     return {"zoo": zoo, "model": name, "gamma": gamma, "suspect": suspect, "target": target, "rows": rows}
 
 
@@ -86,7 +104,7 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "steps). `ft_epochs` 0: before fine-tuning.", ""]
     for m in p["models"]:
         lines += [f"## {m['zoo']}:{m['model']} (γ {m['gamma']}, target {m['target']}, suspect {m['suspect']})", "",
-                  markdown_table(m["rows"], ["series", "ft_epochs", "acc", "acc_t", "asr", "ft_s"]), ""]
+                  markdown_table(m["rows"], ["series", "tuner", "ft_epochs", "acc", "acc_t", "asr", "ft_s"]), ""]
     lines.append(f"Machine: {p['environment'].get('platform', '')}, {p['threads']} thread(s), shared 2-core CPU.")
     path.write_text("\n".join(lines) + "\n")
 
@@ -96,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", default="1,5", help="fine-tuning epochs, comma-separated (each from the start)")
     ap.add_argument("--eval-limit", type=int, default=5000)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/otbr-repair-bias"))
+    ap.add_argument("--tuners", default="ft,activeness", help=f"comma-separated, of {', '.join(TUNERS)}")
     args = ap.parse_args(argv)
     path = RESULTS / "repair-finetune-explore-fmnist.json"
     if start(args, path, write_markdown):
@@ -105,12 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     test = load_dataset("fashion-mnist", "test")
     subset = sample_subset(load_dataset("fashion-mnist", "train"), ratio=0.05, seed=0)
     epochs = [int(e) for e in args.epochs.split(",")]
+    tuners = args.tuners.split(",")
+    if not set(tuners) <= set(TUNERS):
+        ap.error(f"--tuners: comma-separated, of {', '.join(TUNERS)}")
     payload: dict[str, Any] = {
         "command": "python benchmarks/repair_finetune_explore.py " + " ".join(argv or sys.argv[1:]),
         "eval_limit": args.eval_limit, "threads": args.threads, "subset_size": len(subset), "models": [],
         "environment": environment(), "oracle_note": ORACLE_NOTE}
     for zoo, name in specs:
-        payload["models"].append(explore(zoo, name, test, subset, epochs, args.cache, args.eval_limit))
+        payload["models"].append(explore(zoo, name, test, subset, epochs, args.cache, args.eval_limit, tuners))
         write_json(path, payload)
         write_markdown(payload, path.with_suffix(".md"))
     return 0
