@@ -54,6 +54,8 @@ READING = (
     "data-free signal (syn FP) stays at 0 on the three models where the backdoor comes first until far past the "
     "point where it has, so it cannot set δ. No bias is added by the repair."
 )
+#: where the repaired models are kept between runs (``repair_finetune_explore.py`` shares it)
+CACHE = Path("/tmp/otbr-repair-bias")
 DELTAS = (0.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0)
 
 
@@ -124,7 +126,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--eval-limit", type=int, default=5000)
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/otbr-repair-bias"))
+    ap.add_argument("--cache", type=Path, default=CACHE)
     args = ap.parse_args(argv)
     path = RESULTS / "repair-bias-explore-fmnist.json"
     if start(args, path, write_markdown):

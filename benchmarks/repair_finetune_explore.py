@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from explore_cli import model_specs, parser, start
-from repair_bias_explore import repaired
+from repair_bias_explore import CACHE, repaired
 
 from otbr.activeness import finetune
 from otbr.attacks import attack_from_config
@@ -40,7 +40,7 @@ from otbr.data import load_dataset, sample_subset
 from otbr.defenses.ft import FT
 from otbr.defenses.otbr import OTBR
 from otbr.finetune import clean_tensors
-from otbr.metrics import predict
+from otbr.metrics import accuracy, evaluate
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
 
 log = logging.getLogger("repair_finetune_explore")
@@ -61,12 +61,11 @@ def tune(model: torch.nn.Module, subset: Any, tuner: str, epochs: int) -> torch.
     return work
 
 
-def scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, px: torch.Tensor, target: int) -> dict:
-    """ACC, acc_t (clean accuracy on the target class) and ASR, in percent."""
-    pc, pp = predict(model, x), predict(model, px)
-    return {"acc": round(100 * float((pc == y).float().mean()), 2),
-            "acc_t": round(100 * float((pc[y == target] == target).float().mean()), 2),
-            "asr": round(100 * float((pp == target).float().mean()), 2)}
+def scores(model: torch.nn.Module, sets: tuple, on_target: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """ACC, acc_t (clean accuracy on the target class's images ``on_target``) and ASR, in percent."""
+    r = evaluate(model, *sets)
+    return {"acc": round(100 * r.acc, 2), "acc_t": round(100 * accuracy(model, *on_target), 2),
+            "asr": round(100 * r.asr, 2)}
 
 
 def explore(zoo: str, name: str, test: Any, subset: Any, epochs: list[int], cache: Path,
@@ -74,19 +73,20 @@ def explore(zoo: str, name: str, test: Any, subset: Any, epochs: list[int], cach
     original, fixed, meta, gamma, suspect, _ = repaired(zoo, name, cache)
     ps = attack_from_config(meta.attack).poison_test(test)
     target = int(ps.target)
-    x, y, px = test.x[:limit], test.y[:limit], ps.x[:limit]
-    kw = {"gamma": gamma, "input_shape": meta.input_shape, "num_classes": meta.num_classes, "progress": False}
-    models = {"original": original, "pruned": OTBR(variant="prune", **kw).run(original).model,
-              "fused": OTBR(**kw).run(original).model, "repaired": fixed}
+    x, y = test.x[:limit], test.y[:limit]
+    sets, on_target = ((x, y), (ps.x[:limit], ps.y_true[:limit], target)), (x[y == target], y[y == target])
+    d = OTBR(gamma=gamma, input_shape=meta.input_shape, num_classes=meta.num_classes, progress=False)
+    pruned, fused, _ = d._defend(original, d.scores(original), gamma)  # one unlearning for both
+    models = {"original": original, "pruned": pruned, "fused": fused, "repaired": fixed}
     rows = []
     for series in SERIES:
-        rows.append({"series": series, "tuner": "-", "ft_epochs": 0, **scores(models[series], x, y, px, target),
+        rows.append({"series": series, "tuner": "-", "ft_epochs": 0, **scores(models[series], sets, on_target),
                      "ft_s": 0.0})
         for tuner in tuners:
             for e in epochs:
                 t0 = time.perf_counter()
                 tuned = tune(models[series], subset, tuner, e)
-                rows.append({"series": series, "tuner": tuner, "ft_epochs": e, **scores(tuned, x, y, px, target),
+                rows.append({"series": series, "tuner": tuner, "ft_epochs": e, **scores(tuned, sets, on_target),
                              "ft_s": round(time.perf_counter() - t0, 1)})
                 log.info("%s/%s %s + %s %d: %s", zoo, name, series, tuner, e, rows[-1])
     return {"zoo": zoo, "model": name, "gamma": gamma, "suspect": suspect, "target": target, "rows": rows}
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--epochs", default="1,5", help="fine-tuning epochs, comma-separated (each from the start)")
     ap.add_argument("--eval-limit", type=int, default=5000)
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/otbr-repair-bias"))
+    ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--tuners", default="ft,activeness", help=f"comma-separated, of {', '.join(TUNERS)}")
     args = ap.parse_args(argv)
     path = RESULTS / "repair-finetune-explore-fmnist.json"
