@@ -254,6 +254,11 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "mean_der_auto": round(statistics.fmean(m["auto"]["der"] for m in group), 2),
                     "mean_der_oracle": round(statistics.fmean(m["oracle"]["der"] for m in group), 2),
                     "mean_select_s": round(statistics.fmean(m["select_s"] for m in group), 1)})
+        earlier = [m["lean_history"][-1] for m in group if m.get("lean_history")]
+        if len(earlier) == len(group) and len({h["lean"] for h in earlier}) == 1:  # the choice under the last lean
+            prev = [h["gap"] for h in earlier]
+            out[-1].update({f"mean_gap_lean_{earlier[0]['lean']:g}": round(statistics.fmean(prev), 2),
+                            f"worst_gap_lean_{earlier[0]['lean']:g}": round(max(prev), 2)})
         if all("repeats" in m for m in group):
             lone = [g for m in group for g in lone_gaps(m)]
             lone0 = [g for m in group for g in lone_gaps(m, 0.0)]
@@ -276,6 +281,8 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+#: summary columns of the choice under a row's previous lean (``lean_history``), e.g. ``mean_gap_lean_0.035``
+LEAN_COLUMNS = ("mean_gap_lean_", "worst_gap_lean_")
 SUMMARY_COLUMNS = ["models", "n", "mean_gap_auto", "worst_gap_auto", "mean_gap_fixed", "worst_gap_fixed",
                    "auto_hits_oracle", "suspect_is_target", "mean_der_auto", "mean_der_oracle", "mean_select_s"]
 
@@ -303,7 +310,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "of the candidate table; they exist only to measure the gap.", "",
              *([f"**Note:** {p['note']}", ""] if p.get("note") else []),
              "## Summary", "", markdown_table(p["summary"], SUMMARY_COLUMNS + [
-                 c for c in ("mean_gap_factor_1", "worst_gap_factor_1", "mean_gap_abs_drop", "worst_gap_abs_drop",
+                 c for c in (*sorted({k for r in p["summary"] for k in r if k.startswith(LEAN_COLUMNS)}),
+                             "mean_gap_factor_1", "worst_gap_factor_1", "mean_gap_abs_drop", "worst_gap_abs_drop",
                              "mean_gap_top2", "worst_gap_top2", "mean_gap_one_set", "worst_gap_one_set",
                              "mean_gap_auto_no_lean", "worst_gap_auto_no_lean", "mean_gap_one_set_no_lean",
                              "worst_gap_one_set_no_lean", "mean_repeat_agreement")

@@ -19,7 +19,8 @@ def _row(lean: float) -> dict:
     auto = auto_bench.pick(cands, 100 * lean)
     oracle = max(cands, key=lambda r: r["der"])
     return {"candidates": cands, "auto": auto, "oracle": oracle, "gap": round(oracle["der"] - auto["der"], 2),
-            "lean": lean, "clean_scale": 0.7, "backdoor_term": "relative", "repeats": [
+            "lean": lean, "clean_scale": 0.7, "backdoor_term": "relative", "zoo": "main", "model": "m", "target": 1,
+            "suspected_target": 1, "fixed": None, "select_s": 1.0, "repeat_agreement": 1.0, "repeats": [
                 {"seed": 0, "suspect": 1, "chosen": 0.1, "estimated_der": {str(v): e for v, e in est.items()}}]}
 
 
@@ -39,3 +40,13 @@ def test_rescore_reapplies_a_changed_lean_to_averaged_rows_and_keeps_the_old_cho
 def test_rescore_leaves_tsbd_rows_with_repeats_alone() -> None:
     row = _row(0.0)
     assert not auto_bench.rescore(row, "tsbd", lean=0.065) and "lean_history" not in row
+
+
+def test_summary_gives_the_gap_under_the_previous_lean() -> None:
+    rows = [_row(0.035), _row(0.035)]
+    assert "mean_gap_lean_0.035" not in auto_bench.summary(rows)[0]  # nothing re-scored yet
+    for r in rows:
+        auto_bench.rescore(r, "otbr", lean=0.065)
+    first = auto_bench.summary(rows)[0]
+    assert first["mean_gap_auto"] == 0.0
+    assert first["mean_gap_lean_0.035"] == 25.0 and first["worst_gap_lean_0.035"] == 25.0
