@@ -234,7 +234,8 @@ def averaged_gap(m: dict[str, Any], lean: float) -> float:
 GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (main + second)", ("main", "second")),
           ("third zoo (held out until the probe-drop change)", ("third",)),
           ("fourth zoo (held out)", ("fourth",)),
-          ("fifth zoo (held out from everything decided on the first four)", ("fifth",)), ("all", tuple(ZOOS)))
+          ("fifth zoo (held out from everything decided on the first four)", ("fifth",)),
+          ("sixth zoo (held out from everything decided on the first five)", ("sixth",)), ("all", tuple(ZOOS)))
 
 
 def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
