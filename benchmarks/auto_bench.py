@@ -231,6 +231,23 @@ def averaged_gap(m: dict[str, Any], lean: float) -> float:
     return round(m["oracle"]["der"] - pick(m["candidates"], lean)["der"], 2)
 
 
+#: The collapse guard pre-registered with the sixth zoo (README, "Automatic γ"): OTBR candidates whose synthetic
+#: clean disagreement (percent) is above this are left out of the choice, unless every candidate is (then the
+#: smallest γ). Reported beside the shipped rule as the ``*_collapse_guard`` summary columns; not the default.
+COLLAPSE_LIMIT = 70.0
+
+
+def guarded_gap(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> float | None:
+    """The DER gap of the row's rule (its lean, its stored estimates) with the collapse guard; ``None`` for rows
+    whose clean term is not the synthetic disagreement (TSBD)."""
+    rows = m["candidates"]
+    if not str(m.get("clean_term", "")).startswith("synthetic") or any(
+            r.get("clean_disagreement_est") is None for r in rows):
+        return None
+    kept = [r for r in rows if r["clean_disagreement_est"] <= limit] or [min(rows, key=lambda r: r["value"])]
+    return round(m["oracle"]["der"] - pick(kept, 100 * m.get("lean", 0.0))["der"], 2)
+
+
 GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (main + second)", ("main", "second")),
           ("third zoo (held out until the probe-drop change)", ("third",)),
           ("fourth zoo (held out)", ("fourth",)),
@@ -264,6 +281,10 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
             none = [m["before_lean"]["gap"] for m in group]
             out[-1].update(mean_gap_auto_no_lean=round(statistics.fmean(none), 2),
                            worst_gap_auto_no_lean=round(max(none), 2))
+        guarded = [guarded_gap(m) for m in group]
+        if None not in guarded:
+            out[-1].update(mean_gap_collapse_guard=round(statistics.fmean(guarded), 2),
+                           worst_gap_collapse_guard=round(max(guarded), 2))
         if all("repeats" in m for m in group):
             lone = [g for m in group for g in lone_gaps(m)]
             lone0 = [g for m in group for g in lone_gaps(m, 0.0)]
@@ -319,12 +340,16 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                              "mean_gap_factor_1", "worst_gap_factor_1", "mean_gap_abs_drop", "worst_gap_abs_drop",
                              "mean_gap_top2", "worst_gap_top2", "mean_gap_one_set", "worst_gap_one_set",
                              "mean_gap_auto_no_lean", "worst_gap_auto_no_lean", "mean_gap_one_set_no_lean",
-                             "worst_gap_one_set_no_lean", "mean_repeat_agreement")
+                             "worst_gap_one_set_no_lean", "mean_repeat_agreement", "mean_gap_collapse_guard",
+                             "worst_gap_collapse_guard")
                  if any(c in r for r in p["summary"])]), "",
              "`mean_gap_fixed`: gap of the published fixed setting "
              f"({sym} = {FIXED[p['method']]}) on the same grid, for comparison."
              + (" `*_factor_1`: the gap the rule would have without the clean-term calibration (factor 1 on the "
-                "inversions' disagreement), from the same stored estimates." if p["method"] == "otbr" else "")
+                "inversions' disagreement), from the same stored estimates. `*_collapse_guard`: the gap with the "
+                f"collapse guard pre-registered with the sixth zoo (candidates whose synthetic disagreement is above "
+                f"{COLLAPSE_LIMIT:g} % left out; not the default), from the same stored estimates."
+                if p["method"] == "otbr" else "")
              + " `*_abs_drop`: the gap with the earlier backdoor term (the probe's absolute rate drop instead of "
              "the relative one), from the same stored probe rates. `*_top2`: the gap if the backdoor term read the "
              "probe softly (the target among the top 2 classes, relative drop) — recorded by the selector, not used "

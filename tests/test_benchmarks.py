@@ -50,3 +50,17 @@ def test_summary_gives_the_gap_under_the_previous_lean() -> None:
     first = auto_bench.summary(rows)[0]
     assert first["mean_gap_auto"] == 0.0
     assert first["mean_gap_lean_0.035"] == 25.0 and first["worst_gap_lean_0.035"] == 25.0
+
+
+def test_collapse_guard_leaves_out_candidates_that_disagree_with_the_original_on_most_inversions() -> None:
+    row = _row(0.0)  # chooses 0.1 (estimated 90) against the oracle 0.15: gap 25
+    row["clean_term"] = "synthetic disagreement × 0.7"
+    for r, dis in zip(row["candidates"], (80.0, 40.0, 95.0)):
+        r["clean_disagreement_est"] = dis
+    assert auto_bench.guarded_gap(row) == 0.0  # 0.1 collapsed: 0.15 (85) is the best left
+    for r in row["candidates"]:
+        r["clean_disagreement_est"] = 99.0
+    assert auto_bench.guarded_gap(row) == 25.0  # all collapsed: the smallest γ
+    assert auto_bench.summary([row])[0]["mean_gap_collapse_guard"] == 25.0
+    row["clean_term"] = "measured clean drop"  # TSBD: no synthetic disagreement to guard on
+    assert auto_bench.guarded_gap(row) is None and "mean_gap_collapse_guard" not in auto_bench.summary([row])[0]
