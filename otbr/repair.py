@@ -59,6 +59,10 @@ so the repaired model's ASR rests partly on that suppressed logit, and no data-f
 Clean fine-tuning of a repaired model does win it back, and the backdoor with it: one epoch of plain fine-tuning
 on a 5 % clean subset took the ASR of three repaired zoo models from 0 to 56–100 % (ORACLE probe,
 ``benchmarks/results/repair-finetune-explore-fmnist.md``; OTBR's pruned and fused models behave the same).
+Lifting the cap alone (the suspect's inversions still left out) brings the class back from the teacher's soft labels
+on the other classes' inversions — and the backdoor with it (BadNets ASR 0.05 → 93 % in 300 steps); unlearning
+reverse-engineered triggers on top holds BadNets at 18 % and not Blended or VGG BadNets (85–90 %) (ORACLE probe,
+``benchmarks/results/repair-uncap-explore-fmnist.md``).
 
 The images are NOT jittered by default (``shift=0``): a backdoored model reads
 shifted inversions as its target class (56 % of them on the BadNets model,
