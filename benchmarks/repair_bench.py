@@ -39,6 +39,7 @@ from otbr.models import load_model
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import repair
 from otbr.report import environment, markdown_table, write_json
+from otbr.selection import pick
 
 log = logging.getLogger("repair_bench")
 
@@ -55,16 +56,36 @@ def pct(v: float | None) -> float | None:
     return None if v is None else round(100 * v, 2)
 
 
-def auto_gammas(rule: str = "no-lean") -> dict[tuple[str, str], tuple[float, int]]:
-    """Per zoo model, the automatic γ recorded in ``auto-otbr-fmnist.json`` and the selection's suspect: with
+#: where the recorded automatic choices are read, in order: the single-set run first (the repair runs before
+#: 2026-11-23 used it), then the three-set default's rows for the models it lacks (the fifth and sixth zoos)
+AUTO_FILES = ("auto-otbr-fmnist.json", "auto-otbr-repeats3-fmnist.json")
+
+
+def auto_choices(rule: str = "no-lean") -> dict[tuple[str, str], tuple[float, int, str]]:
+    """Per zoo model, the automatic γ recorded in :data:`AUTO_FILES`, the selection's suspect and the file: with
     ``rule="no-lean"`` (the default) the choice without the lean toward pruning — what ``OTBR(repair_steps=…)``
     picks — with ``rule="lean"`` the fused output's (``otbr.selection.OTBR_LEAN``)."""
-    path = RESULTS / "auto-otbr-fmnist.json"
-    if not path.is_file():
-        return {}
-    return {(m["zoo"], m["model"]): ((m.get("before_lean") or m["auto"])["value"] if rule == "no-lean"
-                                     else m["auto"]["value"], m["suspected_target"])
-            for m in json.loads(path.read_text())["models"]}
+    out: dict[tuple[str, str], tuple[float, int, str]] = {}
+    for name in AUTO_FILES:
+        path = RESULTS / name
+        if not path.is_file():
+            continue
+        for m in json.loads(path.read_text())["models"]:
+            if (m["zoo"], m["model"]) in out:
+                continue
+            if rule == "lean":
+                value = m["auto"]["value"]
+            elif "repeats" in m:  # three-set rows: the averaged estimates' choice with no lean
+                value = pick(m["candidates"], 0.0)["value"]
+            else:
+                value = (m.get("before_lean") or m["auto"])["value"]
+            out[(m["zoo"], m["model"])] = (value, m["suspected_target"], name)
+    return out
+
+
+def auto_gammas(rule: str = "no-lean") -> dict[tuple[str, str], tuple[float, int]]:
+    """:func:`auto_choices` without the file: per zoo model, ``(γ, suspect)``."""
+    return {k: v[:2] for k, v in auto_choices(rule).items()}
 
 
 def stepped(gamma: float, up: int) -> float:
@@ -82,8 +103,8 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
     base = evaluate(model, *sets)
     on_t = test.y[:n] == int(ps.target)  # the target class's clean images: how much of that class a defense keeps
     xt, yt = test.x[:n][on_t], test.y[:n][on_t]
-    gamma, suspect = chosen.get((zoo, name), (args.gamma, None))
-    src = (f"auto ({args.auto_rule}, auto-otbr-fmnist.json)" if (zoo, name) in chosen else "--gamma")
+    gamma, suspect, source = chosen.get((zoo, name), (args.gamma, None, None))
+    src = f"auto ({args.auto_rule}, {source})" if (zoo, name) in chosen else "--gamma"
     if args.step_up and (zoo, name) in chosen:
         gamma, src = stepped(gamma, args.step_up), f"auto +{args.step_up} step(s)"
     t0 = time.perf_counter()
@@ -145,7 +166,7 @@ def _work(zoo: str, name: str, args: argparse.Namespace) -> list[dict[str, Any]]
     """One model in a worker process (its own torch threads and test set)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    return run_model(zoo, name, args, load_dataset("fashion-mnist", "test"), auto_gammas(args.auto_rule))
+    return run_model(zoo, name, args, load_dataset("fashion-mnist", "test"), auto_choices(args.auto_rule))
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
