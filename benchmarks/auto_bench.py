@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["otbr", "tsbd"], default="otbr")
     ap.add_argument("--zoo", choices=[*ZOOS, *ZOO_ARGS], default="both",
-                    help="both: the two development zoos; all: those and the held-out third, fourth and fifth")
+                    help="both: the two development zoos; all: those and the held-out third to sixth")
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--eval-limit", type=int, default=5000, help="first N test images (0: all)")
     ap.add_argument("--threads", type=int, default=1)
