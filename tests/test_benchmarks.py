@@ -64,3 +64,21 @@ def test_collapse_guard_leaves_out_candidates_that_disagree_with_the_original_on
     assert auto_bench.summary([row])[0]["mean_gap_collapse_guard"] == 25.0
     row["clean_term"] = "measured clean drop"  # TSBD: no synthetic disagreement to guard on
     assert auto_bench.guarded_gap(row) is None and "mean_gap_collapse_guard" not in auto_bench.summary([row])[0]
+
+
+def test_repair_bench_reads_the_three_set_file_for_models_the_single_set_file_lacks(tmp_path, monkeypatch) -> None:
+    import json
+
+    repair_bench = pytest.importorskip("repair_bench")
+    single = {"zoo": "main", "model": "a", "suspected_target": 0, "auto": {"value": 0.2},
+              "before_lean": {"value": 0.1}}
+    averaged = _row(0.065)  # averaged estimates: 0.1 best with no lean, 0.15 with the lean
+    averaged["model"] = "b"
+    twice = {**_row(0.065), "model": "a"}  # also in the single-set file: that one wins
+    (tmp_path / "one.json").write_text(json.dumps({"models": [single]}))
+    (tmp_path / "three.json").write_text(json.dumps({"models": [averaged, twice]}))
+    monkeypatch.setattr(repair_bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(repair_bench, "AUTO_FILES", ("one.json", "three.json"))
+    assert repair_bench.auto_choices() == {("main", "a"): (0.1, 0, "one.json"), ("main", "b"): (0.1, 1, "three.json")}
+    assert repair_bench.auto_choices("lean")[("main", "b")] == (0.15, 1, "three.json")
+    assert repair_bench.auto_gammas()[("main", "a")] == (0.1, 0)
