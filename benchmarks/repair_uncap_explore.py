@@ -73,14 +73,14 @@ READING = (
 
 
 def distil(original: torch.nn.Module, pruned: torch.nn.Module, masks: dict, syn: Synthetic, suspect: int,
-           variant: str, steps: int, watch: Any, temperature: float = 4.0, refresh: int = 25,
-           every: int = 50) -> list[dict[str, Any]]:
-    """Distil ``original`` into a copy of ``pruned`` as ``variant`` says; ``watch(step, student)`` → a row."""
+           variant: str, steps: int, watch: Any, found: list[tuple[torch.Tensor, torch.Tensor]],
+           temperature: float = 4.0, refresh: int = 25, every: int = 50) -> list[dict[str, Any]]:
+    """Distil ``original`` into a copy of ``pruned`` as ``variant`` says; ``watch(step, student)`` → a row.
+    ``found``: the triggers reverse-engineered on the original that the ``+unlearn`` variants start from."""
     others = syn.x[syn.y != suspect]
     x, y = (syn.x, syn.y) if variant.startswith("keep") else (others, syn.y[syn.y != suspect])
     unlearn = variant.endswith("+unlearn")
-    triggers = ([reverse_trigger(original, others, suspect, kind="patch"),
-                 reverse_trigger(original, others, suspect, kind="blend")] if unlearn else [])
+    triggers = list(found) if unlearn else []
     student = copy.deepcopy(pruned).eval()
     opt = torch.optim.Adam(student.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
@@ -89,8 +89,7 @@ def distil(original: torch.nn.Module, pruned: torch.nn.Module, masks: dict, syn:
         for step in range(1, steps + 1):
             if unlearn and step % refresh == 1 and step > 1:  # the residual trigger the student still follows
                 triggers = triggers[:2] + triggers[2:][-3:] + [
-                    reverse_trigger(copy.deepcopy(student).requires_grad_(False), others, suspect, kind="patch",
-                                    steps=50, seed=step)]
+                    reverse_trigger(student, others, suspect, kind="patch", steps=50, seed=step)]  # reads it only
             idx = torch.randint(0, len(x), (128,), generator=gen)
             xb, yb = x[idx], y[idx]
             with torch.no_grad():
@@ -126,6 +125,7 @@ def explore(zoo: str, name: str, test: Any, steps: int, limit: int) -> dict[str,
                      progress=False)
     others = syn.x[syn.y != suspect]
     probe = reverse_trigger(original, others, suspect, kind="patch", seed=1)
+    found = [reverse_trigger(original, others, suspect, kind=kind) for kind in ("patch", "blend")]  # both variants
     rows: list[dict[str, Any]] = []
     for variant in VARIANTS:
         t0 = time.perf_counter()
@@ -138,7 +138,7 @@ def explore(zoo: str, name: str, test: Any, steps: int, limit: int) -> dict[str,
             log.info("%s/%s %s", zoo, name, row)
             return row
 
-        rows += distil(original, pruned, masks, syn, suspect, variant, steps, watch)
+        rows += distil(original, pruned, masks, syn, suspect, variant, steps, watch, found)
     return {"zoo": zoo, "model": name, "gamma": gamma, "suspect": suspect, "target": target,
             "original": scores(original, sets, on_target), "rows": rows}
 
