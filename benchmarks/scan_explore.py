@@ -1,0 +1,220 @@
+"""DEVELOPMENT probe (ORACLE scoring): does a trigger that works from *every* source class name the backdoor target?
+
+OTBR's data-free selection suspects the class that one small universal patch (5 % of the image) reaches most
+often from the other classes' synthetic inputs (:func:`otbr.selection.target_scan`). On the blended-trigger and
+SIG models of the Fashion-MNIST zoos it often suspects class 6 (shirt) instead: shirt borders T-shirt, pullover,
+coat and dress, so a small patch sends *those* inputs there on any model. A backdoor trigger, by contrast, works
+from every source class. And a blended or SIG trigger is a faint pattern over the whole image, which a small
+patch cannot copy. This probe measures both ideas, reading no data:
+
+* **stratified scans** — per suspected target c, one universal trigger optimised on ``--per-source`` synthetic
+  inputs of *each* other class (the classes the model assigns them), giving a rate per (target, source) pair;
+  two trigger forms: a patch (area 5 %, as shipped) and a blend (the whole image, weight ``--alpha``);
+* per form, two class scores: the **mean** over sources (the shipped reading, stratified) and the **median** over
+  sources (high only if the trigger works from most source classes);
+* the **primary signal, fixed before the run**: per class, the larger of the two forms' medians, ties broken by
+  the larger of their means; its arg-max is the suspect.
+
+Every signal is compared with the shipped scan's arg-max on the same synthetic set (seed 0, the first of the
+three sets the shipped selection uses). The real target, read from the model file's metadata, is used only to
+score which suspect is right — an ORACLE evaluation of the signals.
+
+Pre-registered reading (written before the run): the primary signal is worth building into the selection (and a
+selection re-run on the models whose suspect it changes) only if, over the models run, it names the real target
+on more models than the shipped scan and loses at most one of the shipped scan's hits. The other signals are
+reported as exploratory; a choice among them after reading the results would be tuned on these models.
+
+Usage:
+    python benchmarks/scan_explore.py --models fifth:blended-t4,main:sig,... [--threads 1] [--out STEM]
+    python benchmarks/scan_explore.py --merge STEM_A,STEM_B   # join runs made in parallel
+
+Writes ``benchmarks/results/scan-explore-fmnist.{md,json}`` (or ``STEM.{md,json}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from explore_cli import model_specs, parser, start
+from zoo import FOLDERS
+
+from otbr.metrics import predict
+from otbr.models import load_model
+from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
+from otbr.selection import target_scan
+from otbr.synthesis import frozen, synthesize
+
+log = logging.getLogger("scan_explore")
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+STEM = "scan-explore-fmnist"
+PRIMARY = "primary: max-form median"
+
+
+def stratified_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.Tensor, num_classes: int, *,
+                    kind: str, budget: float, per_source: int = 8, steps: int = 50, lr: float = 0.1,
+                    seed: int = 0) -> torch.Tensor:
+    """Rates ``R[c, s]``: how often the universal trigger toward c sends class-s synthetic inputs to c.
+
+    One trigger per target class (a patch of area ``budget`` or a whole-image blend of weight ``budget``), each
+    optimised on ``per_source`` inputs of every other class, all targets in one batch. ``R[c, c]`` and sources
+    the model assigns no synthetic input are NaN.
+    """
+    from otbr.device import model_device
+
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    src, tgt, cell = [], [], []
+    for c in range(num_classes):
+        for s in range(num_classes):
+            pool = synthetic[reference == s]
+            if s == c or len(pool) == 0:
+                continue
+            src.append(pool[torch.randint(0, len(pool), (per_source,), generator=gen)])
+            tgt.append(torch.full((per_source,), c))
+            cell.append(torch.full((per_source,), c * num_classes + s))
+    x, y, where = torch.cat(src).to(device), torch.cat(tgt).to(device), torch.cat(cell)
+    shape = tuple(synthetic.shape[1:])
+    a = torch.full((num_classes, 1, *shape[1:]), -2.0, device=device, requires_grad=True)
+    pz = torch.zeros((num_classes, *shape), device=device, requires_grad=True)
+    opt = torch.optim.Adam([a, pz] if kind == "patch" else [pz], lr=lr)
+
+    def apply() -> torch.Tensor:
+        if kind == "patch":
+            m = torch.sigmoid(a)
+            m = m * torch.clamp(budget / m.flatten(1).mean(1).clamp_min(1e-12), max=1.0).view(-1, 1, 1, 1)
+        else:
+            m = torch.full((num_classes, 1, *shape[1:]), budget, device=device)
+        return (1 - m[y]) * x + m[y] * torch.sigmoid(pz)[y]
+
+    with frozen(model):
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(model(apply()), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            hit = (model(apply()).argmax(1) == y).double().cpu()
+    sums = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, where, hit)
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, where, torch.ones_like(hit))
+    return (sums / counts).view(num_classes, num_classes)  # 0/0 → NaN on the diagonal and for missing sources
+
+
+def class_scores(rates: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per target class: the mean and the median of its rates over the source classes (NaN cells ignored)."""
+    return {"mean": torch.nanmean(rates, 1), "median": torch.nanmedian(rates, 1).values}
+
+
+def argmax_tiebreak(primary: torch.Tensor, secondary: torch.Tensor) -> int:
+    """Arg-max of ``primary``; among tied classes, the one with the larger ``secondary``."""
+    top = primary.max()
+    tied = (primary >= top - 1e-9).nonzero().flatten()
+    return int(tied[secondary[tied].argmax()])
+
+
+def explore(zoo: str, name: str, *, alpha: float, per_source: int, seed: int = 0) -> dict[str, Any]:
+    """The shipped scan and the stratified scans on one synthetic set (``seed``), and each signal's suspect."""
+    model, meta = load_model(ROOT.parent / FOLDERS[zoo] / f"{name}.safetensors")
+    model.eval()
+    nc = meta.num_classes
+    t0 = time.perf_counter()
+    syn = synthesize(model, 256, meta.input_shape, num_classes=nc, steps=100, seed=seed, progress=False)
+    ref = predict(model, syn.x)
+    shipped = target_scan(model, syn.x, ref, nc, seed=seed)
+    rates = {"patch": stratified_scan(model, syn.x, ref, nc, kind="patch", budget=0.05, per_source=per_source,
+                                      seed=seed),
+             "blend": stratified_scan(model, syn.x, ref, nc, kind="blend", budget=alpha, per_source=per_source,
+                                      seed=seed)}
+    scores = {f"{k} {s}": v for k, r in rates.items() for s, v in class_scores(r).items()}
+    best_median = torch.maximum(scores["patch median"], scores["blend median"])
+    best_mean = torch.maximum(scores["patch mean"], scores["blend mean"])
+    target = int(meta.attack["target"])
+    suspects = {"shipped scan": int(shipped.argmax()), PRIMARY: argmax_tiebreak(best_median, best_mean)}
+    suspects.update({k: int(v.argmax()) for k, v in scores.items()})
+    suspects["max-form mean"] = int(best_mean.argmax())
+    row = {"zoo": zoo, "model": name, "attack": meta.attack.get("name", ""), "target": target, "seed": seed,
+           "suspects": suspects, "right": {k: v == target for k, v in suspects.items()},
+           "scores": {"shipped scan": [round(float(x), 4) for x in shipped],
+                      **{k: [round(float(x), 4) for x in v] for k, v in scores.items()}},
+           "rates": {k: [[None if v != v else round(float(v), 3) for v in row] for row in r.tolist()]
+                     for k, r in rates.items()},
+           "seconds": round(time.perf_counter() - t0, 1)}
+    log.info("%s/%s target %d: %s (%.0f s)", zoo, name, target, suspects, row["seconds"])
+    return row
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = list(rows[0]["suspects"]) if rows else []
+    base = {(r["zoo"], r["model"]) for r in rows if r["right"]["shipped scan"]}
+    return [{"signal": k, "models": len(rows), "names_target": sum(r["right"][k] for r in rows),
+             "keeps_shipped_hits": sum(r["right"][k] for r in rows if (r["zoo"], r["model"]) in base),
+             "shipped_hits": len(base)} for k in keys]
+
+
+def write_markdown(p: dict[str, Any], path: Path) -> None:
+    per = [{"zoo": r["zoo"], "model": r["model"], "target": r["target"], **r["suspects"], "s": r["seconds"]}
+           for r in p["models"]]
+    lines = ["# Suspected target: shipped scan vs source-stratified patch and blend scans (Fashion-MNIST zoos)", "",
+             f"Generated by `{p['command']}`. {ORACLE_NOTE} Here: the `target` column and every right/wrong count; "
+             "the signals themselves read no data (see the script's docstring). Blend weight "
+             f"{p['alpha']}, {p['per_source']} synthetic inputs per source class, synthetic set seed 0.", "",
+             *([f"**Reading:** {p['reading']}", ""] if p.get("reading") else []),
+             "## Summary", "", markdown_table(p["summary"], list(p["summary"][0])) if p["summary"] else "(none)", "",
+             f"`names_target`: models on which the signal's arg-max is the real target; `keeps_shipped_hits`: of "
+             f"the models the shipped scan gets right, those the signal also gets right. `{PRIMARY}` is the signal "
+             "fixed before the run; the others are exploratory.", "",
+             "## Per model (suspected class per signal)", "", markdown_table(per, list(per[0])) if per else "", "",
+             "## Class scores", ""]
+    for r in p["models"]:
+        nc = len(r["scores"]["shipped scan"])
+        lines += [f"### {r['zoo']}/{r['model']} (target {r['target']})", "",
+                  markdown_table([{"score": k, **{str(c): v for c, v in enumerate(s)}} for k, s in r["scores"].items()],
+                                 ["score", *map(str, range(nc))]), ""]
+    lines.append(f"Machine: {p['environment'].get('platform', '')}, {p['threads']} thread(s), shared 2-core CPU.")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def payload(command: str, args: Any, rows: list[dict[str, Any]], **kept: Any) -> dict[str, Any]:
+    return {"command": command, "threads": args.threads, "alpha": args.alpha, "per_source": args.per_source,
+            "models": rows, "summary": summary(rows), "environment": environment(), "oracle_note": ORACLE_NOTE,
+            **kept}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--alpha", type=float, default=0.1, help="blend weight of the blend scan (default 0.1)")
+    ap.add_argument("--per-source", type=int, default=8, help="synthetic inputs per source class (default 8)")
+    ap.add_argument("--out", default=STEM, help=f"result file stem in benchmarks/results (default {STEM})")
+    ap.add_argument("--merge", help="comma-separated stems to join into --out (nothing is run)")
+    args = ap.parse_args(argv)
+    path = RESULTS / f"{args.out}.json"
+    if start(args, path, write_markdown):
+        return 0
+    if args.merge:
+        parts = [json.loads((RESULTS / f"{s}.json").read_text()) for s in args.merge.split(",")]
+        rows = [r for p in parts for r in p["models"]]
+        args.threads = parts[0]["threads"]
+        joined = payload(", then ".join(p["command"] for p in parts), args, rows,
+                         **{k: parts[0][k] for k in ("reading",) if k in parts[0]})
+        write_json(path, joined)
+        write_markdown(joined, path.with_suffix(".md"))
+        return 0
+    specs = model_specs(ap, args.models)
+    command = "python benchmarks/scan_explore.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows: list[dict[str, Any]] = []
+    for zoo, name in specs:
+        rows.append(explore(zoo, name, alpha=args.alpha, per_source=args.per_source))
+        p = payload(command, args, rows)
+        write_json(path, p)
+        write_markdown(p, path.with_suffix(".md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
