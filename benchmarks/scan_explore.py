@@ -23,6 +23,11 @@ Pre-registered reading (written before the run): the primary signal is worth bui
 selection re-run on the models whose suspect it changes) only if, over the models run, it names the real target
 on more models than the shipped scan and loses at most one of the shipped scan's hits. The other signals are
 reported as exploratory; a choice among them after reading the results would be tuned on these models.
+Written before the run as well, for that case: the selection's several synthetic sets give one suspect by
+averaging each form's per-class median and mean over the sets, then applying the primary rule; the selection is
+re-run (``auto_bench --repeats 3``) on every zoo model whose averaged suspect changes, the others keeping their
+stored rows (their probe and estimates do not read the scan); and the new suspect becomes the shipped one only if
+the mean DER gap over all 27 models is lower than the shipped 4.48 and the worst gap no higher than 36.91.
 
 Usage:
     python benchmarks/scan_explore.py --models fifth:blended-t4,main:sig,... [--threads 1] [--out STEM]
