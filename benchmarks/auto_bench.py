@@ -47,7 +47,7 @@ from otbr.metrics import der, evaluate
 from otbr.models import load_model
 from otbr.pixels import as_float
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
-from otbr.selection import OTBR_LEAN, SYNTHETIC_CLEAN_SCALE, estimated_der, pick, probe_drops
+from otbr.selection import OTBR_LEAN, SUSPECT_WEAK_RATE, SYNTHETIC_CLEAN_SCALE, estimated_der, pick, probe_drops
 
 log = logging.getLogger("auto_bench")
 
@@ -285,6 +285,18 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if None not in guarded:
             out[-1].update(mean_gap_collapse_guard=round(statistics.fmean(guarded), 2),
                            worst_gap_collapse_guard=round(max(guarded), 2))
+        checked = [m for m in group if (m.get("probe") or {}).get("sources") == "synthetic"]
+        if len(checked) == len(group):  # the data-free weak-suspect warning (otbr.selection.suspect_check)
+            weak = [m["probe"]["rate_original"] < SUSPECT_WEAK_RATE for m in group]
+            flagged = [m["gap"] for m, w in zip(group, weak, strict=True) if w]
+            calm = [m["gap"] for m, w in zip(group, weak, strict=True) if not w]
+            out[-1].update(weak_suspect=len(flagged),
+                           weak_suspect_wrong=sum(w and m["suspected_target"] != m["target"]
+                                                  for m, w in zip(group, weak, strict=True)),
+                           mean_gap_weak=round(statistics.fmean(flagged), 2) if flagged else None,
+                           worst_gap_weak=round(max(flagged), 2) if flagged else None,
+                           mean_gap_not_weak=round(statistics.fmean(calm), 2) if calm else None,
+                           worst_gap_not_weak=round(max(calm), 2) if calm else None)
         if all("repeats" in m for m in group):
             lone = [g for m in group for g in lone_gaps(m)]
             lone0 = [g for m in group for g in lone_gaps(m, 0.0)]
@@ -341,12 +353,17 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                              "mean_gap_top2", "worst_gap_top2", "mean_gap_one_set", "worst_gap_one_set",
                              "mean_gap_auto_no_lean", "worst_gap_auto_no_lean", "mean_gap_one_set_no_lean",
                              "worst_gap_one_set_no_lean", "mean_repeat_agreement", "mean_gap_collapse_guard",
-                             "worst_gap_collapse_guard")
+                             "worst_gap_collapse_guard", "weak_suspect", "weak_suspect_wrong", "mean_gap_weak",
+                             "worst_gap_weak", "mean_gap_not_weak", "worst_gap_not_weak")
                  if any(c in r for r in p["summary"])]), "",
              "`mean_gap_fixed`: gap of the published fixed setting "
              f"({sym} = {FIXED[p['method']]}) on the same grid, for comparison."
              + (" `*_factor_1`: the gap the rule would have without the clean-term calibration (factor 1 on the "
-                "inversions' disagreement), from the same stored estimates. `*_collapse_guard`: the gap with the "
+                "inversions' disagreement), from the same stored estimates. `weak_suspect`: models whose report "
+                f"carries the weak-suspect warning (the first set's probe reaches below {SUSPECT_WEAK_RATE:.0%} of "
+                "the sources on the original; a threshold read off these models, ORACLE for them, and not read by "
+                "the choice), `weak_suspect_wrong` those of them whose suspect is not the target, and the gaps of "
+                "the flagged and unflagged models. `*_collapse_guard`: the gap with the "
                 f"collapse guard pre-registered with the sixth zoo (candidates whose synthetic disagreement is above "
                 f"{COLLAPSE_LIMIT:g} % left out; not the default), from the same stored estimates."
                 if p["method"] == "otbr" else "")

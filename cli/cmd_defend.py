@@ -194,6 +194,8 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
                        f"{len(alone)} agree with the averaged choice)")
         if auto.get("probe", {}).get("found") is False:
             click.echo(f"warning: {auto['probe']['note']}")
+        elif auto.get("suspect_check", {}).get("weak"):
+            click.echo(f"warning: {auto['suspect_check']['note']}")
     click.echo(f"{result.method}: {result.timings.get('total', 0.0):.1f} s; data used by the defense: "
                f"{result.data_used}")
     if kw.get("report"):

@@ -66,6 +66,22 @@ def test_collapse_guard_leaves_out_candidates_that_disagree_with_the_original_on
     assert auto_bench.guarded_gap(row) is None and "mean_gap_collapse_guard" not in auto_bench.summary([row])[0]
 
 
+def test_summary_splits_the_gaps_by_the_weak_suspect_warning() -> None:
+    """Rows whose first-set probe reaches below SUSPECT_WEAK_RATE on the original count as flagged; the flagged and
+    unflagged gaps are reported apart; rows whose probe ran on real images (TSBD) get no such columns."""
+    from otbr.selection import SUSPECT_WEAK_RATE
+
+    weak, calm = _row(0.035), _row(0.065)  # gaps 25 and 0
+    weak["suspected_target"] = 6
+    weak["probe"] = {"sources": "synthetic", "rate_original": SUSPECT_WEAK_RATE - 0.01}
+    calm["probe"] = {"sources": "synthetic", "rate_original": 1.0}
+    first = auto_bench.summary([weak, calm])[0]
+    assert (first["weak_suspect"], first["weak_suspect_wrong"]) == (1, 1)
+    assert (first["mean_gap_weak"], first["mean_gap_not_weak"]) == (25.0, 0.0)
+    calm["probe"]["sources"] = "given images"
+    assert "weak_suspect" not in auto_bench.summary([weak, calm])[0]
+
+
 def test_repair_bench_reads_the_three_set_file_for_models_the_single_set_file_lacks(tmp_path, monkeypatch) -> None:
     import json
 

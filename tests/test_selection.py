@@ -25,6 +25,7 @@ from otbr.selection import (
     PROBE_MIN_RATE,
     SIGNAL,
     SIGNAL_PROBE,
+    SUSPECT_WEAK_RATE,
     SYNTHETIC_CLEAN_SCALE,
     choose,
     choose_for,
@@ -179,6 +180,25 @@ def test_choose_for_uses_the_relative_probe_drop(backdoored, monkeypatch) -> Non
     assert c.candidates[0]["backdoor_drop"] == pytest.approx(0.75)  # 1 − 0.1 / 0.4, not 0.4 − 0.1
 
 
+def test_a_weak_probe_toward_the_suspect_is_flagged_in_the_report_only(backdoored, monkeypatch) -> None:
+    """A probe the original follows on fewer than SUSPECT_WEAK_RATE of the synthetic sources raises the weak-suspect
+    warning; the choice itself does not read it. Probes on given (real) images are not judged by it."""
+    net = backdoored[0]
+    syn = torch.rand(40, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    choices = {}
+    for on_original in (SUSPECT_WEAK_RATE - 0.05, SUSPECT_WEAK_RATE + 0.05):
+        _rates(monkeypatch, net, on_original, 0.0)
+        choices[on_original] = choose_for(net, {0.1: copy.deepcopy(net)}, syn, CLASSES, probe_steps=2)
+    weak, strong = (choices[k] for k in sorted(choices))
+    assert weak.extra["suspect_check"]["weak"] is True
+    assert f"{SUSPECT_WEAK_RATE - 0.05:.0%}" in weak.extra["suspect_check"]["note"]
+    assert strong.extra["suspect_check"]["weak"] is False and "note" not in strong.extra["suspect_check"]
+    # both probes vanish on the candidate (relative drop 1): the warning does not change the estimate
+    assert weak.candidates[0]["estimated_der"] == strong.candidates[0]["estimated_der"]
+    given = choose_for(net, {0.1: copy.deepcopy(net)}, syn, CLASSES, probe_steps=2, probe_images=syn)
+    assert "suspect_check" not in given.extra
+
+
 def test_choose_for_says_when_the_probe_found_nothing(backdoored, monkeypatch) -> None:
     """A probe the original barely follows cannot rank candidates: the agreement term is used and the report
     says so."""
@@ -216,6 +236,7 @@ def test_repeats_average_the_sets_at_one_suspect_and_keep_each_sets_lone_choice(
     assert c.suspect == 0 and c.value == 0.2
     assert [(r["suspect"], r["chosen"]) for r in c.extra["repeats"]] == [(1, 0.1), (0, 0.2), (0, 0.2)]
     assert c.extra["repeat_agreement"] == pytest.approx(2 / 3, abs=1e-4)
+    assert c.extra["suspect_check"] == {"probe_rate_original": 1.0, "weak_below": SUSPECT_WEAK_RATE, "weak": False}
     row = {r["value"]: r for r in c.candidates}
     # copies agree everywhere: no clean drop; backdoor drop of c1 toward 0 is 0.5, 0.8, 0.8 → estimates .75 .9 .9
     assert row[0.1]["estimated_der"] == pytest.approx(0.85, abs=1e-4)
