@@ -252,7 +252,9 @@ GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (m
           ("third zoo (held out until the probe-drop change)", ("third",)),
           ("fourth zoo (held out)", ("fourth",)),
           ("fifth zoo (held out from everything decided on the first four)", ("fifth",)),
-          ("sixth zoo (held out from everything decided on the first five)", ("sixth",)), ("all", tuple(ZOOS)))
+          ("sixth zoo (held out from everything decided on the first five)", ("sixth",)),
+          ("seventh zoo (held out from the suspect signals read on the first six)", ("seventh",)),
+          ("all", tuple(ZOOS)))
 
 
 def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -432,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["otbr", "tsbd"], default="otbr")
     ap.add_argument("--zoo", choices=[*ZOOS, *ZOO_ARGS], default="both",
-                    help="both: the two development zoos; all: those and the held-out third to sixth")
+                    help="both: the two development zoos; all: those and the held-out third to seventh")
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--eval-limit", type=int, default=5000, help="first N test images (0: all)")
     ap.add_argument("--threads", type=int, default=1)

@@ -106,7 +106,9 @@ SIXTH: dict[str, dict[str, Any]] = {
 #: only if, on these four models (``scan_explore.py``, seed 0), it names the target on at least as many as the
 #: shipped scan and loses none of the shipped scan's hits. Amended before any of its results (training still
 #: running): the patch median with its ties broken by the patch mean (``scan_explore.TIED_PATCH``), since the plain
-#: arg-max gives ties to the lowest class, which decided four of its hits on the first six zoos.
+#: arg-max gives ties to the lowest class, which decided four of its hits on the first six zoos. Measured on it as
+#: shipped, too: OTBR's automatic γ (three sets, lean 0.065), and whether the weak-suspect warning
+#: (``otbr.selection.SUSPECT_WEAK_RATE``, read off the first six zoos) flags every model whose suspect is wrong.
 SEVENTH: dict[str, dict[str, Any]] = {
     "blended-t3": {**PREACT, "attack": "blended", "attack_kwargs": {"alpha": 0.2, "target": 3}},
     "blended-t2": {**PREACT, "attack": "blended", "attack_kwargs": {"alpha": 0.15, "target": 2,
