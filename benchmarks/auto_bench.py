@@ -248,6 +248,25 @@ def guarded_gap(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> float | Non
     return round(m["oracle"]["der"] - pick(kept, 100 * m.get("lean", 0.0))["der"], 2)
 
 
+def lone_choices(m: dict[str, Any]) -> list[float]:
+    """Per synthetic set of a ``--repeats`` row: the γ that set alone would choose, with the row's lean."""
+    within = 100 * m.get("lean", 0.0)
+    return [pick([{"value": float(v), "estimated_der": e} for v, e in r["estimated_der"].items()], within)["value"]
+            for r in m["repeats"]]
+
+
+def hedged_gap(m: dict[str, Any]) -> float | None:
+    """The DER gap of the weak-suspect hedge pre-registered with the seventh zoo (README, "Automatic γ"): when the
+    row's weak-suspect warning fires, the largest of the averaged choice and each set's lone choice; otherwise the
+    averaged choice. ``None`` for rows without synthetic probes or per-set choices."""
+    if (m.get("probe") or {}).get("sources") != "synthetic" or "repeats" not in m:
+        return None
+    value = m["auto"]["value"]
+    if m["probe"]["rate_original"] < SUSPECT_WEAK_RATE:
+        value = max([value, *lone_choices(m)])
+    return round(m["oracle"]["der"] - {r["value"]: r["der"] for r in m["candidates"]}[value], 2)
+
+
 GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (main + second)", ("main", "second")),
           ("third zoo (held out until the probe-drop change)", ("third",)),
           ("fourth zoo (held out)", ("fourth",)),
@@ -299,6 +318,10 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                            worst_gap_weak=round(max(flagged), 2) if flagged else None,
                            mean_gap_not_weak=round(statistics.fmean(calm), 2) if calm else None,
                            worst_gap_not_weak=round(max(calm), 2) if calm else None)
+        hedged = [hedged_gap(m) for m in group]
+        if None not in hedged:
+            out[-1].update(mean_gap_weak_hedge=round(statistics.fmean(hedged), 2),
+                           worst_gap_weak_hedge=round(max(hedged), 2))
         if all("repeats" in m for m in group):
             lone = [g for m in group for g in lone_gaps(m)]
             lone0 = [g for m in group for g in lone_gaps(m, 0.0)]
@@ -356,7 +379,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                              "mean_gap_auto_no_lean", "worst_gap_auto_no_lean", "mean_gap_one_set_no_lean",
                              "worst_gap_one_set_no_lean", "mean_repeat_agreement", "mean_gap_collapse_guard",
                              "worst_gap_collapse_guard", "weak_suspect", "weak_suspect_wrong", "mean_gap_weak",
-                             "worst_gap_weak", "mean_gap_not_weak", "worst_gap_not_weak")
+                             "worst_gap_weak", "mean_gap_not_weak", "worst_gap_not_weak", "mean_gap_weak_hedge",
+                             "worst_gap_weak_hedge")
                  if any(c in r for r in p["summary"])]), "",
              "`mean_gap_fixed`: gap of the published fixed setting "
              f"({sym} = {FIXED[p['method']]}) on the same grid, for comparison."
@@ -365,7 +389,9 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                 f"carries the weak-suspect warning (the first set's probe reaches below {SUSPECT_WEAK_RATE:.0%} of "
                 "the sources on the original; a threshold read off these models, ORACLE for them, and not read by "
                 "the choice), `weak_suspect_wrong` those of them whose suspect is not the target, and the gaps of "
-                "the flagged and unflagged models. `*_collapse_guard`: the gap with the "
+                "the flagged and unflagged models. `*_weak_hedge`: the gap with the weak-suspect hedge pre-registered "
+                "with the seventh zoo (on flagged models, the largest of the averaged and each set's lone choice; not "
+                "the default), from the same stored estimates. `*_collapse_guard`: the gap with the "
                 f"collapse guard pre-registered with the sixth zoo (candidates whose synthetic disagreement is above "
                 f"{COLLAPSE_LIMIT:g} % left out; not the default), from the same stored estimates."
                 if p["method"] == "otbr" else "")

@@ -82,6 +82,20 @@ def test_summary_splits_the_gaps_by_the_weak_suspect_warning() -> None:
     assert "weak_suspect" not in auto_bench.summary([weak, calm])[0]
 
 
+def test_weak_suspect_hedge_takes_the_largest_lone_choice_only_when_flagged() -> None:
+    from otbr.selection import SUSPECT_WEAK_RATE
+
+    row = _row(0.035)  # averaged choice 0.1 (gap 25); the one set's estimates choose 0.1 under lean 0.035
+    row["repeats"][0]["estimated_der"] = {"0.1": 80.0, "0.15": 90.0, "0.2": 70.0}  # that set alone: 0.15
+    row["probe"] = {"sources": "synthetic", "rate_original": 1.0}
+    assert auto_bench.lone_choices(row) == [0.15] and auto_bench.hedged_gap(row) == 25.0  # not flagged
+    row["probe"]["rate_original"] = SUSPECT_WEAK_RATE - 0.01
+    assert auto_bench.hedged_gap(row) == 0.0  # flagged: max(0.1, 0.15) = 0.15, the oracle
+    assert auto_bench.summary([row])[0]["mean_gap_weak_hedge"] == 0.0
+    row["probe"]["sources"] = "given images"
+    assert auto_bench.hedged_gap(row) is None
+
+
 def test_repair_bench_reads_the_three_set_file_for_models_the_single_set_file_lacks(tmp_path, monkeypatch) -> None:
     import json
 
