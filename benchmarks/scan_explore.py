@@ -170,6 +170,9 @@ def score(row: dict[str, Any]) -> None:
     row["right"] = {k: v == row["target"] for k, v in suspects.items()}
 
 
+SUMMARY_COLUMNS = ["signal", "models", "names_target", "keeps_shipped_hits", "shipped_hits"]
+
+
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = list(rows[0]["suspects"]) if rows else []
     base = {(r["zoo"], r["model"]) for r in rows if r["right"]["shipped scan"]}
@@ -186,7 +189,7 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "the signals themselves read no data (see the script's docstring). Blend weight "
              f"{p['alpha']}, {p['per_source']} synthetic inputs per source class, synthetic set seed 0.", "",
              *([f"**Reading:** {p['reading']}", ""] if p.get("reading") else []),
-             "## Summary", "", markdown_table(p["summary"], list(p["summary"][0])) if p["summary"] else "(none)", "",
+             "## Summary", "", markdown_table(p["summary"], SUMMARY_COLUMNS) if p["summary"] else "(none)", "",
              f"`names_target`: models on which the signal's arg-max is the real target; `keeps_shipped_hits`: of "
              f"the models the shipped scan gets right, those the signal also gets right. `{PRIMARY}` is the signal "
              "fixed before the run; the others are exploratory. Plain arg-maxes give a tie to the lowest class "
