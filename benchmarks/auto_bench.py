@@ -248,6 +248,12 @@ def guarded_gap(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> float | Non
     return round(m["oracle"]["der"] - pick(kept, 100 * m.get("lean", 0.0))["der"], 2)
 
 
+def oracle_asr(m: dict[str, Any]) -> float:
+    """The ASR left at the oracle's choice: above 10 %, no setting of the grid removes the backdoor, and the gap
+    only measures the clean cost."""
+    return {r["value"]: r["asr"] for r in m["candidates"]}[m["oracle"]["value"]]
+
+
 def lone_choices(m: dict[str, Any]) -> list[float]:
     """Per synthetic set of a ``--repeats`` row: the γ that set alone would choose, with the row's lean."""
     within = 100 * m.get("lean", 0.0)
@@ -290,6 +296,7 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "worst_gap_fixed": round(max(fixed_gaps), 2) if fixed_gaps else None,
                     "auto_hits_oracle": sum(m["auto"]["value"] == m["oracle"]["value"] for m in group),
                     "suspect_is_target": sum(m["suspected_target"] == m["target"] for m in group),
+                    "oracle_asr_over_10": sum(oracle_asr(m) > 10 for m in group),
                     "mean_der_auto": round(statistics.fmean(m["auto"]["der"] for m in group), 2),
                     "mean_der_oracle": round(statistics.fmean(m["oracle"]["der"] for m in group), 2),
                     "mean_select_s": round(statistics.fmean(m["select_s"] for m in group), 1)})
@@ -347,7 +354,8 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
 #: summary columns of the choice under a row's previous lean (``lean_history``), e.g. ``mean_gap_lean_0.035``
 LEAN_COLUMNS = ("mean_gap_lean_", "worst_gap_lean_")
 SUMMARY_COLUMNS = ["models", "n", "mean_gap_auto", "worst_gap_auto", "mean_gap_fixed", "worst_gap_fixed",
-                   "auto_hits_oracle", "suspect_is_target", "mean_der_auto", "mean_der_oracle", "mean_select_s"]
+                   "auto_hits_oracle", "suspect_is_target", "oracle_asr_over_10", "mean_der_auto", "mean_der_oracle",
+                   "mean_select_s"]
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -382,6 +390,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                              "worst_gap_weak", "mean_gap_not_weak", "worst_gap_not_weak", "mean_gap_weak_hedge",
                              "worst_gap_weak_hedge")
                  if any(c in r for r in p["summary"])]), "",
+             "`oracle_asr_over_10`: models on which even the oracle's choice leaves more than 10 % ASR (no setting "
+             "of the grid removes the backdoor; there the gap measures only the clean cost). "
              "`mean_gap_fixed`: gap of the published fixed setting "
              f"({sym} = {FIXED[p['method']]}) on the same grid, for comparison."
              + (" `*_factor_1`: the gap the rule would have without the clean-term calibration (factor 1 on the "
@@ -429,7 +439,7 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
         per.append({"zoo": m["zoo"], "model": m["model"], "target": m["target"], "suspect": m["suspected_target"],
                     f"auto {sym}": m["auto"]["value"], "auto ACC": m["auto"]["acc"], "auto ASR": m["auto"]["asr"],
                     "auto DER": m["auto"]["der"], f"oracle {sym}": m["oracle"]["value"],
-                    "oracle DER": m["oracle"]["der"], "gap": m["gap"],
+                    "oracle DER": m["oracle"]["der"], "oracle ASR": oracle_asr(m), "gap": m["gap"],
                     f"fixed {sym} DER": m["fixed"]["der"] if m["fixed"] else None, "margin": margin(m),
                     "probe rate": (m.get("probe") or {}).get("rate_original"), "select s": m["select_s"],
                     **({f"as_run {sym}": m["as_run"]["value"], "as_run gap": m["as_run"]["gap"]}
