@@ -248,10 +248,10 @@ def guarded_gap(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> float | Non
     return round(m["oracle"]["der"] - pick(kept, 100 * m.get("lean", 0.0))["der"], 2)
 
 
-def oracle_asr(m: dict[str, Any]) -> float:
-    """The ASR left at the oracle's choice: above 10 %, no setting of the grid removes the backdoor, and the gap
-    only measures the clean cost."""
-    return {r["value"]: r["asr"] for r in m["candidates"]}[m["oracle"]["value"]]
+def oracle_asr(m: dict[str, Any]) -> float | None:
+    """The ASR left at the oracle's choice (``None`` if the row stores no ASR): above 10 %, no setting of the grid
+    removes the backdoor, and the gap only measures the clean cost."""
+    return {r["value"]: r.get("asr") for r in m["candidates"]}[m["oracle"]["value"]]
 
 
 def lone_choices(m: dict[str, Any]) -> list[float]:
@@ -296,7 +296,7 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "worst_gap_fixed": round(max(fixed_gaps), 2) if fixed_gaps else None,
                     "auto_hits_oracle": sum(m["auto"]["value"] == m["oracle"]["value"] for m in group),
                     "suspect_is_target": sum(m["suspected_target"] == m["target"] for m in group),
-                    "oracle_asr_over_10": sum(oracle_asr(m) > 10 for m in group),
+                    "oracle_asr_over_10": sum((oracle_asr(m) or 0.0) > 10 for m in group),
                     "mean_der_auto": round(statistics.fmean(m["auto"]["der"] for m in group), 2),
                     "mean_der_oracle": round(statistics.fmean(m["oracle"]["der"] for m in group), 2),
                     "mean_select_s": round(statistics.fmean(m["select_s"] for m in group), 1)})

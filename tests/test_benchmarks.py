@@ -78,6 +78,10 @@ def test_summary_splits_the_gaps_by_the_weak_suspect_warning() -> None:
     first = auto_bench.summary([weak, calm])[0]
     assert (first["weak_suspect"], first["weak_suspect_wrong"]) == (1, 1)
     assert (first["mean_gap_weak"], first["mean_gap_not_weak"]) == (25.0, 0.0)
+    assert first["oracle_asr_over_10"] == 0  # the rows store no ASR
+    for r in weak["candidates"]:
+        r["asr"] = 40.0  # even the oracle's γ leaves 40 %
+    assert auto_bench.oracle_asr(weak) == 40.0 and auto_bench.summary([weak, calm])[0]["oracle_asr_over_10"] == 1
     calm["probe"]["sources"] = "given images"
     assert "weak_suspect" not in auto_bench.summary([weak, calm])[0]
 
