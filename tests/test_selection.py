@@ -377,6 +377,24 @@ def test_auto_needs_batchnorm_one_line() -> None:
 
 
 # -- command line -------------------------------------------------------------------------------------------------
+def test_cli_prints_the_weak_suspect_warning(tmp_path: Path, monkeypatch) -> None:
+    """With every probe counted weak, `otbr defend otbr` prints the warning (or, when the probe found nothing at
+    all, that stronger warning instead) and the report carries it."""
+    from otbr.cli.main import main
+
+    monkeypatch.setattr(selection, "SUSPECT_WEAK_RATE", 1.01)
+    model, _ = make_tiny_files(tmp_path, 40)
+    report = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16", "--no-eval",
+                                    "--selection-repeats", "1", "-o", str(tmp_path / "o.safetensors"),
+                                    "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    auto = json.loads(report.read_text())["info"]["auto"]
+    assert auto["suspect_check"]["weak"] is True
+    expected = "found no trigger" if auto["probe"]["found"] is False else "may be a naturally easy class"
+    assert any(line.startswith("warning:") and expected in line for line in res.output.splitlines())
+
+
 def test_cli_auto_is_the_default_and_reported(tmp_path: Path) -> None:
     from otbr.cli.main import main
 
