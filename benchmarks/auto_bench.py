@@ -261,6 +261,12 @@ def lone_choices(m: dict[str, Any]) -> list[float]:
             for r in m["repeats"]]
 
 
+def right_suspect_gaps(m: dict[str, Any]) -> list[float]:
+    """ORACLE reading of a ``--repeats`` row: the gap of the lone choice of each synthetic set whose own suspect was
+    the real target — what the selection could do with the right suspect (empty: no set suspected it)."""
+    return [g for g, r in zip(lone_gaps(m), m["repeats"], strict=True) if r["suspect"] == m["target"]]
+
+
 def hedged_gap(m: dict[str, Any]) -> float | None:
     """The DER gap of the weak-suspect hedge pre-registered with the seventh zoo (README, "Automatic γ"): when the
     row's weak-suspect warning fires, the largest of the averaged choice and each set's lone choice; otherwise the
@@ -390,6 +396,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                              "worst_gap_weak", "mean_gap_not_weak", "worst_gap_not_weak", "mean_gap_weak_hedge",
                              "worst_gap_weak_hedge")
                  if any(c in r for r in p["summary"])]), "",
+             "`gap of sets suspecting the target` (per model, ORACLE: it reads the real target): the gap of each "
+             "synthetic set's lone choice among the sets whose own suspect was the real target. "
              "`oracle_asr_over_10`: models on which even the oracle's choice leaves more than 10 % ASR (no setting "
              "of the grid removes the backdoor; there the gap measures only the clean cost). "
              "`mean_gap_fixed`: gap of the published fixed setting "
@@ -451,7 +459,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                        ((f"lean {h['lean']:g} {sym}", h["value"]), (f"lean {h['lean']:g} gap", h["gap"]))},
                     **({f"each set alone {sym}": " / ".join(f"{r['chosen']:g}" for r in m["repeats"]),
                         "each set alone gap": " / ".join(f"{g:g}" for g in lone_gaps(m)),
-                        "suspect per set": " / ".join(str(r["suspect"]) for r in m["repeats"])}
+                        "suspect per set": " / ".join(str(r["suspect"]) for r in m["repeats"]),
+                        "gap of sets suspecting the target": " / ".join(f"{g:g}" for g in right_suspect_gaps(m))}
                        if "repeats" in m else {})})
     lines += [_table(per), "", "## Every candidate (measured columns are ORACLE)", ""]
     cand = [{"model": m["model"], sym: r["value"], "est. DER": r["estimated_der"],

@@ -98,6 +98,9 @@ def test_weak_suspect_hedge_takes_the_largest_lone_choice_only_when_flagged() ->
     assert auto_bench.summary([row])[0]["mean_gap_weak_hedge"] == 0.0
     row["probe"]["sources"] = "given images"
     assert auto_bench.hedged_gap(row) is None
+    assert auto_bench.right_suspect_gaps(row) == [0.0]  # the one set suspected the target (1) and chose 0.15
+    row["repeats"][0]["suspect"] = 6
+    assert auto_bench.right_suspect_gaps(row) == []
 
 
 def test_repair_bench_reads_the_three_set_file_for_models_the_single_set_file_lacks(tmp_path, monkeypatch) -> None:
