@@ -56,7 +56,7 @@ from zoo import FOLDERS
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, environment, markdown_table
-from otbr.selection import target_scan
+from otbr.selection import patch_masks, target_scan
 from otbr.synthesis import frozen, synthesize
 
 log = logging.getLogger("scan_explore")
@@ -98,8 +98,7 @@ def stratified_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: 
 
     def apply() -> torch.Tensor:
         if kind == "patch":
-            m = torch.sigmoid(a)
-            m = m * torch.clamp(budget / m.flatten(1).mean(1).clamp_min(1e-12), max=1.0).view(-1, 1, 1, 1)
+            m = patch_masks(a, budget)
         else:
             m = torch.full((num_classes, 1, *shape[1:]), budget, device=device)
         return (1 - m[y]) * x + m[y] * torch.sigmoid(pz)[y]

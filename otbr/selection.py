@@ -279,9 +279,16 @@ def pick(rows: Sequence[Mapping[str, Any]], lean: float = 0.0) -> Mapping[str, A
                key=lambda r: r["value"])
 
 
-def _mask(logits: torch.Tensor, budget: float) -> torch.Tensor:
+def patch_masks(logits: torch.Tensor, budget: float) -> torch.Tensor:
+    """Soft masks from ``logits`` (one per leading index), each scaled down so its mean area is at most ``budget``.
+
+    Example:
+        >>> patch_masks(torch.zeros(2, 1, 4, 4), 0.25).flatten(1).mean(1).tolist()
+        [0.25, 0.25]
+    """
     m = torch.sigmoid(logits)
-    return m * torch.clamp(budget / m.mean().clamp_min(1e-12), max=1.0)
+    area = m.flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (m.dim() - 1)))
+    return m * torch.clamp(budget / area, max=1.0)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, *, shift: int = 2, noise: float = 0.1) -> torch.Tensor:
@@ -346,7 +353,7 @@ def reverse_trigger(
     gen = torch.Generator().manual_seed(seed)
 
     def mask() -> torch.Tensor:
-        return _mask(a, budget) if kind == "patch" else torch.full_like(a, alpha)
+        return patch_masks(a, budget) if kind == "patch" else torch.full_like(a, alpha)
 
     with frozen(model):
         for _ in range(steps):
@@ -408,13 +415,8 @@ def target_scan(
     pz = torch.zeros((num_classes, *shape), device=device, requires_grad=True)
     opt = torch.optim.Adam([a, pz], lr=lr)
 
-    def masks() -> torch.Tensor:
-        m = torch.sigmoid(a)
-        area = m.flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        return m * torch.clamp(budget / area, max=1.0)
-
     def apply() -> torch.Tensor:
-        m = masks().repeat_interleave(per_class, 0)
+        m = patch_masks(a, budget).repeat_interleave(per_class, 0)
         return (1 - m) * x + m * torch.sigmoid(pz).repeat_interleave(per_class, 0)
 
     with frozen(model):
