@@ -214,16 +214,18 @@ def gap_at(m: dict[str, Any], scale: float | None = None, relative: bool = True,
     return round(m["oracle"]["der"] - pick(rows, 100 * m.get("lean", 0.0))["der"], 2)
 
 
-def lone_gaps(m: dict[str, Any], lean: float | None = None) -> list[float]:
-    """Per synthetic set of a ``--repeats`` row: the DER gap of the choice that set alone would make (its own
-    suspect and estimates), with the row's lean (``lean`` in points overrides it)."""
-    der = {r["value"]: r["der"] for r in m["candidates"]}
+def lone_choices(m: dict[str, Any], lean: float | None = None) -> list[float]:
+    """Per synthetic set of a ``--repeats`` row: the γ that set alone would choose (its own suspect and estimates),
+    with the row's lean (``lean`` in points overrides it)."""
     within = 100 * m.get("lean", 0.0) if lean is None else lean
-    out = []
-    for r in m["repeats"]:
-        rows = [{"value": float(v), "estimated_der": e} for v, e in r["estimated_der"].items()]
-        out.append(round(m["oracle"]["der"] - der[pick(rows, within)["value"]], 2))
-    return out
+    return [pick([{"value": float(v), "estimated_der": e} for v, e in r["estimated_der"].items()], within)["value"]
+            for r in m["repeats"]]
+
+
+def lone_gaps(m: dict[str, Any], lean: float | None = None) -> list[float]:
+    """The DER gap of each set's :func:`lone_choices`."""
+    der = {r["value"]: r["der"] for r in m["candidates"]}
+    return [round(m["oracle"]["der"] - der[v], 2) for v in lone_choices(m, lean)]
 
 
 def averaged_gap(m: dict[str, Any], lean: float) -> float:
@@ -254,27 +256,29 @@ def oracle_asr(m: dict[str, Any]) -> float | None:
     return {r["value"]: r.get("asr") for r in m["candidates"]}[m["oracle"]["value"]]
 
 
-def lone_choices(m: dict[str, Any]) -> list[float]:
-    """Per synthetic set of a ``--repeats`` row: the γ that set alone would choose, with the row's lean."""
-    within = 100 * m.get("lean", 0.0)
-    return [pick([{"value": float(v), "estimated_der": e} for v, e in r["estimated_der"].items()], within)["value"]
-            for r in m["repeats"]]
-
-
 def right_suspect_gaps(m: dict[str, Any]) -> list[float]:
     """ORACLE reading of a ``--repeats`` row: the gap of the lone choice of each synthetic set whose own suspect was
     the real target — what the selection could do with the right suspect (empty: no set suspected it)."""
     return [g for g, r in zip(lone_gaps(m), m["repeats"], strict=True) if r["suspect"] == m["target"]]
 
 
+def weak_suspect(m: dict[str, Any]) -> bool | None:
+    """Whether the row's report carries the weak-suspect warning (:func:`otbr.selection.suspect_check`: the first
+    set's probe below :data:`~otbr.selection.SUSPECT_WEAK_RATE` on the original); ``None`` when its probe did not
+    run on synthetic sources (TSBD), where the warning does not apply."""
+    probe = m.get("probe") or {}
+    return probe["rate_original"] < SUSPECT_WEAK_RATE if probe.get("sources") == "synthetic" else None
+
+
 def hedged_gap(m: dict[str, Any]) -> float | None:
     """The DER gap of the weak-suspect hedge pre-registered with the seventh zoo (README, "Automatic γ"): when the
     row's weak-suspect warning fires, the largest of the averaged choice and each set's lone choice; otherwise the
     averaged choice. ``None`` for rows without synthetic probes or per-set choices."""
-    if (m.get("probe") or {}).get("sources") != "synthetic" or "repeats" not in m:
+    weak = weak_suspect(m)
+    if weak is None or "repeats" not in m:
         return None
     value = m["auto"]["value"]
-    if m["probe"]["rate_original"] < SUSPECT_WEAK_RATE:
+    if weak:
         value = max([value, *lone_choices(m)])
     return round(m["oracle"]["der"] - {r["value"]: r["der"] for r in m["candidates"]}[value], 2)
 
@@ -319,9 +323,8 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if None not in guarded:
             out[-1].update(mean_gap_collapse_guard=round(statistics.fmean(guarded), 2),
                            worst_gap_collapse_guard=round(max(guarded), 2))
-        checked = [m for m in group if (m.get("probe") or {}).get("sources") == "synthetic"]
-        if len(checked) == len(group):  # the data-free weak-suspect warning (otbr.selection.suspect_check)
-            weak = [m["probe"]["rate_original"] < SUSPECT_WEAK_RATE for m in group]
+        weak = [weak_suspect(m) for m in group]
+        if None not in weak:
             flagged = [m["gap"] for m, w in zip(group, weak, strict=True) if w]
             calm = [m["gap"] for m, w in zip(group, weak, strict=True) if not w]
             out[-1].update(weak_suspect=len(flagged),

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from zoo import FOLDERS
 
-from otbr.report import ORACLE_NOTE
+from otbr.report import ORACLE_NOTE, write_json
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -80,8 +80,6 @@ def merged(results: Path, stems: str) -> tuple[str, list[dict[str, Any]], dict[s
 
 def save(path: Path, payload: dict[str, Any], render: Callable[[dict[str, Any], Path], None]) -> None:
     """Write the payload's JSON to ``path`` and its Markdown beside it."""
-    from otbr.report import write_json
-
     write_json(path, payload)
     render(payload, path.with_suffix(".md"))
 
