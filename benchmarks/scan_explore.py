@@ -145,7 +145,7 @@ def explore(zoo: str, name: str, *, alpha: float, per_source: int, seed: int = 0
     target = int(meta.attack["target"])
     row = {"zoo": zoo, "model": name, "attack": meta.attack.get("name", ""), "target": target, "seed": seed,
            "scores": {k: [round(float(x), 4) for x in v] for k, v in scores.items()},
-           "rates": {k: [[None if v != v else round(float(v), 3) for v in row] for row in r.tolist()]
+           "rates": {k: [[None if v != v else round(float(v), 3) for v in line] for line in r.tolist()]
                      for k, r in rates.items()},
            "seconds": round(time.perf_counter() - t0, 1)}
     score(row)
