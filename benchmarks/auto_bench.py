@@ -463,7 +463,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                     **({f"each set alone {sym}": " / ".join(f"{r['chosen']:g}" for r in m["repeats"]),
                         "each set alone gap": " / ".join(f"{g:g}" for g in lone_gaps(m)),
                         "suspect per set": " / ".join(str(r["suspect"]) for r in m["repeats"]),
-                        "gap of sets suspecting the target": " / ".join(f"{g:g}" for g in right_suspect_gaps(m))}
+                        "gap of sets suspecting the target": " / ".join(f"{g:g}" for g in right_suspect_gaps(m)),
+                        "weak hedge gap": hedged_gap(m)}
                        if "repeats" in m else {})})
     lines += [_table(per), "", "## Every candidate (measured columns are ORACLE)", ""]
     cand = [{"model": m["model"], sym: r["value"], "est. DER": r["estimated_der"],
