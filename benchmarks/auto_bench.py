@@ -64,8 +64,10 @@ def pct(v: float | None) -> float | None:
     return None if v is None else round(100 * v, 2)
 
 
-def candidates_otbr(model, meta, subset, repeats: int = 1) -> tuple[Any, dict[float, Any], float]:
-    d = OTBR(input_shape=meta.input_shape, num_classes=meta.num_classes, selection_repeats=repeats, progress=False)
+def candidates_otbr(model, meta, subset, repeats: int = 1, suspect_rule: str = "scan"
+                    ) -> tuple[Any, dict[float, Any], float]:
+    d = OTBR(input_shape=meta.input_shape, num_classes=meta.num_classes, selection_repeats=repeats,
+             suspect_rule=suspect_rule, progress=False)
     if FIXED["otbr"] not in d.gamma_grid:
         raise SystemExit("the fixed γ must be on the grid")
     t0 = time.perf_counter()
@@ -73,7 +75,8 @@ def candidates_otbr(model, meta, subset, repeats: int = 1) -> tuple[Any, dict[fl
     return choice, cands, time.perf_counter() - t0
 
 
-def candidates_tsbd(model, meta, subset, repeats: int = 1) -> tuple[Any, dict[float, Any], float]:
+def candidates_tsbd(model, meta, subset, repeats: int = 1, suspect_rule: str = "scan"
+                    ) -> tuple[Any, dict[float, Any], float]:
     d = TSBD(progress=False)
     x = as_float(subset.x)
     y = subset.y.long()
@@ -86,7 +89,7 @@ def candidates_tsbd(model, meta, subset, repeats: int = 1) -> tuple[Any, dict[fl
 
 
 def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
-              repeats: int = 1) -> dict[str, Any] | None:
+              repeats: int = 1, suspect_rule: str = "scan") -> dict[str, Any] | None:
     path = ZOOS[zoo][0] / f"{name}.safetensors"
     if not path.is_file():
         log.warning("%s missing: run python benchmarks/zoo.py%s first", path, "" if zoo == "main" else f" --zoo {zoo}")
@@ -95,7 +98,8 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
     ps = attack_from_config(meta.attack).poison_test(test)
     sets = ((test.x[:limit], test.y[:limit]), (ps.x[:limit], ps.y_true[:limit], int(ps.target)))
     base = evaluate(model, *sets)
-    choice, cands, seconds = (candidates_otbr if method == "otbr" else candidates_tsbd)(model, meta, subset, repeats)
+    candidates = candidates_otbr if method == "otbr" else candidates_tsbd
+    choice, cands, seconds = candidates(model, meta, subset, repeats, suspect_rule)
     info = choice.as_dict() if hasattr(choice, "as_dict") else choice
     est = {c["value"]: c for c in info["candidates"]}
     rows = []
@@ -118,9 +122,13 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
            "probe": info.get("probe"), "clean_term": info.get("clean_term"), "backdoor_term": "relative"}
     if method == "otbr":
         out["clean_scale"], out["lean"] = SYNTHETIC_CLEAN_SCALE, OTBR_LEAN
+    if suspect_rule != "scan":
+        out["suspect_rule"] = suspect_rule
+        out["stratified_scan"] = info.get("stratified_scan")
     if "repeats" in info:  # each synthetic set's lone estimates (fractions) and choice, and their agreement
         out["repeats"] = [{"seed": r["seed"], "suspect": r["suspect"], "chosen": r["chosen"],
-                           "estimated_der": {float(v): pct(e) for v, e in r["estimated_der"].items()}}
+                           "estimated_der": {float(v): pct(e) for v, e in r["estimated_der"].items()},
+                           **({"stratified_scan": r["stratified_scan"]} if "stratified_scan" in r else {})}
                           for r in info["repeats"]]
         out["repeat_agreement"] = info["repeat_agreement"]
     log.info("%s/%s: auto %s (DER %.2f), oracle %s (DER %.2f), gap %.2f, %.0f s", zoo, name, auto["value"],
@@ -497,7 +505,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="OTBR: average the selector's estimates over this many synthetic sets (seeds); the rows "
                     "also keep each set's lone choice. Results go to auto-otbr-repeatsK-fmnist.json")
     ap.add_argument("--out", help="result file stem instead of the default (e.g. to run zoos in two processes)")
-    ap.add_argument("--merge", help="comma-separated result stems (made with --out) to merge into the output file")
+    ap.add_argument("--merge", help="comma-separated result stems (made with --out) to merge into the output file; "
+                    "a model in several keeps its row from the last")
+    ap.add_argument("--suspect-rule", choices=["scan", "stratified"], default="scan",
+                    help="OTBR's suspect rule (otbr.selection.SUSPECT_RULES; default: the shipped scan)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
@@ -510,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         parts = [json.loads((RESULTS / f"{s}.json").read_text()) for s in args.merge.split(",")]
         if len({(p["method"], p["eval_limit"]) for p in parts}) != 1:
             raise SystemExit("--merge: the files differ in method or eval limit")
-        models = [m for p in parts for m in p["models"]]
+        last = {(m["zoo"], m["model"]): m for p in parts for m in p["models"]}  # a later part's row replaces
+        models = [last[k] for k in dict.fromkeys((m["zoo"], m["model"]) for p in parts for m in p["models"])]
         payload = {**parts[0], "models": models, "summary": summary(models),
                    "command": " ; ".join(f"({p['command']})" for p in parts) + " (in parallel processes), merged by "
                    "python benchmarks/auto_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -550,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ZOOS[zoo][1]:
             if (only is not None and name not in only) or (zoo, name) in done:
                 continue
-            row = run_model(args.method, zoo, name, test, subset, args.eval_limit or None, args.repeats)
+            row = run_model(args.method, zoo, name, test, subset, args.eval_limit or None, args.repeats,
+                            args.suspect_rule)
             if row is None:
                 continue
             models = [m for m in models if (m["zoo"], m["model"]) != (zoo, name)] + [row]

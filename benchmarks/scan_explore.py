@@ -56,8 +56,8 @@ from zoo import FOLDERS
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, environment, markdown_table
-from otbr.selection import patch_masks, target_scan
-from otbr.synthesis import frozen, synthesize
+from otbr.selection import argmax_tiebreak, class_scores, stratified_scan, target_scan
+from otbr.synthesis import synthesize
 
 log = logging.getLogger("scan_explore")
 ROOT = Path(__file__).resolve().parent
@@ -66,66 +66,6 @@ STEM = "scan-explore-fmnist"
 PRIMARY = "primary: max-form median"
 #: added after the run, before the seventh zoo's results: the patch median with ties broken by the patch mean
 TIED_PATCH = "patch median, ties by mean"
-
-
-def stratified_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.Tensor, num_classes: int, *,
-                    kind: str, budget: float, per_source: int = 8, steps: int = 50, lr: float = 0.1,
-                    seed: int = 0) -> torch.Tensor:
-    """Rates ``R[c, s]``: how often the universal trigger toward c sends class-s synthetic inputs to c.
-
-    One trigger per target class (a patch of area ``budget`` or a whole-image blend of weight ``budget``), each
-    optimised on ``per_source`` inputs of every other class, all targets in one batch. ``R[c, c]`` and sources
-    the model assigns no synthetic input are NaN.
-    """
-    from otbr.device import model_device
-
-    device = model_device(model)
-    gen = torch.Generator().manual_seed(seed)
-    src, tgt, cell = [], [], []
-    for c in range(num_classes):
-        for s in range(num_classes):
-            pool = synthetic[reference == s]
-            if s == c or len(pool) == 0:
-                continue
-            src.append(pool[torch.randint(0, len(pool), (per_source,), generator=gen)])
-            tgt.append(torch.full((per_source,), c))
-            cell.append(torch.full((per_source,), c * num_classes + s))
-    x, y, where = torch.cat(src).to(device), torch.cat(tgt).to(device), torch.cat(cell)
-    shape = tuple(synthetic.shape[1:])
-    a = torch.full((num_classes, 1, *shape[1:]), -2.0, device=device, requires_grad=True)
-    pz = torch.zeros((num_classes, *shape), device=device, requires_grad=True)
-    opt = torch.optim.Adam([a, pz] if kind == "patch" else [pz], lr=lr)
-
-    def apply() -> torch.Tensor:
-        if kind == "patch":
-            m = patch_masks(a, budget)
-        else:
-            m = torch.full((num_classes, 1, *shape[1:]), budget, device=device)
-        return (1 - m[y]) * x + m[y] * torch.sigmoid(pz)[y]
-
-    with frozen(model):
-        for _ in range(steps):
-            loss = torch.nn.functional.cross_entropy(model(apply()), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            hit = (model(apply()).argmax(1) == y).double().cpu()
-    sums = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, where, hit)
-    counts = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, where, torch.ones_like(hit))
-    return (sums / counts).view(num_classes, num_classes)  # 0/0 → NaN on the diagonal and for missing sources
-
-
-def class_scores(rates: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per target class: the mean and the median of its rates over the source classes (NaN cells ignored)."""
-    return {"mean": torch.nanmean(rates, 1), "median": torch.nanmedian(rates, 1).values}
-
-
-def argmax_tiebreak(primary: torch.Tensor, secondary: torch.Tensor) -> int:
-    """Arg-max of ``primary``; among tied classes, the one with the larger ``secondary``."""
-    top = primary.max()
-    tied = (primary >= top - 1e-9).nonzero().flatten()
-    return int(tied[secondary[tied].argmax()])
 
 
 def explore(zoo: str, name: str, *, alpha: float, per_source: int, seed: int = 0) -> dict[str, Any]:

@@ -110,6 +110,11 @@ PROBE_NOTHING = ("the probe found no trigger the original model follows (rate be
 #: set, it flagged the one wrong suspect (probe 0.32) and one of the three right ones (0.81).
 SUSPECT_WEAK_RATE = 0.9
 
+#: How the data-free selection names its suspected target: ``"scan"`` (shipped), the class one small patch
+#: reaches most often from the pooled other-class synthetic inputs (:func:`target_scan`); ``"stratified"``
+#: (under test, :func:`stratified_suspects`), the class a small patch reaches from the most source classes.
+SUSPECT_RULES = ("scan", "stratified")
+
 SUSPECT_WEAK = ("the trigger reverse-engineered toward the suspected class {suspect} reaches only {rate:.0%} of the "
                 "synthetic sources on the original model (below {limit:.0%}); on the 31 Fashion-MNIST zoo models all 8 "
                 "wrongly suspected classes were below that, and so were 7 of the 23 right ones: the suspect may be a "
@@ -430,6 +435,111 @@ def target_scan(
     return hit.view(num_classes, per_class).mean(1)
 
 
+def stratified_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.Tensor, num_classes: int, *,
+                    kind: str = "patch", budget: float = 0.05, per_source: int = 8, steps: int = 50, lr: float = 0.1,
+                    seed: int = 0) -> torch.Tensor:
+    """Rates ``R[c, s]``: how often the universal trigger toward c sends class-s synthetic inputs to c.
+
+    One trigger per target class (a patch of area ``budget``, or with ``kind="blend"`` a whole-image blend of
+    weight ``budget``), each optimised on ``per_source`` inputs of *every* other class (the classes ``reference``
+    gives them), all targets in one batch. Where :func:`target_scan` pools the sources, this keeps them apart: a
+    backdoor trigger works from every source class, while a natural neighbour (shirt next to T-shirt, pullover
+    and coat) is reached from a few. ``R[c, c]`` and sources with no synthetic input are NaN.
+
+    Example:
+        >>> from otbr.models import create_model
+        >>> net = create_model("tinycnn", num_classes=3, in_channels=1).eval()
+        >>> stratified_scan(net, torch.rand(12, 1, 8, 8), torch.arange(12) % 3, 3, steps=1, per_source=2).shape
+        torch.Size([3, 3])
+    """
+    from otbr.device import model_device
+
+    if kind not in ("patch", "blend"):
+        raise ValueError(f"stratified_scan: kind must be patch or blend, got {kind!r}")
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    src, tgt, cell = [], [], []
+    for c in range(num_classes):
+        for s in range(num_classes):
+            pool = synthetic[reference == s]
+            if s == c or len(pool) == 0:
+                continue
+            src.append(pool[torch.randint(0, len(pool), (per_source,), generator=gen)])
+            tgt.append(torch.full((per_source,), c))
+            cell.append(torch.full((per_source,), c * num_classes + s))
+    if not src:
+        return torch.full((num_classes, num_classes), float("nan"), dtype=torch.float64)
+    x, y, where = torch.cat(src).to(device), torch.cat(tgt).to(device), torch.cat(cell)
+    shape = tuple(synthetic.shape[1:])
+    a = torch.full((num_classes, 1, *shape[1:]), -2.0, device=device, requires_grad=True)
+    pz = torch.zeros((num_classes, *shape), device=device, requires_grad=True)
+    opt = torch.optim.Adam([a, pz] if kind == "patch" else [pz], lr=lr)
+
+    def apply() -> torch.Tensor:
+        if kind == "patch":
+            m = patch_masks(a, budget)
+        else:
+            m = torch.full((num_classes, 1, *shape[1:]), budget, device=device)
+        return (1 - m[y]) * x + m[y] * torch.sigmoid(pz)[y]
+
+    with frozen(model):
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(model(apply()), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            hit = (model(apply()).argmax(1) == y).double().cpu()
+    sums = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, where, hit)
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, where, torch.ones_like(hit))
+    return (sums / counts).view(num_classes, num_classes)  # 0/0 → NaN on the diagonal and for missing sources
+
+
+def class_scores(rates: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per target class: the mean and the median of its :func:`stratified_scan` rates over the source classes
+    (NaN cells ignored).
+
+    Example:
+        >>> r = torch.tensor([[float("nan"), 1.0, 0.0, 0.2], [0.0, float("nan"), 0.0, 0.0],
+        ...                   [0.0, 0.0, float("nan"), 0.0], [0.0, 0.0, 0.0, float("nan")]])
+        >>> {k: round(float(v[0]), 2) for k, v in class_scores(r).items()}
+        {'mean': 0.4, 'median': 0.2}
+    """
+    return {"mean": torch.nanmean(rates, 1), "median": torch.nanmedian(rates, 1).values}
+
+
+def argmax_tiebreak(primary: torch.Tensor, secondary: torch.Tensor) -> int:
+    """Arg-max of ``primary``; among tied classes, the one with the larger ``secondary`` (NaN counts as 0).
+
+    Example:
+        >>> argmax_tiebreak(torch.tensor([0.5, 0.5, 0.1]), torch.tensor([0.2, 0.3, 0.9]))
+        1
+    """
+    primary, secondary = torch.nan_to_num(primary.double()), torch.nan_to_num(secondary.double())
+    tied = (primary >= primary.max() - 1e-9).nonzero().flatten()
+    return int(tied[secondary[tied].argmax()])
+
+
+def stratified_suspects(original: torch.nn.Module, pools: Sequence[torch.Tensor], refs: Sequence[torch.Tensor],
+                        num_classes: int, *, budget: float) -> tuple[list[int], int, list[dict[str, list[float]]],
+                                                                      dict[str, list[float]]]:
+    """The ``"stratified"`` suspect rule: per pool (seed = its index), the patch :func:`stratified_scan`'s median
+    over source classes, ties broken by its mean; over several pools, the same rule on the averaged scores.
+
+    Returns each pool's own suspect, the joint suspect, each pool's scores and the averaged scores (rounded, for
+    the report).
+    """
+    scores = [class_scores(stratified_scan(original, x, r, num_classes, kind="patch", budget=budget, seed=i))
+              for i, (x, r) in enumerate(zip(pools, refs, strict=True))]
+    own = [argmax_tiebreak(s["median"], s["mean"]) for s in scores]
+    avg = {k: torch.nanmean(torch.stack([s[k] for s in scores]), 0) for k in ("median", "mean")}
+
+    def rounded(d: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
+        return {k: [round(float(v), 4) for v in t] for k, t in d.items()}
+
+    return own, argmax_tiebreak(avg["median"], avg["mean"]), [rounded(s) for s in scores], rounded(avg)
+
+
 def trigger_rate(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor,
                  target: int, *, robust: bool = True, top: int = 1, batch_size: int = 512,
                  seed: int = 12345) -> float:
@@ -460,6 +570,11 @@ def trigger_rate(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tenso
             above = (out > out[:, target:target + 1]).sum(1)  # classes ranked above the target
             hits += int((above < top).sum())
     return hits / max(len(images), 1)
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in SUSPECT_RULES:
+        raise ValueError(f"suspect_rule must be one of {', '.join(SUSPECT_RULES)}, got {rule!r}")
 
 
 def require_batchnorm(model: torch.nn.Module, option: str, example: str) -> None:
@@ -545,6 +660,7 @@ def choose_for(
     probe_ladder: bool = False,
     clean_scale: float = SYNTHETIC_CLEAN_SCALE,
     lean: float = 0.0,
+    suspect_rule: str = "scan",
 ) -> Choice:
     """:func:`choose` on models, with every signal computed from ``synthetic`` inputs.
 
@@ -563,9 +679,13 @@ def choose_for(
     ladder (patch area 1, 2, 5 % of the image; blend weight 0.03, 0.05, 0.1) at which the original follows it
     on ≥ 90 % of the sources — a backdoor needs only a small trigger (the idea of Neural Cleanse's norm).
     Without ``clean_drop`` the clean term is the disagreement on the other classes' synthetic inputs times
-    ``clean_scale`` (module docstring). Several synthetic sets: :func:`choose_for_repeats`.
+    ``clean_scale`` (module docstring). With ``suspect_rule="stratified"`` the probe's suspect comes from
+    :func:`stratified_suspects` instead of :func:`target_scan` (:data:`SUSPECT_RULES`). Several synthetic sets:
+    :func:`choose_for_repeats`.
     """
     from otbr.metrics import predict
+
+    _check_rule(suspect_rule)
 
     ref = predict(original, synthetic)
     preds = {v: predict(m, synthetic) for v, m in candidates.items()}
@@ -574,10 +694,15 @@ def choose_for(
     pool, pool_ref = synthetic, ref
     if probe_images is not None:
         pool, pool_ref = probe_images, predict(original, probe_images)
-    if probe:
+    if probe and suspect_rule == "stratified":
+        (suspect,), _, (extra["stratified_scan"],), _ = stratified_suspects(original, [pool], [pool_ref], num_classes,
+                                                                            budget=probe_budget)
+    elif probe:
         scan = target_scan(original, pool, pool_ref, num_classes, budget=probe_budget)
         suspect = _scan_suspect(scan, preds, ref, num_classes)
         extra["target_scan"] = [round(float(v), 4) for v in scan]
+    if probe:
+        extra["suspect_rule"] = suspect_rule
         bdrop, extra["probe"] = _probe(original, candidates, pool, pool_ref, suspect, budget=probe_budget,
                                        steps=probe_steps, ladder=probe_ladder,
                                        sources="synthetic" if probe_images is None else "given images")
@@ -607,6 +732,7 @@ def choose_for_repeats(
     probe_steps: int = 100,
     clean_scale: float = SYNTHETIC_CLEAN_SCALE,
     lean: float = 0.0,
+    suspect_rule: str = "scan",
 ) -> Choice:
     """:func:`choose_for` (data-free, with the probe) averaged over several synthetic sets, each with its own seed.
 
@@ -617,7 +743,9 @@ def choose_for_repeats(
     are averaged (``estimated_der_min`` / ``_max`` keep their spread) and :func:`pick` chooses (with ``lean``).
     ``extra["repeats"]`` records, per set, what it would have chosen alone (its own suspect and estimates) —
     ``repeat_agreement`` is the share of sets whose lone choice is the averaged one, a measure of how sure the
-    choice is. One set gives exactly :func:`choose_for`.
+    choice is. One set gives exactly :func:`choose_for`. ``suspect_rule`` (:data:`SUSPECT_RULES`): with
+    ``"stratified"`` each set's suspect and the joint one come from :func:`stratified_suspects` (scores averaged
+    over the sets) instead of the averaged :func:`target_scan`.
 
     Example:
         >>> c = choose_for_repeats(net, cands, [syn_a, syn_b, syn_c], 10)  # doctest: +SKIP
@@ -626,20 +754,30 @@ def choose_for_repeats(
     """
     from otbr.metrics import predict
 
+    _check_rule(suspect_rule)
     sets = list(synthetic_sets)
     if not sets:
         raise ValueError("choose_for_repeats: no synthetic sets")
     if len(sets) == 1:
         return choose_for(original, candidates, sets[0], num_classes, probe_budget=probe_budget,
-                          probe_steps=probe_steps, clean_scale=clean_scale, lean=lean)
+                          probe_steps=probe_steps, clean_scale=clean_scale, lean=lean, suspect_rule=suspect_rule)
     refs = [predict(original, x) for x in sets]
     preds = [{v: predict(m, x) for v, m in candidates.items()} for x in sets]
-    scans = [target_scan(original, x, r, num_classes, budget=probe_budget, seed=i)
-             for i, (x, r) in enumerate(zip(sets, refs, strict=True))]
-    own = [_scan_suspect(sc, p, r, num_classes) for sc, p, r in zip(scans, preds, refs, strict=True)]
-    scan = torch.stack(scans).mean(0)
-    joint = {v: torch.cat([p[v] for p in preds]) for v in candidates}
-    suspect = _scan_suspect(scan, joint, torch.cat(refs), num_classes)
+    scan_extra: dict[str, Any]
+    if suspect_rule == "stratified":
+        own, suspect, per_set_scores, avg_scores = stratified_suspects(original, sets, refs, num_classes,
+                                                                       budget=probe_budget)
+        set_scans: list[dict[str, Any]] = [{"stratified_scan": sc} for sc in per_set_scores]
+        scan_extra = {"stratified_scan": avg_scores}
+    else:
+        scans = [target_scan(original, x, r, num_classes, budget=probe_budget, seed=i)
+                 for i, (x, r) in enumerate(zip(sets, refs, strict=True))]
+        own = [_scan_suspect(sc, p, r, num_classes) for sc, p, r in zip(scans, preds, refs, strict=True)]
+        scan = torch.stack(scans).mean(0)
+        joint = {v: torch.cat([p[v] for p in preds]) for v in candidates}
+        suspect = _scan_suspect(scan, joint, torch.cat(refs), num_classes)
+        set_scans = [{"target_scan": [round(float(v), 4) for v in sc]} for sc in scans]
+        scan_extra = {"target_scan": [round(float(v), 4) for v in scan]}
     repeats: list[dict[str, Any]] = []
     per_set: list[Choice] = []
     probe_kw = {"budget": probe_budget, "steps": probe_steps, "ladder": False, "sources": "synthetic"}
@@ -655,8 +793,7 @@ def choose_for_repeats(
                             clean_scale=clean_scale, lean=lean)
         joined.signal = SIGNAL_PROBE if bdrop is not None else SIGNAL
         per_set.append(joined)
-        repeats.append({"seed": i, "suspect": own[i], "chosen": alone.value,
-                        "target_scan": [round(float(v), 4) for v in scans[i]],
+        repeats.append({"seed": i, "suspect": own[i], "chosen": alone.value, **set_scans[i],
                         "estimated_der": {str(r["value"]): r["estimated_der"] for r in alone.candidates},
                         "probe": probe_own,
                         "estimated_der_at_suspect": {str(r["value"]): r["estimated_der"] for r in joined.candidates},
@@ -678,9 +815,10 @@ def choose_for_repeats(
     extra = {"clean_term": f"synthetic disagreement × {clean_scale:g}",
              "margin": None if runner_up is None else round(top["estimated_der"] - runner_up, 4),
              "lean": {"within": lean, "best_estimate": top["value"], "moved": best is not top},
-             "target_scan": [round(float(v), 4) for v in scan], "repeats": repeats, "repeat_agreement": agreement,
+             "suspect_rule": suspect_rule, **scan_extra, "repeats": repeats, "repeat_agreement": agreement,
              "probe": repeats[0]["probe_at_suspect"],
              "suspect_check": suspect_check(repeats[0]["probe_at_suspect"]["rate_original"], suspect)}
+    source = "stratified patch scan" if suspect_rule == "stratified" else "target scan"
     signal = per_set[0].signal + f"; each term averaged over {len(sets)} synthetic sets (seeds), the suspect from " \
-                                 "their averaged target scan"
+                                 f"their averaged {source}"
     return Choice(value=float(best["value"]), suspect=suspect, candidates=rows, signal=signal, extra=extra)

@@ -44,7 +44,14 @@ from otbr.layers import scored_layers
 from otbr.models.registry import output_classes
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pruning import global_topk, mask_count, mask_indices, prune_neurons
-from otbr.selection import OTBR_LEAN, SYNTHETIC_CLEAN_SCALE, Choice, choose_for_repeats, require_batchnorm
+from otbr.selection import (
+    OTBR_LEAN,
+    SUSPECT_RULES,
+    SYNTHETIC_CLEAN_SCALE,
+    Choice,
+    choose_for_repeats,
+    require_batchnorm,
+)
 from otbr.synthesis import synthesize
 
 log = logging.getLogger(__name__)
@@ -80,6 +87,9 @@ class OTBR(Defense):
             the backdoor itself and does better from the lighter γ: over the seven zoo models the lean of 0.035
             moved, mean DER 87.62 from the lighter γ against 86.67 from the leaned one,
             ``benchmarks/results/repair-lean-cpu-fmnist.md``).
+        suspect_rule: for ``gamma="auto"``, how the suspected target is named (:data:`otbr.selection.SUSPECT_RULES`):
+            ``"scan"`` (default) or ``"stratified"`` (under test, see :func:`otbr.selection.stratified_suspects`).
+            Only a rule other than the default is listed in :meth:`config`.
         repair_steps: ``N > 0`` replaces the fusion by ``N`` steps of data-free repair of the pruned model
             (:func:`otbr.repair.repair`: distillation of the original on BatchNorm-inverted inputs with the
             pruned neurons held at zero).
@@ -110,6 +120,7 @@ class OTBR(Defense):
         selection_repeats: int = SELECTION_REPEATS,
         clean_scale: float = SYNTHETIC_CLEAN_SCALE,
         lean: float | None = None,
+        suspect_rule: str = "scan",
         repair_steps: int = 0,
         lam: float = 0.5,
         steps: int = 20,
@@ -133,6 +144,9 @@ class OTBR(Defense):
         self.selection_repeats = int(selection_repeats)
         self.clean_scale = check_range("clean_scale", float(clean_scale), 0.0, 1.0, low_open=True)
         self.lean = None if lean is None else check_range("lean", float(lean), 0.0, 1.0)
+        if suspect_rule not in SUSPECT_RULES:
+            raise OtbrError(f"suspect_rule must be one of {', '.join(SUSPECT_RULES)}, got {suspect_rule!r}")
+        self.suspect_rule = suspect_rule
         if int(repair_steps) < 0:
             raise OtbrError(f"repair_steps must be ≥ 0, got {repair_steps}")
         self.repair_steps = int(repair_steps)
@@ -271,20 +285,23 @@ class OTBR(Defense):
                            seed=self.seed + i, progress=self.progress) for i in range(self.selection_repeats)]
         built = {g: self._defend(work, scores, g) for g in self.gamma_grid}
         choice = choose_for_repeats(work, {g: b[1] for g, b in built.items()}, [s.x for s in syns], num_classes,
-                                    clean_scale=self.clean_scale, lean=self.effective_lean())
+                                    clean_scale=self.clean_scale, lean=self.effective_lean(),
+                                    suspect_rule=self.suspect_rule)
         choice.extra["synthetic"] = syns[0].info if len(syns) == 1 else [s.info for s in syns]
         return choice, built, time.perf_counter() - t0
 
     def config(self) -> dict[str, Any]:
         """The hyperparameters (public attributes), plus ``lean_used`` when ``gamma="auto"``: the lean the choice
         applies (``lean=None`` follows :data:`~otbr.selection.OTBR_LEAN`, so a changed default shows in reports and
-        in ``otbr compare``'s cell keys).
+        in ``otbr compare``'s cell keys). ``suspect_rule`` is listed only when it is not the default ``"scan"``.
 
         Example:
             >>> OTBR(input_shape=(1, 8, 8)).config()["lean_used"], "lean_used" in OTBR(gamma=0.1).config()
             (0.065, False)
         """
         out = super().config()
+        if out["suspect_rule"] == "scan":  # the shipped rule is not listed, so stored comparison cells keep their keys
+            del out["suspect_rule"]
         if self.gamma == "auto":
             out["lean_used"] = self.effective_lean()
         return out
