@@ -119,3 +119,20 @@ def test_repair_bench_reads_the_three_set_file_for_models_the_single_set_file_la
     assert repair_bench.auto_choices() == {("main", "a"): (0.1, 0, "one.json"), ("main", "b"): (0.1, 1, "three.json")}
     assert repair_bench.auto_choices("lean")[("main", "b")] == (0.15, 1, "three.json")
     assert repair_bench.auto_gammas()[("main", "a")] == (0.1, 0)
+
+
+def test_auto_bench_merge_keeps_a_models_row_from_the_last_part(tmp_path, monkeypatch) -> None:
+    """``--merge A,B``: a model in both parts keeps B's row, in A's order; models only in one part stay."""
+    import json
+
+    first, second, other = _row(0.065), {**_row(0.065), "gap": 0.5, "suspect_rule": "stratified"}, _row(0.065)
+    other["model"] = "n"
+    part = {"method": "otbr", "eval_limit": 5000, "command": "c", "threads": 1}
+    (tmp_path / "a.json").write_text(json.dumps({**part, "models": [first, other]}))
+    (tmp_path / "b.json").write_text(json.dumps({**part, "models": [second]}))
+    monkeypatch.setattr(auto_bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(auto_bench, "write_markdown", lambda payload, path: None)  # test rows lack the table's cells
+    assert auto_bench.main(["--merge", "a,b", "--out", "ab"]) == 0
+    rows = json.loads((tmp_path / "ab.json").read_text())["models"]
+    assert [(r["model"], r["gap"], r.get("suspect_rule")) for r in rows] == [("m", 0.5, "stratified"),
+                                                                             ("n", first["gap"], None)]
