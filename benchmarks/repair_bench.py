@@ -61,12 +61,14 @@ def pct(v: float | None) -> float | None:
 AUTO_FILES = ("auto-otbr-fmnist.json", "auto-otbr-repeats3-fmnist.json")
 
 
-def auto_choices(rule: str = "no-lean") -> dict[tuple[str, str], tuple[float, int, str]]:
-    """Per zoo model, the automatic γ recorded in :data:`AUTO_FILES`, the selection's suspect and the file: with
-    ``rule="no-lean"`` (the default) the choice without the lean toward pruning — what ``OTBR(repair_steps=…)``
-    picks — with ``rule="lean"`` the fused output's (``otbr.selection.OTBR_LEAN``)."""
+def auto_choices(rule: str = "no-lean", files: tuple[str, ...] | None = None
+                 ) -> dict[tuple[str, str], tuple[float, int, str]]:
+    """Per zoo model, the automatic γ recorded in the first of ``files`` (default :data:`AUTO_FILES`) that has
+    it, the selection's suspect and the file: with ``rule="no-lean"`` (the default) the choice without the lean
+    toward pruning — what ``OTBR(repair_steps=…)`` picks — with ``rule="lean"`` the fused output's
+    (``otbr.selection.OTBR_LEAN``)."""
     out: dict[tuple[str, str], tuple[float, int, str]] = {}
-    for name in AUTO_FILES:
+    for name in files or AUTO_FILES:
         path = RESULTS / name
         if not path.is_file():
             continue
@@ -166,7 +168,8 @@ def _work(zoo: str, name: str, args: argparse.Namespace) -> list[dict[str, Any]]
     """One model in a worker process (its own torch threads and test set)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    return run_model(zoo, name, args, load_dataset("fashion-mnist", "test"), auto_choices(args.auto_rule))
+    chosen = auto_choices(args.auto_rule, args.auto_files)
+    return run_model(zoo, name, args, load_dataset("fashion-mnist", "test"), chosen)
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -268,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--auto-rule", choices=("no-lean", "lean"), default="no-lean",
                     help="which recorded automatic γ to start from: without the lean toward pruning (what OTBR "
                          "picks when the repair replaces the fusion; the default) or with it (the fused output's)")
+    ap.add_argument("--auto-files", type=lambda v: tuple(v.split(",")), default=None,
+                    help="comma-separated auto_bench result files (in benchmarks/results) to read the automatic γ and "
+                    f"suspect from, the first that has a model winning (default {','.join(AUTO_FILES)})")
     ap.add_argument("--step-up", type=int, default=0,
                     help="prune this many grid steps above the automatic γ (0: the automatic γ itself)")
     ap.add_argument("--no-scan-guard", action="store_true",
@@ -309,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             done.sort(key=lambda rs: order[(rs[0]["zoo"], rs[0]["model"])])
             payload = {"command": command.strip(), "steps": args.steps, "synthetic": args.synthetic,
                        "adversarial": args.adversarial, "compare": args.compare, "step_up": args.step_up,
-                       "scan_guard": not args.no_scan_guard, "auto_rule": args.auto_rule, "rebuild": args.rebuild,
+                       "scan_guard": not args.no_scan_guard, "auto_rule": args.auto_rule,
+                       **({"auto_files": list(args.auto_files)} if args.auto_files else {}), "rebuild": args.rebuild,
                        "lr": args.lr, "rebuild_teacher": args.rebuild_teacher,
                        "eval_limit": args.eval_limit, "threads": args.threads, "workers": args.workers,
                        "rows": rows + [r for rs in done for r in rs], "environment": environment(args.device),

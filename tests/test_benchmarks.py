@@ -119,6 +119,7 @@ def test_repair_bench_reads_the_three_set_file_for_models_the_single_set_file_la
     assert repair_bench.auto_choices() == {("main", "a"): (0.1, 0, "one.json"), ("main", "b"): (0.1, 1, "three.json")}
     assert repair_bench.auto_choices("lean")[("main", "b")] == (0.15, 1, "three.json")
     assert repair_bench.auto_gammas()[("main", "a")] == (0.1, 0)
+    assert repair_bench.auto_choices(files=("three.json", "one.json"))[("main", "a")] == (0.1, 1, "three.json")
 
 
 def test_auto_bench_merge_keeps_a_models_row_from_the_last_part(tmp_path, monkeypatch) -> None:
