@@ -302,6 +302,10 @@ def defend() -> None:
 @click.option("--selection-repeats", default=3, show_default=True, type=click.IntRange(1),
               help="--gamma auto: average the estimates over this many synthetic sets (seeds); the report gives "
                    "each set's lone choice and how many agree. Costs that many times the selection's time.")
+@click.option("--suspect-rule", type=click.Choice(["scan", "stratified"]), default=None,
+              help="--gamma auto: how the suspected target is named. scan: the class one small patch reaches most "
+                   "often from the pooled other-class inversions; stratified: the class it reaches from the most "
+                   "source classes (median over sources). Default: scan.")
 @click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Fusion weight λ of the aligned pruned model.")
 @click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,
@@ -317,7 +321,8 @@ def defend() -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
 @defense_options()
 def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: float, lean: float | None,
-                selection_repeats: int, lam: float, variant: str, steps: int, batch_size: int, lr: float, solver: str,
+                selection_repeats: int, suspect_rule: str | None, lam: float, variant: str, steps: int,
+                batch_size: int, lr: float, solver: str,
                 repair_steps: int, sweep: str | None, plot: str | None, progress: bool, **kw: Any) -> None:
     """Data-free OTBR: random-noise unlearning → NWC pruning → optimal-transport fusion.
 
@@ -330,6 +335,7 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: fl
     net, meta = load_model_from_options(model, kw)
     defense = create_defense("otbr", gamma=gamma, gamma_grid=parse_floats(gamma_grid, "--gamma-grid") or (),
                              clean_scale=clean_scale, lean=lean, selection_repeats=selection_repeats, lam=lam,
+                             **({} if suspect_rule is None else {"suspect_rule": suspect_rule}),
                              variant=variant, steps=steps,
                              batch_size=batch_size, repair_steps=repair_steps, lr=lr, solver=solver,
                              input_shape=meta.input_shape, num_classes=meta.num_classes, seed=kw["seed"],

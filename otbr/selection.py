@@ -246,9 +246,11 @@ def choose(
     if suspect is None:
         suspect = suspect_class(candidates, reference, num_classes)
     rest = reference != suspect
+    # a suspect the original gives no synthetic input to has no agreement to lose: counted as no drop (not NaN)
+    empty = backdoor_drop is None and not bool((reference == suspect).any())
     rows: list[dict[str, float]] = []
     for v in values:
-        agree_t = float(class_agreement(candidates[v], reference, num_classes)[suspect])
+        agree_t = 1.0 if empty else float(class_agreement(candidates[v], reference, num_classes)[suspect])
         agree_rest = float((candidates[v][rest] == reference[rest]).double().mean()) if rest.any() else 1.0
         cdrop = clean_scale * (1.0 - agree_rest) if clean_drop is None else float(clean_drop[v])
         bdrop = (1.0 - agree_t) if backdoor_drop is None else float(backdoor_drop[v])
@@ -265,6 +267,9 @@ def choose(
     extra = {"clean_term": "measured clean drop" if clean_drop is not None else
              f"synthetic disagreement × {clean_scale:g}", "margin": margin,
              "lean": {"within": lean, "best_estimate": top["value"], "moved": best is not top}}
+    if empty:
+        extra["note"] = (f"the original model assigns none of the synthetic inputs to the suspected class {suspect}, "
+                         "so the backdoor term counts no drop for any candidate")
     return Choice(value=float(best["value"]), suspect=suspect, candidates=rows, extra=extra)
 
 

@@ -477,3 +477,42 @@ def test_cli_auto_is_the_default_and_reported(tmp_path: Path) -> None:
     assert "automatic choice:" in rep.output and "synthetic sets" not in rep.output
     bad = CliRunner().invoke(main, ["defend", "otbr", str(model), "--gamma", "often", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "neither 'auto' nor a number" in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_suspect_rule_reaches_the_defense_and_the_report(tmp_path: Path) -> None:
+    """``--suspect-rule stratified`` runs the stratified rule (its scores in the report, the rule in the config);
+    the option's choices and stated default are the library's; a wrong value is a one-line usage error."""
+    from otbr.cli.main import main
+
+    from cli.cmd_defend import defend_otbr
+    from otbr.defenses.otbr import SUSPECT_RULE
+    from otbr.selection import SUSPECT_RULES
+
+    opt = next(p for p in defend_otbr.params if p.name == "suspect_rule")
+    assert tuple(opt.type.choices) == SUSPECT_RULES and f"Default: {SUSPECT_RULE}." in opt.help
+    model, _ = make_tiny_files(tmp_path, 40)
+    report = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16", "--no-eval",
+                                    "--selection-repeats", "2", "--suspect-rule", "stratified",
+                                    "-o", str(tmp_path / "o.safetensors"), "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(report.read_text())
+    auto = payload["info"]["auto"]
+    assert payload["config"]["suspect_rule"] == "stratified" and auto["suspect_rule"] == "stratified"
+    assert len(auto["stratified_scan"]["median"]) == CLASSES and "target_scan" not in auto
+    assert all("stratified_scan" in r for r in auto["repeats"])
+    bad = CliRunner().invoke(main, ["defend", "otbr", str(model), "--suspect-rule", "vote", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "vote" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_suspect_with_no_synthetic_inputs_counts_no_drop_instead_of_nan() -> None:
+    """Found by the CLI test of the stratified rule: when the suspect (here class 2) has no synthetic input and no
+    probe drop is given, its agreement was NaN, every estimate NaN, and the lean's pick crashed. Now the backdoor
+    term is 0 for every candidate, the clean term decides, and the report says why."""
+    ref = torch.tensor([0, 0, 1, 1])
+    cands = {0.1: ref.clone(), 0.2: torch.tensor([0, 1, 1, 1])}
+    c = choose(cands, ref, 3, suspect=2, lean=0.065)
+    assert c.value == 0.1 and all(r["backdoor_drop"] == 0.0 for r in c.candidates)
+    assert all(r["estimated_der"] == r["estimated_der"] for r in c.candidates)  # no NaN
+    assert "none of the synthetic inputs" in c.extra["note"]
+    assert "note" not in choose(cands, ref, 3, suspect=0).extra

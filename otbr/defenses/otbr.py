@@ -63,6 +63,8 @@ GAMMA_GRID = (0.02, 0.05, 0.1, 0.15, 0.2)
 #: models mean DER gap 3.72 averaged vs 4.76 for one set, worst 18.49 vs 28.06, held-out fourth zoo 2.23 both
 #: (``benchmarks/results/auto-otbr-repeats3-fmnist.md``). Triples the selection's time.
 SELECTION_REPEATS = 3
+#: How the automatic γ names the suspected target (:data:`otbr.selection.SUSPECT_RULES`).
+SUSPECT_RULE = "scan"
 
 
 @register_defense
@@ -89,7 +91,7 @@ class OTBR(Defense):
             ``benchmarks/results/repair-lean-cpu-fmnist.md``).
         suspect_rule: for ``gamma="auto"``, how the suspected target is named (:data:`otbr.selection.SUSPECT_RULES`):
             ``"scan"`` (default) or ``"stratified"`` (under test, see :func:`otbr.selection.stratified_suspects`).
-            Only a rule other than the default is listed in :meth:`config`.
+            ``"scan"`` is not listed in :meth:`config` (see there).
         repair_steps: ``N > 0`` replaces the fusion by ``N`` steps of data-free repair of the pruned model
             (:func:`otbr.repair.repair`: distillation of the original on BatchNorm-inverted inputs with the
             pruned neurons held at zero).
@@ -120,7 +122,7 @@ class OTBR(Defense):
         selection_repeats: int = SELECTION_REPEATS,
         clean_scale: float = SYNTHETIC_CLEAN_SCALE,
         lean: float | None = None,
-        suspect_rule: str = "scan",
+        suspect_rule: str = SUSPECT_RULE,
         repair_steps: int = 0,
         lam: float = 0.5,
         steps: int = 20,
@@ -293,14 +295,15 @@ class OTBR(Defense):
     def config(self) -> dict[str, Any]:
         """The hyperparameters (public attributes), plus ``lean_used`` when ``gamma="auto"``: the lean the choice
         applies (``lean=None`` follows :data:`~otbr.selection.OTBR_LEAN`, so a changed default shows in reports and
-        in ``otbr compare``'s cell keys). ``suspect_rule`` is listed only when it is not the default ``"scan"``.
+        in ``otbr compare``'s cell keys). ``suspect_rule`` is listed unless it is ``"scan"``, the rule of every run
+        made before the option existed (so their stored comparison cells keep their keys).
 
         Example:
             >>> OTBR(input_shape=(1, 8, 8)).config()["lean_used"], "lean_used" in OTBR(gamma=0.1).config()
             (0.065, False)
         """
         out = super().config()
-        if out["suspect_rule"] == "scan":  # the shipped rule is not listed, so stored comparison cells keep their keys
+        if out["suspect_rule"] == "scan":  # every run before the option used it: their stored cells keep their keys
             del out["suspect_rule"]
         if self.gamma == "auto":
             out["lean_used"] = self.effective_lean()
