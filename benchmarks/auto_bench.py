@@ -18,10 +18,13 @@ stored estimates (probe rates and raw disagreement do not depend on the rule) an
 it.
 
 Usage:
-    python benchmarks/auto_bench.py [--method otbr|tsbd] [--zoo main|second|third|fourth|fifth|both|all]
-                                    [--only NAME,...] [--eval-limit 5000] [--threads 1] [--append] [--rescore]
+    python benchmarks/auto_bench.py [--method otbr|tsbd] [--zoo main|second|...|seventh|both|all]
+                                    [--repeats 3] [--suspect-rule stratified|scan] [--only NAME,...]
+                                    [--eval-limit 5000] [--threads 1] [--append] [--rescore] [--out STEM]
 
-Writes ``benchmarks/results/auto-<method>-fmnist.{md,json}``.
+Writes ``benchmarks/results/auto-<method>-fmnist.{md,json}`` (one synthetic set), with ``--repeats 3``
+``auto-otbr-stratified-fmnist`` (OTBR's shipped suspect rule) or ``auto-otbr-repeats3-fmnist`` (``--suspect-rule
+scan``, the rule until 2026-11-24).
 """
 
 from __future__ import annotations
@@ -41,13 +44,21 @@ from zoo import ZOOS as ZOO_DEFS
 
 from otbr.attacks import attack_from_config
 from otbr.data import load_dataset, sample_subset
-from otbr.defenses.otbr import OTBR
+from otbr.defenses.otbr import OTBR, SUSPECT_RULE
 from otbr.defenses.tsbd import TSBD
 from otbr.metrics import der, evaluate
 from otbr.models import load_model
 from otbr.pixels import as_float
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
-from otbr.selection import OTBR_LEAN, SUSPECT_WEAK_RATE, SYNTHETIC_CLEAN_SCALE, estimated_der, pick, probe_drops
+from otbr.selection import (
+    OTBR_LEAN,
+    SUSPECT_RULES,
+    SUSPECT_WEAK_RATE,
+    SYNTHETIC_CLEAN_SCALE,
+    estimated_der,
+    pick,
+    probe_drops,
+)
 
 log = logging.getLogger("auto_bench")
 
@@ -64,7 +75,7 @@ def pct(v: float | None) -> float | None:
     return None if v is None else round(100 * v, 2)
 
 
-def candidates_otbr(model, meta, subset, repeats: int = 1, suspect_rule: str = "scan"
+def candidates_otbr(model, meta, subset, repeats: int = 1, suspect_rule: str = SUSPECT_RULE
                     ) -> tuple[Any, dict[float, Any], float]:
     d = OTBR(input_shape=meta.input_shape, num_classes=meta.num_classes, selection_repeats=repeats,
              suspect_rule=suspect_rule, progress=False)
@@ -75,7 +86,7 @@ def candidates_otbr(model, meta, subset, repeats: int = 1, suspect_rule: str = "
     return choice, cands, time.perf_counter() - t0
 
 
-def candidates_tsbd(model, meta, subset, repeats: int = 1, suspect_rule: str = "scan"
+def candidates_tsbd(model, meta, subset, repeats: int = 1, suspect_rule: str = "scan"  # TSBD: always the scan
                     ) -> tuple[Any, dict[float, Any], float]:
     d = TSBD(progress=False)
     x = as_float(subset.x)
@@ -89,7 +100,7 @@ def candidates_tsbd(model, meta, subset, repeats: int = 1, suspect_rule: str = "
 
 
 def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
-              repeats: int = 1, suspect_rule: str = "scan") -> dict[str, Any] | None:
+              repeats: int = 1, suspect_rule: str = SUSPECT_RULE) -> dict[str, Any] | None:
     path = ZOOS[zoo][0] / f"{name}.safetensors"
     if not path.is_file():
         log.warning("%s missing: run python benchmarks/zoo.py%s first", path, "" if zoo == "main" else f" --zoo {zoo}")
@@ -122,7 +133,7 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
            "probe": info.get("probe"), "clean_term": info.get("clean_term"), "backdoor_term": "relative"}
     if method == "otbr":
         out["clean_scale"], out["lean"] = SYNTHETIC_CLEAN_SCALE, OTBR_LEAN
-    if suspect_rule != "scan":
+    if method == "otbr" and suspect_rule != "scan":
         out["suspect_rule"] = suspect_rule
         out["stratified_scan"] = info.get("stratified_scan")
     if "repeats" in info:  # each synthetic set's lone estimates (fractions) and choice, and their agreement
@@ -507,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="result file stem instead of the default (e.g. to run zoos in two processes)")
     ap.add_argument("--merge", help="comma-separated result stems (made with --out) to merge into the output file; "
                     "a model in several keeps its row from the last")
-    ap.add_argument("--suspect-rule", choices=["scan", "stratified"], default="scan",
-                    help="OTBR's suspect rule (otbr.selection.SUSPECT_RULES; default: the shipped scan)")
+    ap.add_argument("--suspect-rule", choices=SUSPECT_RULES, default=SUSPECT_RULE,
+                    help=f"OTBR's suspect rule (otbr.selection.SUSPECT_RULES; default: the shipped {SUSPECT_RULE})")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
@@ -516,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--repeats: a positive number, for --method otbr only")
     stem = args.out or (f"auto-{args.method}-fmnist" if args.repeats == 1
                         else f"auto-otbr-repeats{args.repeats}-fmnist")
+    if not args.out and args.method == "otbr" and args.suspect_rule != "scan":  # the scan rule's files stay
+        stem = f"auto-otbr-{args.suspect_rule}-fmnist" if args.repeats == 3 else stem.replace(
+            "auto-otbr-", f"auto-otbr-{args.suspect_rule}-")
     jpath = RESULTS / f"{stem}.json"
     if args.merge:
         parts = [json.loads((RESULTS / f"{s}.json").read_text()) for s in args.merge.split(",")]
