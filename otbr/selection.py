@@ -55,7 +55,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -382,6 +382,21 @@ def reverse_trigger(
         return mask().detach().cpu(), torch.sigmoid(pz).detach().cpu()
 
 
+def _fit_triggers(model: torch.nn.Module, apply: Callable[[], torch.Tensor], labels: torch.Tensor,
+                  params: list[torch.Tensor], *, steps: int, lr: float) -> torch.Tensor:
+    """Adam on ``params`` (trigger logits) for ``steps`` steps so that ``model(apply())`` gives ``labels``, the
+    model frozen; then, per input, whether the final triggers reach its label (float64, on the CPU)."""
+    opt = torch.optim.Adam(params, lr=lr)
+    with frozen(model):
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(model(apply()), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return (model(apply()).argmax(1) == labels).double().cpu()
+
+
 def target_scan(
     model: torch.nn.Module,
     synthetic: torch.Tensor,
@@ -424,20 +439,12 @@ def target_scan(
     shape = tuple(synthetic.shape[1:])
     a = torch.full((num_classes, 1, *shape[1:]), -2.0, device=device, requires_grad=True)
     pz = torch.zeros((num_classes, *shape), device=device, requires_grad=True)
-    opt = torch.optim.Adam([a, pz], lr=lr)
 
     def apply() -> torch.Tensor:
         m = patch_masks(a, budget).repeat_interleave(per_class, 0)
         return (1 - m) * x + m * torch.sigmoid(pz).repeat_interleave(per_class, 0)
 
-    with frozen(model):
-        for _ in range(steps):
-            loss = torch.nn.functional.cross_entropy(model(apply()), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            hit = (model(apply()).argmax(1) == y).double().cpu()
+    hit = _fit_triggers(model, apply, y, [a, pz], steps=steps, lr=lr)
     return hit.view(num_classes, per_class).mean(1)
 
 
@@ -479,7 +486,6 @@ def stratified_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: 
     shape = tuple(synthetic.shape[1:])
     a = torch.full((num_classes, 1, *shape[1:]), -2.0, device=device, requires_grad=True)
     pz = torch.zeros((num_classes, *shape), device=device, requires_grad=True)
-    opt = torch.optim.Adam([a, pz] if kind == "patch" else [pz], lr=lr)
 
     def apply() -> torch.Tensor:
         if kind == "patch":
@@ -488,14 +494,7 @@ def stratified_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: 
             m = torch.full((num_classes, 1, *shape[1:]), budget, device=device)
         return (1 - m[y]) * x + m[y] * torch.sigmoid(pz)[y]
 
-    with frozen(model):
-        for _ in range(steps):
-            loss = torch.nn.functional.cross_entropy(model(apply()), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            hit = (model(apply()).argmax(1) == y).double().cpu()
+    hit = _fit_triggers(model, apply, y, [a, pz] if kind == "patch" else [pz], steps=steps, lr=lr)
     sums = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, where, hit)
     counts = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, where, torch.ones_like(hit))
     return (sums / counts).view(num_classes, num_classes)  # 0/0 → NaN on the diagonal and for missing sources
