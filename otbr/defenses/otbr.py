@@ -97,7 +97,7 @@ class OTBR(Defense):
         suspect_rule: for ``gamma="auto"``, how the suspected target is named (:data:`otbr.selection.SUSPECT_RULES`):
             ``"stratified"`` (default, :data:`SUSPECT_RULE`; :func:`otbr.selection.stratified_suspects`) or
             ``"scan"`` (:func:`otbr.selection.target_scan`, the rule before 2026-11-24).
-            ``"scan"`` is not listed in :meth:`config` (see there).
+            Listed in :meth:`config` only with ``gamma="auto"`` and a rule other than ``"scan"``.
         repair_steps: ``N > 0`` replaces the fusion by ``N`` steps of data-free repair of the pruned model
             (:func:`otbr.repair.repair`: distillation of the original on BatchNorm-inverted inputs with the
             pruned neurons held at zero).
@@ -301,15 +301,16 @@ class OTBR(Defense):
     def config(self) -> dict[str, Any]:
         """The hyperparameters (public attributes), plus ``lean_used`` when ``gamma="auto"``: the lean the choice
         applies (``lean=None`` follows :data:`~otbr.selection.OTBR_LEAN`, so a changed default shows in reports and
-        in ``otbr compare``'s cell keys). ``suspect_rule`` is listed unless it is ``"scan"``, the rule of every run
-        made before the option existed (so their stored comparison cells keep their keys).
+        in ``otbr compare``'s cell keys). ``suspect_rule`` is listed only when ``gamma="auto"`` and it is not
+        ``"scan"``, the rule of every run made before the option existed (so their stored comparison cells keep
+        their keys).
 
         Example:
             >>> OTBR(input_shape=(1, 8, 8)).config()["lean_used"], "lean_used" in OTBR(gamma=0.1).config()
             (0.065, False)
         """
         out = super().config()
-        if out["suspect_rule"] == "scan":  # every run before the option used it: their stored cells keep their keys
+        if out["suspect_rule"] == "scan" or self.gamma != "auto":  # runs before the option: their cells keep their keys
             del out["suspect_rule"]
         if self.gamma == "auto":
             out["lean_used"] = self.effective_lean()
