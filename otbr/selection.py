@@ -532,7 +532,15 @@ def stratified_suspects(original: torch.nn.Module, pools: Sequence[torch.Tensor]
     over source classes, ties broken by its mean; over several pools, the same rule on the averaged scores.
 
     Returns each pool's own suspect, the joint suspect, each pool's scores and the averaged scores (rounded, for
-    the report).
+    the report; a class with no source at all is ``None``).
+
+    Example:
+        >>> from otbr.models import create_model
+        >>> net = create_model("tinycnn", num_classes=3, in_channels=1).eval()
+        >>> x = [torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+        >>> own, joint, per_pool, avg = stratified_suspects(net, x, [net(v).argmax(1) for v in x], 3, budget=0.05)
+        >>> len(own), joint in range(3), sorted(avg)
+        (2, True, ['mean', 'median'])
     """
     scores = [class_scores(stratified_scan(original, x, r, num_classes, kind="patch", budget=budget, seed=i))
               for i, (x, r) in enumerate(zip(pools, refs, strict=True))]
@@ -540,7 +548,7 @@ def stratified_suspects(original: torch.nn.Module, pools: Sequence[torch.Tensor]
     avg = {k: torch.nanmean(torch.stack([s[k] for s in scores]), 0) for k in ("median", "mean")}
 
     def rounded(d: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
-        return {k: [round(float(v), 4) for v in t] for k, t in d.items()}
+        return {k: [None if v != v else round(float(v), 4) for v in t] for k, t in d.items()}
 
     return own, argmax_tiebreak(avg["median"], avg["mean"]), [rounded(s) for s in scores], rounded(avg)
 
