@@ -23,8 +23,8 @@ Usage:
                                     [--eval-limit 5000] [--threads 1] [--append] [--rescore] [--out STEM]
 
 Writes ``benchmarks/results/auto-<method>-fmnist.{md,json}`` (one synthetic set), with ``--repeats 3``
-``auto-otbr-stratified-fmnist`` (OTBR's shipped suspect rule) or ``auto-otbr-repeats3-fmnist`` (``--suspect-rule
-scan``, the rule until 2026-11-24).
+``auto-otbr-repeats3-fmnist`` (OTBR's shipped scan suspect rule) or ``auto-otbr-stratified-fmnist``
+(``--suspect-rule stratified``).
 """
 
 from __future__ import annotations

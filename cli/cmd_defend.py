@@ -305,7 +305,7 @@ def defend() -> None:
 @click.option("--suspect-rule", type=click.Choice(["scan", "stratified"]), default=None,
               help="--gamma auto: how the suspected target is named. scan: the class one small patch reaches most "
                    "often from the pooled other-class inversions; stratified: the class it reaches from the most "
-                   "source classes (median over sources). Default: stratified.")
+                   "source classes (median over sources). Default: scan.")
 @click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Fusion weight λ of the aligned pruned model.")
 @click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,

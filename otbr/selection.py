@@ -110,10 +110,10 @@ PROBE_NOTHING = ("the probe found no trigger the original model follows (rate be
 #: set, it flagged the one wrong suspect (probe 0.32) and one of the three right ones (0.81).
 SUSPECT_WEAK_RATE = 0.9
 
-#: How the data-free selection names its suspected target: ``"scan"``, the class one small patch reaches most
-#: often from the pooled other-class synthetic inputs (:func:`target_scan`; TSBD's, and OTBR's until 2026-11-24);
-#: ``"stratified"`` (OTBR's default, ``otbr.defenses.otbr.SUSPECT_RULE``; :func:`stratified_suspects`), the class
-#: a small patch reaches from the most source classes.
+#: How the data-free selection names its suspected target: ``"scan"`` (the default, TSBD's and OTBR's,
+#: ``otbr.defenses.otbr.SUSPECT_RULE``), the class one small patch reaches most often from the pooled other-class
+#: synthetic inputs (:func:`target_scan`); ``"stratified"`` (:func:`stratified_suspects`), the class a small patch
+#: reaches from the most source classes.
 SUSPECT_RULES = ("scan", "stratified")
 
 SUSPECT_WEAK = ("the trigger reverse-engineered toward the suspected class {suspect} reaches only {rate:.0%} of the "

@@ -288,9 +288,9 @@ def test_stratified_rule_averages_median_and_mean_over_the_sets_and_probes_its_s
         choose_for_repeats(net, {0.1: cand}, sets, CLASSES, suspect_rule="vote")
     with pytest.raises(OtbrError, match="suspect_rule"):
         OTBR(input_shape=(1, 8, 8), suspect_rule="vote")
-    assert "suspect_rule" not in OTBR(input_shape=(1, 8, 8), suspect_rule="scan").config()  # earlier cells' keys
-    assert OTBR(input_shape=(1, 8, 8)).config()["suspect_rule"] == "stratified"  # the default since 2026-11-24
-    assert "suspect_rule" not in OTBR(input_shape=(1, 8, 8), gamma=0.05).config()  # no suspect without auto
+    assert "suspect_rule" not in OTBR(input_shape=(1, 8, 8)).config()  # the default scan: earlier cells' keys
+    assert OTBR(input_shape=(1, 8, 8), suspect_rule="stratified").config()["suspect_rule"] == "stratified"
+    assert "suspect_rule" not in OTBR(input_shape=(1, 8, 8), gamma=0.05, suspect_rule="stratified").config()
 
 
 def test_argmax_tiebreak_breaks_ties_by_the_second_score_and_reads_nan_as_zero() -> None:
