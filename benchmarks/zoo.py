@@ -5,7 +5,7 @@ file's recorded zoo configuration matches; results go to
 ``benchmarks/results/zoo-fmnist.md`` and ``.json``.
 
 Usage:
-    python benchmarks/zoo.py [--zoo main|second|third|fourth|fifth|sixth|seventh|eighth] [--epochs 3] [--out DIR]
+    python benchmarks/zoo.py [--zoo main|second|third|fourth|fifth|sixth|seventh|eighth|ninth] [--epochs 3] [--out DIR]
                              [--only NAME[,NAME]] [--threads 2] [--force]
 
 Example:
@@ -129,6 +129,17 @@ EIGHTH: dict[str, dict[str, Any]] = {
     "badnets-t7": {**PREACT, "attack": "badnets", "attack_kwargs": {"size": 3, "value": 0.8, "target": 7}},
     "vgg11-wanet-t1": {**VGG, "attack": "wanet", "attack_kwargs": {"strength": 0.6, "target": 1}},
 }
+#: A ninth zoo, held out from everything decided by 2026-11-24, defined and committed before any of its models was
+#: trained, for the rule pre-registered in the README ("The stratified suspect rule, an option"): the stratified
+#: suspect rule with the collapse guard (threshold 0.70, ``auto_bench.COLLAPSE_LIMIT``) becomes OTBR's default if,
+#: on these four models, its mean DER gap is lower than the shipped scan rule's and its worst gap no higher (both
+#: rules run with ``auto_bench.py --repeats 3 --zoo ninth``, with and without ``--suspect-rule stratified``).
+NINTH: dict[str, dict[str, Any]] = {
+    "blended-t8": {**PREACT, "attack": "blended", "attack_kwargs": {"alpha": 0.2, "target": 8}},
+    "wanet-t3": {**PREACT, "attack": "wanet", "attack_kwargs": {"strength": 0.5, "target": 3}},
+    "lf-t5": {**PREACT, "attack": "lf", "attack_kwargs": {"target": 5}},
+    "vgg11-wanet-t5": {**VGG, "attack": "wanet", "attack_kwargs": {"strength": 0.6, "target": 5}},
+}
 # (vgg11-lf-t3 was first defined with a 5 % poison rate: 37 % ASR after 2 epochs, too weak a backdoor to test a
 # defense on; changed to the default 10 % and 4 epochs, see EPOCHS, before any defense ran on it.)
 
@@ -142,30 +153,34 @@ ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
     "sixth": (SIXTH, 5, "zoo6-fmnist"),
     "seventh": (SEVENTH, 6, "zoo7-fmnist"),
     "eighth": (EIGHTH, 7, "zoo8-fmnist"),
+    "ninth": (NINTH, 8, "zoo9-fmnist"),
 }
 #: zoo name → default model folder and the --zoo/--epochs arguments that made its committed results
 FOLDERS = {"main": "benchmarks/zoo", "second": "benchmarks/zoo2", "third": "benchmarks/zoo3",
            "fourth": "benchmarks/zoo4", "fifth": "benchmarks/zoo5",
-           "sixth": "benchmarks/zoo6", "seventh": "benchmarks/zoo7", "eighth": "benchmarks/zoo8"}
+           "sixth": "benchmarks/zoo6", "seventh": "benchmarks/zoo7", "eighth": "benchmarks/zoo8",
+           "ninth": "benchmarks/zoo9"}
 MADE_WITH = {"main": "", "second": " --zoo second --epochs 2", "third": " --zoo third --epochs 2",
              "fourth": " --zoo fourth --epochs 2", "fifth": " --zoo fifth --epochs 2",
              "sixth": " --zoo sixth --epochs 2", "seventh": " --zoo seventh --epochs 2",
-             "eighth": " --zoo eighth --epochs 2"}
+             "eighth": " --zoo eighth --epochs 2", "ninth": " --zoo ninth --epochs 2"}
 TITLES = {"second": "second zoo: other triggers, targets and seed",
           "third": "third zoo, held out: defined before the automatic-γ calibration was tested on it",
           "fourth": "fourth zoo, held out from the rule changes made after the third zoo's results",
           "fifth": "fifth zoo, held out from everything decided on the first four",
           "sixth": "sixth zoo, held out from everything decided on the first five",
           "seventh": "seventh zoo, held out from the suspect signals read on the first six",
-          "eighth": "eighth zoo, held out from the stratified suspect rule"}
+          "eighth": "eighth zoo, held out from the stratified suspect rule",
+          "ninth": "ninth zoo, held out from everything decided by 2026-11-24"}
 
 #: attacks that need more epochs than --epochs to reach a high ASR (name → epochs); see the results note.
 #: vgg11-lf-t3: 2 epochs at 10 % poison gave ASR 79.9 % (at 5 %: 37 %); vgg11-wanet-t7 was given 4 from the start,
 #: by analogy (the VGG models learn a trigger more slowly), not after a weak 2-epoch run; vgg11-badnets-t4 likewise.
 #: wanet-t2: 2 epochs gave ASR 88.1 % and ACC 3.4 points below clean (both flagged); given 3 before any defense ran.
-#: wanet-t6 was given 3 from the start, by analogy with wanet-t2; wanet-t9 and vgg11-wanet-t1 likewise (3 and 4).
+#: wanet-t6 was given 3 from the start, by analogy with wanet-t2; wanet-t9, wanet-t3, vgg11-wanet-t1 and
+#: vgg11-wanet-t5 likewise (3, 3, 4 and 4).
 EPOCHS: dict[str, int] = {"vgg11-lf-t3": 4, "vgg11-wanet-t7": 4, "vgg11-badnets-t4": 4, "wanet-t2": 3, "wanet-t6": 3,
-                          "wanet-t9": 3, "vgg11-wanet-t1": 4}
+                          "wanet-t9": 3, "vgg11-wanet-t1": 4, "wanet-t3": 3, "vgg11-wanet-t5": 4}
 
 ASR_MIN = 0.90
 ACC_DROP_MAX = 0.03
@@ -286,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
                         "the changes made after the third zoo's results (seed 3); fifth: held out from everything "
                         "decided on the first four (seed 4); sixth: held out from everything decided on the first "
                         "five (seed 5); seventh: held out from the suspect signals read on the first six (seed 6); "
-                        "eighth: held out from the stratified suspect rule (seed 7)")
+                        "eighth: held out from the stratified suspect rule (seed 7); ninth: held out from everything "
+                        "decided by 2026-11-24 (seed 8)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="model folder (default benchmarks/zoo, zoo2 … zoo8)")
+                        help="model folder (default benchmarks/zoo, zoo2 … zoo9)")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--only", default=None,
                         help="comma-separated zoo names: " + ", ".join(n for e, _, _ in ZOOS.values() for n in e))
