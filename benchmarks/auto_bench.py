@@ -531,8 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.out or (f"auto-{args.method}-fmnist" if args.repeats == 1
                         else f"auto-otbr-repeats{args.repeats}-fmnist")
     if not args.out and args.method == "otbr" and args.suspect_rule != "scan":  # the scan rule's files stay
-        stem = f"auto-otbr-{args.suspect_rule}-fmnist" if args.repeats == 3 else stem.replace(
-            "auto-otbr-", f"auto-otbr-{args.suspect_rule}-")
+        stem = f"auto-otbr-{args.suspect_rule}" + ("" if args.repeats == 3 else f"-repeats{args.repeats}") + "-fmnist"
     jpath = RESULTS / f"{stem}.json"
     if args.merge:
         parts = [json.loads((RESULTS / f"{s}.json").read_text()) for s in args.merge.split(",")]
