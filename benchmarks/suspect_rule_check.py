@@ -36,7 +36,7 @@ from zoo import FOLDERS
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, environment, markdown_table
-from otbr.selection import argmax_tiebreak, class_scores, stratified_scan
+from otbr.selection import argmax_tiebreak, averaged_suspect, class_scores, stratified_scan
 from otbr.synthesis import synthesize
 
 log = logging.getLogger("suspect_rule_check")
@@ -65,8 +65,7 @@ def check(zoo: str, name: str, set0: dict[str, Any], stored: dict[str, Any], see
         scores.append(class_scores(stratified_scan(model, syn.x, predict(model, syn.x), nc, kind="patch",
                                                    budget=0.05, seed=seed)))
     own = [argmax_tiebreak(s["median"], s["mean"]) for s in scores]
-    avg = {k: torch.nanmean(torch.stack([s[k].double() for s in scores]), 0) for k in ("median", "mean")}
-    suspect = argmax_tiebreak(avg["median"], avg["mean"])
+    suspect, avg = averaged_suspect(scores)
     target = int(meta.attack["target"])
     row = {"zoo": zoo, "model": name, "target": target, "stored_suspect": stored["suspected_target"],
            "own_suspects": own, "suspect": suspect, "changed": suspect != stored["suspected_target"],

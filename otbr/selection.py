@@ -545,12 +545,25 @@ def stratified_suspects(original: torch.nn.Module, pools: Sequence[torch.Tensor]
     scores = [class_scores(stratified_scan(original, x, r, num_classes, kind="patch", budget=budget, seed=i))
               for i, (x, r) in enumerate(zip(pools, refs, strict=True))]
     own = [argmax_tiebreak(s["median"], s["mean"]) for s in scores]
-    avg = {k: torch.nanmean(torch.stack([s[k] for s in scores]), 0) for k in ("median", "mean")}
+    joint, avg = averaged_suspect(scores)
 
     def rounded(d: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
         return {k: [None if v != v else round(float(v), 4) for v in t] for k, t in d.items()}
 
-    return own, argmax_tiebreak(avg["median"], avg["mean"]), [rounded(s) for s in scores], rounded(avg)
+    return own, joint, [rounded(s) for s in scores], rounded(avg)
+
+
+def averaged_suspect(scores: Sequence[Mapping[str, torch.Tensor]]) -> tuple[int, dict[str, torch.Tensor]]:
+    """The stratified rule over several sets' :func:`class_scores`: their median and mean averaged (NaN ignored),
+    then the median's arg-max, ties broken by the mean. Returns the suspect and the averaged scores.
+
+    Example:
+        >>> averaged_suspect([{"median": torch.tensor([0.5, 0.0]), "mean": torch.tensor([0.5, 0.9])},
+        ...                   {"median": torch.tensor([0.0, 0.5]), "mean": torch.tensor([0.1, 0.5])}])[0]
+        1
+    """
+    avg = {k: torch.nanmean(torch.stack([s[k].double() for s in scores]), 0) for k in ("median", "mean")}
+    return argmax_tiebreak(avg["median"], avg["mean"]), avg
 
 
 def trigger_rate(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor,
