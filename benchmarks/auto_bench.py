@@ -19,12 +19,14 @@ it.
 
 Usage:
     python benchmarks/auto_bench.py [--method otbr|tsbd] [--zoo main|second|...|ninth|both|all]
-                                    [--repeats 3] [--suspect-rule stratified|scan] [--only NAME,...]
-                                    [--eval-limit 5000] [--threads 1] [--append] [--rescore] [--out STEM]
+                                    [--repeats 3] [--suspect-rule stratified|scan] [--collapse-limit 0.7|1]
+                                    [--only NAME,...] [--eval-limit 5000] [--threads 1] [--append] [--rescore]
+                                    [--out STEM]
 
-Writes ``benchmarks/results/auto-<method>-fmnist.{md,json}`` (one synthetic set), with ``--repeats 3``
-``auto-otbr-repeats3-fmnist`` (OTBR's shipped scan suspect rule) or ``auto-otbr-stratified-fmnist``
-(``--suspect-rule stratified``).
+Writes ``benchmarks/results/auto-<method>-fmnist.{md,json}`` (TSBD; OTBR with one synthetic set, the scan and no
+guard). OTBR with ``--repeats 3``: ``auto-otbr-stratified-guard-fmnist`` for the shipped rule (stratified suspect,
+collapse guard); the rules before it keep their files: ``auto-otbr-repeats3-fmnist`` (``--suspect-rule scan
+--collapse-limit 1``) and ``auto-otbr-stratified-fmnist`` (``--collapse-limit 1``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ from otbr.models import load_model
 from otbr.pixels import as_float
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
 from otbr.selection import (
+    COLLAPSE_LIMIT as GUARD,
+)
+from otbr.selection import (
     OTBR_LEAN,
     SUSPECT_RULES,
     SUSPECT_WEAK_RATE,
@@ -58,6 +63,7 @@ from otbr.selection import (
     estimated_der,
     pick,
     probe_drops,
+    within_collapse_limit,
 )
 
 log = logging.getLogger("auto_bench")
@@ -75,10 +81,10 @@ def pct(v: float | None) -> float | None:
     return None if v is None else round(100 * v, 2)
 
 
-def candidates_otbr(model, meta, subset, repeats: int = 1, suspect_rule: str = SUSPECT_RULE
-                    ) -> tuple[Any, dict[float, Any], float]:
+def candidates_otbr(model, meta, subset, repeats: int = 1, suspect_rule: str = SUSPECT_RULE,
+                    collapse_limit: float | None = GUARD) -> tuple[Any, dict[float, Any], float]:
     d = OTBR(input_shape=meta.input_shape, num_classes=meta.num_classes, selection_repeats=repeats,
-             suspect_rule=suspect_rule, progress=False)
+             suspect_rule=suspect_rule, collapse_limit=collapse_limit, progress=False)
     if FIXED["otbr"] not in d.gamma_grid:
         raise SystemExit("the fixed γ must be on the grid")
     t0 = time.perf_counter()
@@ -86,8 +92,8 @@ def candidates_otbr(model, meta, subset, repeats: int = 1, suspect_rule: str = S
     return choice, cands, time.perf_counter() - t0
 
 
-def candidates_tsbd(model, meta, subset, repeats: int = 1, suspect_rule: str = "scan"  # TSBD: always the scan
-                    ) -> tuple[Any, dict[float, Any], float]:
+def candidates_tsbd(model, meta, subset, repeats: int = 1, suspect_rule: str = "scan",  # TSBD: always the scan
+                    collapse_limit: float | None = None) -> tuple[Any, dict[float, Any], float]:  # and no guard
     d = TSBD(progress=False)
     x = as_float(subset.x)
     y = subset.y.long()
@@ -100,7 +106,8 @@ def candidates_tsbd(model, meta, subset, repeats: int = 1, suspect_rule: str = "
 
 
 def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
-              repeats: int = 1, suspect_rule: str = SUSPECT_RULE) -> dict[str, Any] | None:
+              repeats: int = 1, suspect_rule: str = SUSPECT_RULE,
+              collapse_limit: float | None = GUARD) -> dict[str, Any] | None:
     path = ZOOS[zoo][0] / f"{name}.safetensors"
     if not path.is_file():
         log.warning("%s missing: run python benchmarks/zoo.py%s first", path, "" if zoo == "main" else f" --zoo {zoo}")
@@ -110,7 +117,7 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
     sets = ((test.x[:limit], test.y[:limit]), (ps.x[:limit], ps.y_true[:limit], int(ps.target)))
     base = evaluate(model, *sets)
     candidates = candidates_otbr if method == "otbr" else candidates_tsbd
-    choice, cands, seconds = candidates(model, meta, subset, repeats, suspect_rule)
+    choice, cands, seconds = candidates(model, meta, subset, repeats, suspect_rule, collapse_limit)
     info = choice.as_dict() if hasattr(choice, "as_dict") else choice
     est = {c["value"]: c for c in info["candidates"]}
     rows = []
@@ -136,15 +143,27 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
     if method == "otbr" and suspect_rule != "scan":
         out["suspect_rule"] = suspect_rule
         out["stratified_scan"] = info.get("stratified_scan")
+    if method == "otbr" and collapse_limit is not None:
+        out["collapse_limit"], out["collapse_guard"] = collapse_limit, info.get("collapse_guard")
     if "repeats" in info:  # each synthetic set's lone estimates (fractions) and choice, and their agreement
         out["repeats"] = [{"seed": r["seed"], "suspect": r["suspect"], "chosen": r["chosen"],
                            "estimated_der": {float(v): pct(e) for v, e in r["estimated_der"].items()},
+                           **({"clean_disagreement": {float(v): pct(e) for v, e in r["clean_disagreement"].items()}}
+                              if "clean_disagreement" in r else {}),
                            **({"stratified_scan": r["stratified_scan"]} if "stratified_scan" in r else {})}
                           for r in info["repeats"]]
         out["repeat_agreement"] = info["repeat_agreement"]
     log.info("%s/%s: auto %s (DER %.2f), oracle %s (DER %.2f), gap %.2f, %.0f s", zoo, name, auto["value"],
              auto["der"], oracle["value"], oracle["der"], out["gap"], seconds)
     return out
+
+
+def row_pick(m: dict[str, Any], rows: list[dict[str, Any]], lean: float) -> dict[str, Any]:
+    """:func:`otbr.selection.pick` (``lean`` in points) among the rows the row's own collapse guard keeps (its
+    ``collapse_limit``, the selector's guard; none for rows run without it), as the selector chose."""
+    limit = m.get("collapse_limit")
+    kept = within_collapse_limit(rows, None if limit is None else 100 * limit, key="clean_disagreement_est")
+    return pick(kept, lean)
 
 
 def _drops(m: dict[str, Any], relative: bool, top2: bool = False) -> dict[float, float] | None:
@@ -179,7 +198,7 @@ def rescore(m: dict[str, Any], method: str, scale: float = SYNTHETIC_CLEAN_SCALE
         if not otbr or ran_lean == lean:  # can be re-applied (to the averaged estimates the rows store)
             return False
         _record_lean(m, ran_lean)
-        auto = pick(m["candidates"], 100 * lean)
+        auto = row_pick(m, m["candidates"], 100 * lean)
         m.update(auto=auto, gap=round(m["oracle"]["der"] - auto["der"], 2), lean=lean, rescored=True)
         return True
     old_term = m.get("backdoor_term", "absolute")
@@ -195,7 +214,7 @@ def rescore(m: dict[str, Any], method: str, scale: float = SYNTHETIC_CLEAN_SCALE
         if drops is not None:
             r["backdoor_drop_est"] = round(drops[r["value"]], 2)
         r["estimated_der"] = round(100 * estimated_der(r["backdoor_drop_est"] / 100, r["clean_drop_est"] / 100), 2)
-    auto = pick(m["candidates"], 100 * lean if otbr else 0.0)
+    auto = row_pick(m, m["candidates"], 100 * lean if otbr else 0.0)
     m.setdefault("as_run", {"clean_scale": ran_with, "backdoor_term": old_term, "value": m["auto"]["value"],
                             "der": m["auto"]["der"], "gap": m["gap"]})
     if otbr and ran_lean != lean:
@@ -230,14 +249,17 @@ def gap_at(m: dict[str, Any], scale: float | None = None, relative: bool = True,
     rows = [{**r, "estimated_der": 100 * estimated_der(
         drops[r["value"]] / 100, (r["clean_drop_est"] if scale is None else scale * r["clean_disagreement_est"]) / 100)}
         for r in m["candidates"]]
-    return round(m["oracle"]["der"] - pick(rows, 100 * m.get("lean", 0.0))["der"], 2)
+    return round(m["oracle"]["der"] - row_pick(m, rows, 100 * m.get("lean", 0.0))["der"], 2)
 
 
 def lone_choices(m: dict[str, Any], lean: float | None = None) -> list[float]:
     """Per synthetic set of a ``--repeats`` row: the γ that set alone would choose (its own suspect and estimates),
     with the row's lean (``lean`` in points overrides it)."""
     within = 100 * m.get("lean", 0.0) if lean is None else lean
-    return [pick([{"value": float(v), "estimated_der": e} for v, e in r["estimated_der"].items()], within)["value"]
+    guarded = m.get("collapse_limit") is not None and all("clean_disagreement" in r for r in m["repeats"])
+    return [row_pick(m if guarded else {}, [{"value": float(v), "estimated_der": e, "clean_disagreement_est":
+                                             r["clean_disagreement"][v] if guarded else None}
+                                            for v, e in r["estimated_der"].items()], within)["value"]
             for r in m["repeats"]]
 
 
@@ -249,13 +271,14 @@ def lone_gaps(m: dict[str, Any], lean: float | None = None) -> list[float]:
 
 def averaged_gap(m: dict[str, Any], lean: float) -> float:
     """The DER gap of the averaged estimates' choice with ``lean`` (points)."""
-    return round(m["oracle"]["der"] - pick(m["candidates"], lean)["der"], 2)
+    return round(m["oracle"]["der"] - row_pick(m, m["candidates"], lean)["der"], 2)
 
 
-#: The collapse guard pre-registered with the sixth zoo (README, "Automatic γ"): OTBR candidates whose synthetic
-#: clean disagreement (percent) is above this are left out of the choice, unless every candidate is (then the
-#: smallest γ). Reported beside the shipped rule as the ``*_collapse_guard`` summary columns; not the default.
-COLLAPSE_LIMIT = 70.0
+#: The collapse guard (:data:`otbr.selection.COLLAPSE_LIMIT`, in percent), pre-registered with the sixth zoo
+#: (README, "Automatic γ") and OTBR's default since the ninth zoo: OTBR candidates whose synthetic clean
+#: disagreement is above it are left out of the choice, unless every candidate is (then the smallest γ). The
+#: ``*_collapse_guard`` summary columns re-score rows run without it; on rows run with it they repeat the choice.
+COLLAPSE_LIMIT = 100 * GUARD
 
 
 def guarded_gap(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> float | None:
@@ -265,7 +288,7 @@ def guarded_gap(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> float | Non
     if not str(m.get("clean_term", "")).startswith("synthetic") or any(
             r.get("clean_disagreement_est") is None for r in rows):
         return None
-    kept = [r for r in rows if r["clean_disagreement_est"] <= limit] or [min(rows, key=lambda r: r["value"])]
+    kept = within_collapse_limit(rows, limit, key="clean_disagreement_est")
     return round(m["oracle"]["der"] - pick(kept, 100 * m.get("lean", 0.0))["der"], 2)
 
 
@@ -435,8 +458,9 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                 "the flagged and unflagged models. `*_weak_hedge`: the gap with the weak-suspect hedge pre-registered "
                 "with the seventh zoo (on flagged models, the largest of the averaged and each set's lone choice; not "
                 "the default), from the same stored estimates. `*_collapse_guard`: the gap with the "
-                f"collapse guard pre-registered with the sixth zoo (candidates whose synthetic disagreement is above "
-                f"{COLLAPSE_LIMIT:g} % left out; not the default), from the same stored estimates."
+                f"collapse guard pre-registered with the sixth zoo, OTBR's default since the ninth (candidates whose "
+                f"synthetic disagreement is above {COLLAPSE_LIMIT:g} % left out), from the same stored estimates; on "
+                "rows run with the guard (`collapse_limit` in the JSON) it is the as-run choice."
                 if p["method"] == "otbr" else "")
              + " `*_abs_drop`: the gap with the earlier backdoor term (the probe's absolute rate drop instead of "
              "the relative one), from the same stored probe rates. `*_top2`: the gap if the backdoor term read the "
@@ -523,15 +547,23 @@ def main(argv: list[str] | None = None) -> int:
                     "a model in several keeps its row from the last")
     ap.add_argument("--suspect-rule", choices=SUSPECT_RULES, default=SUSPECT_RULE,
                     help=f"OTBR's suspect rule (otbr.selection.SUSPECT_RULES; default: the shipped {SUSPECT_RULE})")
+    ap.add_argument("--collapse-limit", type=float, default=GUARD,
+                    help=f"OTBR's collapse guard (default: the shipped {GUARD:g}; 1: none, as the rows made before "
+                    "the guard existed)")
     args = ap.parse_args(argv)
+    if not 0 < args.collapse_limit <= 1:
+        raise SystemExit("--collapse-limit: a share in (0, 1]")
+    guard = None if args.collapse_limit >= 1 else args.collapse_limit
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     if args.repeats < 1 or (args.repeats > 1 and args.method != "otbr"):
         raise SystemExit("--repeats: a positive number, for --method otbr only")
     stem = args.out or (f"auto-{args.method}-fmnist" if args.repeats == 1
                         else f"auto-otbr-repeats{args.repeats}-fmnist")
-    if not args.out and args.method == "otbr" and args.suspect_rule != "scan":  # the scan rule's files stay
-        stem = f"auto-otbr-{args.suspect_rule}" + ("" if args.repeats == 3 else f"-repeats{args.repeats}") + "-fmnist"
+    if not args.out and args.method == "otbr" and (args.suspect_rule != "scan" or guard is not None):
+        # the files of the scan without the guard (the rule before both options) keep their names
+        stem = f"auto-otbr-{args.suspect_rule}" + ("" if args.repeats == 3 else f"-repeats{args.repeats}") + \
+            ("" if guard is None else "-guard") + "-fmnist"
     jpath = RESULTS / f"{stem}.json"
     if args.merge:
         parts = [json.loads((RESULTS / f"{s}.json").read_text()) for s in args.merge.split(",")]
@@ -579,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             if (only is not None and name not in only) or (zoo, name) in done:
                 continue
             row = run_model(args.method, zoo, name, test, subset, args.eval_limit or None, args.repeats,
-                            args.suspect_rule)
+                            args.suspect_rule, guard)
             if row is None:
                 continue
             models = [m for m in models if (m["zoo"], m["model"]) != (zoo, name)] + [row]

@@ -178,10 +178,9 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
     if "auto" in result.info:
         auto = result.info["auto"]
         est = {c["value"]: c["estimated_der"] for c in auto["candidates"]}
-        best = max(est.values())
         margin, lean = auto.get("margin"), auto.get("lean") or {}
         moved = (f", the most pruning within {100 * lean['within']:g} points of the best estimate "
-                 f"({lean['best_estimate']:g}: {100 * best:.2f})") if lean.get("moved") else ""
+                 f"({lean['best_estimate']:g}: {100 * est[lean['best_estimate']]:.2f})") if lean.get("moved") else ""
         click.echo(f"automatic choice: {auto['chosen']:g} of {list(est)} "
                    f"(estimated DER {100 * est[auto['chosen']]:.2f}{moved}"
                    + ("" if margin is None or moved else f", {100 * margin:.2f} points ahead of the next candidate")
@@ -192,6 +191,14 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
             click.echo(f"averaged over {len(alone)} synthetic sets; each set alone would choose "
                        f"{', '.join(f'{v:g}' for v in alone)} ({sum(v == auto['chosen'] for v in alone)} of "
                        f"{len(alone)} agree with the averaged choice)")
+        guard = auto.get("collapse_guard") or {}
+        if guard.get("all_out"):
+            click.echo(f"warning: every candidate's model disagrees with the original on more than "
+                       f"{100 * guard['limit']:g} % of the inverted inputs; the smallest, {auto['chosen']:g}, was "
+                       "taken and may be broken too — check it with a little clean data if you can")
+        elif guard.get("left_out"):
+            click.echo(f"collapse guard: {', '.join(f'{v:g}' for v in guard['left_out'])} left out (their models "
+                       f"disagree with the original on more than {100 * guard['limit']:g} % of the inverted inputs)")
         if auto.get("probe", {}).get("found") is False:
             click.echo(f"warning: {auto['probe']['note']}")
         elif auto.get("suspect_check", {}).get("weak"):
@@ -305,7 +312,11 @@ def defend() -> None:
 @click.option("--suspect-rule", type=click.Choice(["scan", "stratified"]), default=None,
               help="--gamma auto: how the suspected target is named. scan: the class one small patch reaches most "
                    "often from the pooled other-class inversions; stratified: the class it reaches from the most "
-                   "source classes (median over sources). Default: scan.")
+                   "source classes (median over sources). Default: stratified.")
+@click.option("--collapse-limit", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="--gamma auto: the collapse guard; γ whose fused model disagrees with the original on more than "
+                   "this share of the inverted inputs are not chosen (unless all do: then the smallest). 1 turns "
+                   "the guard off. Default: 0.7.")
 @click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Fusion weight λ of the aligned pruned model.")
 @click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,
@@ -321,8 +332,8 @@ def defend() -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
 @defense_options()
 def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: float, lean: float | None,
-                selection_repeats: int, suspect_rule: str | None, lam: float, variant: str, steps: int,
-                batch_size: int, lr: float, solver: str,
+                selection_repeats: int, suspect_rule: str | None, collapse_limit: float | None, lam: float,
+                variant: str, steps: int, batch_size: int, lr: float, solver: str,
                 repair_steps: int, sweep: str | None, plot: str | None, progress: bool, **kw: Any) -> None:
     """Data-free OTBR: random-noise unlearning → NWC pruning → optimal-transport fusion.
 
@@ -336,6 +347,7 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: fl
     defense = create_defense("otbr", gamma=gamma, gamma_grid=parse_floats(gamma_grid, "--gamma-grid") or (),
                              clean_scale=clean_scale, lean=lean, selection_repeats=selection_repeats, lam=lam,
                              **({} if suspect_rule is None else {"suspect_rule": suspect_rule}),
+                             **({} if collapse_limit is None else {"collapse_limit": collapse_limit}),
                              variant=variant, steps=steps,
                              batch_size=batch_size, repair_steps=repair_steps, lr=lr, solver=solver,
                              input_shape=meta.input_shape, num_classes=meta.num_classes, seed=kw["seed"],

@@ -116,6 +116,14 @@ SUSPECT_WEAK_RATE = 0.9
 #: reaches from the most source classes.
 SUSPECT_RULES = ("scan", "stratified")
 
+#: The collapse guard (:func:`within_collapse_limit`): OTBR candidates whose synthetic clean disagreement (the
+#: share of the other classes' BN-inverted inputs on which they no longer agree with the original) is above this
+#: are left out of the choice, unless every candidate is (then the smallest setting). Pre-registered with the sixth
+#: zoo as a re-scoring of stored estimates (``benchmarks/auto_bench.py``), and part of the pair the ninth zoo's rule
+#: made OTBR's default (``otbr.defenses.otbr.SUSPECT_RULE``): a collapsed candidate (ACC near chance) can score a
+#: high estimated DER when its backdoor term reads the wrong suspect, and no clean term then outweighs it.
+COLLAPSE_LIMIT = 0.70
+
 SUSPECT_WEAK = ("the trigger reverse-engineered toward the suspected class {suspect} reaches only {rate:.0%} of the "
                 "synthetic sources on the original model (below {limit:.0%}); on the 31 Fashion-MNIST zoo models all 8 "
                 "wrongly suspected classes were below that, and so were 7 of the 23 right ones: the suspect may be a "
@@ -220,6 +228,7 @@ def choose(
     suspect: int | None = None,
     clean_scale: float = SYNTHETIC_CLEAN_SCALE,
     lean: float = 0.0,
+    collapse_limit: float | None = None,
 ) -> Choice:
     """Pick the candidate setting with the highest estimated DER (with ``lean``: the largest setting within it).
 
@@ -236,9 +245,13 @@ def choose(
             ``clean_drop`` is given); each row keeps the raw ``clean_disagreement``.
         lean: take the largest setting whose estimated DER is within ``lean`` of the best (:func:`pick`; OTBR
             uses :data:`OTBR_LEAN`); ``0``: the best itself.
+        collapse_limit: leave out the candidates whose ``clean_disagreement`` is above it
+            (:func:`within_collapse_limit`; OTBR uses :data:`COLLAPSE_LIMIT`); ``None``: no guard. The report's
+            ``collapse_guard`` lists the settings left out.
     """
     if not candidates:
         raise ValueError("choose: no candidates")
+    _check_limit(collapse_limit)
     if lean < 0:
         raise ValueError(f"choose: lean must be ≥ 0, got {lean}")
     if not 0.0 < clean_scale <= 1.0:
@@ -258,20 +271,58 @@ def choose(
         rows.append({"value": v, "target_agreement": round(agree_t, 4), "backdoor_drop": round(bdrop, 4),
                      "clean_drop": round(cdrop, 4), "clean_disagreement": round(1.0 - agree_rest, 4),
                      "estimated_der": round(estimated_der(bdrop, cdrop), 4)})
-    top = pick(rows, 0.0)
-    best = pick(rows, lean)
-    runner_up = max((r["estimated_der"] for r in rows if r is not top), default=None)
-    margin = None if runner_up is None else round(top["estimated_der"] - runner_up, 4)
+    top, best, picked = _guarded_pick(rows, lean, collapse_limit)
     log.info("auto choice %s (suspected target %d, estimated DER %.3f, margin %s%s)", best["value"], suspect,
-             best["estimated_der"], margin,
+             best["estimated_der"], picked["margin"],
              "" if best is top else f"; the most pruning within {lean:g} of the best, {top['value']:g}")
     extra = {"clean_term": "measured clean drop" if clean_drop is not None else
-             f"synthetic disagreement × {clean_scale:g}", "margin": margin,
-             "lean": {"within": lean, "best_estimate": top["value"], "moved": best is not top}}
+             f"synthetic disagreement × {clean_scale:g}", **picked}
     if empty:
         extra["note"] = (f"the original model assigns none of the synthetic inputs to the suspected class {suspect}, "
                          "so the backdoor term counts no drop for any candidate")
     return Choice(value=float(best["value"]), suspect=suspect, candidates=rows, extra=extra)
+
+
+def within_collapse_limit(rows: Sequence[Mapping[str, Any]], limit: float | None,
+                          key: str = "clean_disagreement") -> list[Mapping[str, Any]]:
+    """The rows whose ``key`` is at most ``limit``; when none is, the row of the smallest ``value`` alone
+    (the lightest setting changes the model least). ``limit=None``: every row.
+
+    Example:
+        >>> rows = [{"value": 0.1, "clean_disagreement": 0.2}, {"value": 0.2, "clean_disagreement": 0.9}]
+        >>> [r["value"] for r in within_collapse_limit(rows, 0.7)]
+        [0.1]
+        >>> [r["value"] for r in within_collapse_limit(rows, 0.1)]  # none within: the smallest setting
+        [0.1]
+    """
+    if limit is None:
+        return list(rows)
+    return [r for r in rows if r[key] <= limit] or [min(rows, key=lambda r: r["value"])]
+
+
+def _guarded_pick(rows: list[dict[str, float]], lean: float, limit: float | None
+                  ) -> tuple[Mapping[str, Any], Mapping[str, Any], dict[str, Any]]:
+    """The best row and the leaned pick among the rows the collapse guard keeps, and the report's entries: the
+    best's margin over the runner-up among them, the lean, and the guard's record."""
+    kept = within_collapse_limit(rows, limit)
+    top, best = pick(kept, 0.0), pick(kept, lean)
+    runner_up = max((r["estimated_der"] for r in kept if r is not top), default=None)
+    extra: dict[str, Any] = {"margin": None if runner_up is None else round(top["estimated_der"] - runner_up, 4),
+                             "lean": {"within": lean, "best_estimate": top["value"], "moved": best is not top}}
+    if limit is not None:
+        out = [r["value"] for r in rows if r["clean_disagreement"] > limit]
+        extra["collapse_guard"] = {"limit": limit, "left_out": out, "all_out": len(out) == len(rows)}
+        if len(out) == len(rows):
+            log.warning("every candidate disagrees with the original on more than %.0f %% of the synthetic inputs: "
+                        "the smallest setting, %g, is taken, and it may have collapsed too", 100 * limit, top["value"])
+        elif out:
+            log.info("collapse guard: %s left out (synthetic disagreement above %.0f %%)", out, 100 * limit)
+    return top, best, extra
+
+
+def _check_limit(limit: float | None) -> None:
+    if limit is not None and not 0.0 < limit <= 1.0:
+        raise ValueError(f"collapse_limit must be in (0, 1] or None, got {limit}")
 
 
 def pick(rows: Sequence[Mapping[str, Any]], lean: float = 0.0) -> Mapping[str, Any]:
@@ -687,6 +738,7 @@ def choose_for(
     clean_scale: float = SYNTHETIC_CLEAN_SCALE,
     lean: float = 0.0,
     suspect_rule: str = "scan",
+    collapse_limit: float | None = None,
 ) -> Choice:
     """:func:`choose` on models, with every signal computed from ``synthetic`` inputs.
 
@@ -706,12 +758,13 @@ def choose_for(
     on ≥ 90 % of the sources — a backdoor needs only a small trigger (the idea of Neural Cleanse's norm).
     Without ``clean_drop`` the clean term is the disagreement on the other classes' synthetic inputs times
     ``clean_scale`` (module docstring). With ``suspect_rule="stratified"`` the probe's suspect comes from
-    :func:`stratified_suspects` instead of :func:`target_scan` (:data:`SUSPECT_RULES`). Several synthetic sets:
-    :func:`choose_for_repeats`.
+    :func:`stratified_suspects` instead of :func:`target_scan` (:data:`SUSPECT_RULES`). ``collapse_limit``: the
+    collapse guard (:func:`choose`). Several synthetic sets: :func:`choose_for_repeats`.
     """
     from otbr.metrics import predict
 
     _check_rule(suspect_rule)
+    _check_limit(collapse_limit)
 
     ref = predict(original, synthetic)
     preds = {v: predict(m, synthetic) for v, m in candidates.items()}
@@ -737,7 +790,7 @@ def choose_for(
     else:
         suspect = suspect_class(preds, ref, num_classes)
     choice = choose(preds, ref, num_classes, clean_drop=clean_drop, backdoor_drop=bdrop, suspect=suspect,
-                    clean_scale=clean_scale, lean=lean)
+                    clean_scale=clean_scale, lean=lean, collapse_limit=collapse_limit)
     if bdrop is not None:
         choice.signal = SIGNAL_PROBE
     choice.extra.update(extra)
@@ -759,6 +812,7 @@ def choose_for_repeats(
     clean_scale: float = SYNTHETIC_CLEAN_SCALE,
     lean: float = 0.0,
     suspect_rule: str = "scan",
+    collapse_limit: float | None = None,
 ) -> Choice:
     """:func:`choose_for` (data-free, with the probe) averaged over several synthetic sets, each with its own seed.
 
@@ -771,7 +825,8 @@ def choose_for_repeats(
     ``repeat_agreement`` is the share of sets whose lone choice is the averaged one, a measure of how sure the
     choice is. One set gives exactly :func:`choose_for`. ``suspect_rule`` (:data:`SUSPECT_RULES`): with
     ``"stratified"`` each set's suspect and the joint one come from :func:`stratified_suspects` (scores averaged
-    over the sets) instead of the averaged :func:`target_scan`.
+    over the sets) instead of the averaged :func:`target_scan`. ``collapse_limit`` (the collapse guard,
+    :func:`choose`) applies to the averaged disagreement, and to each set's lone choice.
 
     Example:
         >>> c = choose_for_repeats(net, cands, [syn_a, syn_b, syn_c], 10)  # doctest: +SKIP
@@ -781,12 +836,14 @@ def choose_for_repeats(
     from otbr.metrics import predict
 
     _check_rule(suspect_rule)
+    _check_limit(collapse_limit)
     sets = list(synthetic_sets)
     if not sets:
         raise ValueError("choose_for_repeats: no synthetic sets")
     if len(sets) == 1:
         return choose_for(original, candidates, sets[0], num_classes, probe_budget=probe_budget,
-                          probe_steps=probe_steps, clean_scale=clean_scale, lean=lean, suspect_rule=suspect_rule)
+                          probe_steps=probe_steps, clean_scale=clean_scale, lean=lean, suspect_rule=suspect_rule,
+                          collapse_limit=collapse_limit)
     refs = [predict(original, x) for x in sets]
     preds = [{v: predict(m, x) for v, m in candidates.items()} for x in sets]
     scan_extra: dict[str, Any]
@@ -811,16 +868,17 @@ def choose_for_repeats(
         # the predictions and scans above are reused: each set needs only its probe(s) and the rule
         bdrop, probe_own = _probe(original, candidates, x, refs[i], own[i], seed=i, **probe_kw)
         alone = choose(preds[i], refs[i], num_classes, backdoor_drop=bdrop, suspect=own[i], clean_scale=clean_scale,
-                       lean=lean)
+                       lean=lean, collapse_limit=collapse_limit)
         joined, probe_joined = alone, probe_own
         if own[i] != suspect:
             bdrop, probe_joined = _probe(original, candidates, x, refs[i], suspect, seed=i, **probe_kw)
             joined = choose(preds[i], refs[i], num_classes, backdoor_drop=bdrop, suspect=suspect,
-                            clean_scale=clean_scale, lean=lean)
+                            clean_scale=clean_scale, lean=lean, collapse_limit=collapse_limit)
         joined.signal = SIGNAL_PROBE if bdrop is not None else SIGNAL
         per_set.append(joined)
         repeats.append({"seed": i, "suspect": own[i], "chosen": alone.value, **set_scans[i],
                         "estimated_der": {str(r["value"]): r["estimated_der"] for r in alone.candidates},
+                        "clean_disagreement": {str(r["value"]): r["clean_disagreement"] for r in alone.candidates},
                         "probe": probe_own,
                         "estimated_der_at_suspect": {str(r["value"]): r["estimated_der"] for r in joined.candidates},
                         "probe_at_suspect": probe_joined})
@@ -832,15 +890,12 @@ def choose_for_repeats(
         row["estimated_der_min"] = min(c["estimated_der"] for c in cells)
         row["estimated_der_max"] = max(c["estimated_der"] for c in cells)
         rows.append(row)
-    top, best = pick(rows, 0.0), pick(rows, lean)
-    runner_up = max((r["estimated_der"] for r in rows if r is not top), default=None)
+    _, best, picked = _guarded_pick(rows, lean, collapse_limit)
     agreement = round(sum(r["chosen"] == best["value"] for r in repeats) / len(repeats), 4)
     log.info("auto choice %s over %d synthetic sets (suspected target %d, estimated DER %.3f, %d of %d sets alone "
              "agree)", best["value"], len(sets), suspect, best["estimated_der"],
              sum(r["chosen"] == best["value"] for r in repeats), len(sets))
-    extra = {"clean_term": f"synthetic disagreement × {clean_scale:g}",
-             "margin": None if runner_up is None else round(top["estimated_der"] - runner_up, 4),
-             "lean": {"within": lean, "best_estimate": top["value"], "moved": best is not top},
+    extra = {"clean_term": f"synthetic disagreement × {clean_scale:g}", **picked,
              "suspect_rule": suspect_rule, **scan_extra, "repeats": repeats, "repeat_agreement": agreement,
              "probe": repeats[0]["probe_at_suspect"],
              "suspect_check": suspect_check(repeats[0]["probe_at_suspect"]["rate_original"], suspect)}

@@ -22,11 +22,13 @@ from otbr.defenses.tsbd import TSBD
 from otbr.errors import OtbrError
 from otbr.models import Normalized
 from otbr.selection import (
+    COLLAPSE_LIMIT,
     PROBE_MIN_RATE,
     SIGNAL,
     SIGNAL_PROBE,
     SUSPECT_WEAK_RATE,
     SYNTHETIC_CLEAN_SCALE,
+    Choice,
     argmax_tiebreak,
     choose,
     choose_for,
@@ -288,9 +290,64 @@ def test_stratified_rule_averages_median_and_mean_over_the_sets_and_probes_its_s
         choose_for_repeats(net, {0.1: cand}, sets, CLASSES, suspect_rule="vote")
     with pytest.raises(OtbrError, match="suspect_rule"):
         OTBR(input_shape=(1, 8, 8), suspect_rule="vote")
-    assert "suspect_rule" not in OTBR(input_shape=(1, 8, 8)).config()  # the default scan: earlier cells' keys
-    assert OTBR(input_shape=(1, 8, 8), suspect_rule="stratified").config()["suspect_rule"] == "stratified"
+    assert OTBR(input_shape=(1, 8, 8)).config()["suspect_rule"] == "stratified"  # the default
+    assert "suspect_rule" not in OTBR(input_shape=(1, 8, 8), suspect_rule="scan").config()  # earlier cells' keys
     assert "suspect_rule" not in OTBR(input_shape=(1, 8, 8), gamma=0.05, suspect_rule="stratified").config()
+
+
+def test_collapse_guard_leaves_out_candidates_that_disagree_with_the_original_on_most_inputs() -> None:
+    """0.3 loses the suspect's agreement entirely (backdoor drop 1) but disagrees on 3 of 4 other inputs: the
+    unguarded rule takes it (estimated DER (1 + 1 − 0.7·0.75) / 2 ≈ 0.74 against 0.2's (1 + 0.5 − 0.7·0.25) / 2
+    ≈ 0.66), the guard at 0.7 leaves it out and takes 0.2, and the report names it; when every candidate is out,
+    the smallest is taken. The lean and the margin are read among the kept candidates only."""
+    ref = torch.tensor([0, 0, 1, 1, 2, 2])
+    cands = {0.1: ref.clone(), 0.2: torch.tensor([1, 0, 1, 1, 2, 0]),
+             0.3: torch.tensor([1, 1, 0, 0, 0, 2])}
+    free = choose(cands, ref, 3, suspect=0)
+    guarded = choose(cands, ref, 3, suspect=0, collapse_limit=COLLAPSE_LIMIT)
+    dis = {r["value"]: r["clean_disagreement"] for r in guarded.candidates}
+    assert dis == pytest.approx({0.1: 0.0, 0.2: 0.25, 0.3: 0.75})
+    assert free.value == 0.3 and "collapse_guard" not in free.extra
+    assert guarded.value == 0.2 and guarded.candidates == free.candidates  # same estimates, fewer candidates
+    assert guarded.extra["collapse_guard"] == {"limit": 0.7, "left_out": [0.3], "all_out": False}
+    assert guarded.extra["lean"]["best_estimate"] == 0.2
+    est = {r["value"]: r["estimated_der"] for r in guarded.candidates}
+    assert guarded.extra["margin"] == pytest.approx(est[0.2] - est[0.1], abs=1e-4)
+    assert choose(cands, ref, 3, suspect=0, collapse_limit=0.7, lean=0.5).value == 0.2  # 0.3 stays out
+    strict = choose(cands, ref, 3, suspect=0, collapse_limit=0.01)
+    assert strict.value == 0.1 and strict.extra["collapse_guard"]["left_out"] == [0.2, 0.3]  # 0.1 disagrees on none
+    broken = {v: torch.tensor([2, 2, 0, 0, 0, 0]) for v in (0.1, 0.2)}
+    out = choose(broken, ref, 3, suspect=0, collapse_limit=0.7)
+    assert out.value == 0.1 and out.extra["collapse_guard"] == {"limit": 0.7, "left_out": [0.1, 0.2], "all_out": True}
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="collapse_limit"):
+            choose(cands, ref, 3, collapse_limit=bad)
+
+
+def test_otbr_collapse_limit_is_the_default_validated_keyed_and_reaches_the_selector(monkeypatch) -> None:
+    """OTBR passes its collapse_limit (default COLLAPSE_LIMIT) to the selector; 1 means no guard; the config lists it
+    only for the automatic γ with a guard, so the scan-without-guard runs stored before the option keep their keys."""
+    from otbr.defenses import otbr as otbr_mod
+
+    assert OTBR(input_shape=(1, 8, 8)).config()["collapse_limit"] == COLLAPSE_LIMIT == 0.7
+    assert OTBR(input_shape=(1, 8, 8), collapse_limit=1.0).collapse_limit is None
+    assert "collapse_limit" not in OTBR(input_shape=(1, 8, 8), collapse_limit=None).config()
+    assert "collapse_limit" not in OTBR(input_shape=(1, 8, 8), gamma=0.05).config()
+    with pytest.raises(OtbrError, match="collapse_limit"):
+        OTBR(input_shape=(1, 8, 8), collapse_limit=0.0)
+    seen: list[float | None] = []
+
+    def fake(original, candidates, sets, num_classes, **kw):
+        seen.append(kw["collapse_limit"])
+        return Choice(value=min(candidates), suspect=0, candidates=[{"value": v, "estimated_der": 0.5}
+                                                                     for v in candidates])
+
+    monkeypatch.setattr(otbr_mod, "choose_for_repeats", fake)
+    net = tiny_net().eval()
+    for limit in (COLLAPSE_LIMIT, 0.4):
+        OTBR(steps=1, batch_size=8, synthetic=4, synthetic_steps=0, selection_repeats=1, gamma_grid=(0.1, 0.2),
+             collapse_limit=limit, input_shape=(1, SIDE, SIDE), progress=False).run(net)
+    assert seen == [COLLAPSE_LIMIT, 0.4]
 
 
 def test_argmax_tiebreak_breaks_ties_by_the_second_score_and_reads_nan_as_zero() -> None:
@@ -471,7 +528,10 @@ def test_cli_auto_is_the_default_and_reported(tmp_path: Path) -> None:
     assert "automatic choice:" in res.output and "no poisoned data" in res.output
     assert "averaged over 3 synthetic sets" in res.output  # the default
     payload = json.loads(report.read_text())
-    assert payload["config"]["gamma"] == "auto" and payload["info"]["auto"]["candidates"]
+    auto = payload["info"]["auto"]
+    assert payload["config"]["gamma"] == "auto" and auto["candidates"]
+    assert payload["config"]["suspect_rule"] == auto["suspect_rule"] == "stratified" and "stratified_scan" in auto
+    assert payload["config"]["collapse_limit"] == auto["collapse_guard"]["limit"] == COLLAPSE_LIMIT
     rep = CliRunner().invoke(main, ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16", "--no-eval",
                                     "--selection-repeats", "1", "-o", str(tmp_path / "o2.safetensors")])
     assert rep.exit_code == 0, rep.output
@@ -480,9 +540,10 @@ def test_cli_auto_is_the_default_and_reported(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "neither 'auto' nor a number" in bad.output and "Traceback" not in bad.output
 
 
-def test_cli_suspect_rule_reaches_the_defense_and_the_report(tmp_path: Path) -> None:
-    """``--suspect-rule stratified`` runs the stratified rule (its scores in the report, the rule in the config);
-    the option's choices and stated default are the library's; a wrong value is a one-line usage error."""
+def test_cli_suspect_rule_and_guard_reach_the_defense_and_the_report(tmp_path: Path) -> None:
+    """``--suspect-rule scan --collapse-limit 0.5`` runs the scan (its scores in the report, no stratified scores)
+    with that guard; the options' choices and stated defaults are the library's; wrong values are one-line usage
+    errors."""
     from otbr.cli.main import main
 
     from cli.cmd_defend import defend_otbr
@@ -491,19 +552,23 @@ def test_cli_suspect_rule_reaches_the_defense_and_the_report(tmp_path: Path) -> 
 
     opt = next(p for p in defend_otbr.params if p.name == "suspect_rule")
     assert tuple(opt.type.choices) == SUSPECT_RULES and f"Default: {SUSPECT_RULE}." in opt.help
+    limit = next(p for p in defend_otbr.params if p.name == "collapse_limit")
+    assert limit.default is None and f"Default: {COLLAPSE_LIMIT:g}." in limit.help
     model, _ = make_tiny_files(tmp_path, 40)
     report = tmp_path / "r.json"
     res = CliRunner().invoke(main, ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16", "--no-eval",
-                                    "--selection-repeats", "2", "--suspect-rule", "stratified",
+                                    "--selection-repeats", "2", "--suspect-rule", "scan", "--collapse-limit", "0.5",
                                     "-o", str(tmp_path / "o.safetensors"), "--report", str(report)])
     assert res.exit_code == 0, res.output
     payload = json.loads(report.read_text())
     auto = payload["info"]["auto"]
-    assert payload["config"]["suspect_rule"] == "stratified" and auto["suspect_rule"] == "stratified"
-    assert len(auto["stratified_scan"]["median"]) == CLASSES and "target_scan" not in auto
-    assert all("stratified_scan" in r for r in auto["repeats"])
-    bad = CliRunner().invoke(main, ["defend", "otbr", str(model), "--suspect-rule", "vote", "-o", str(tmp_path / "x")])
-    assert bad.exit_code == 2 and "vote" in bad.output and "Traceback" not in bad.output
+    assert "suspect_rule" not in payload["config"] and auto["suspect_rule"] == "scan"
+    assert len(auto["target_scan"]) == CLASSES and "stratified_scan" not in auto
+    assert all("target_scan" in r for r in auto["repeats"])
+    assert payload["config"]["collapse_limit"] == 0.5 and auto["collapse_guard"]["limit"] == 0.5
+    for args in (["--suspect-rule", "vote"], ["--collapse-limit", "0"]):
+        bad = CliRunner().invoke(main, ["defend", "otbr", str(model), *args, "-o", str(tmp_path / "x")])
+        assert bad.exit_code == 2 and args[1] in bad.output and "Traceback" not in bad.output
 
 
 def test_a_suspect_with_no_synthetic_inputs_counts_no_drop_instead_of_nan() -> None:
