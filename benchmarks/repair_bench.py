@@ -39,7 +39,7 @@ from otbr.models import load_model
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import repair
 from otbr.report import environment, markdown_table, write_json
-from otbr.selection import pick
+from otbr.selection import COLLAPSE_LIMIT, pick, within_collapse_limit
 
 log = logging.getLogger("repair_bench")
 
@@ -61,12 +61,14 @@ def pct(v: float | None) -> float | None:
 AUTO_FILES = ("auto-otbr-fmnist.json", "auto-otbr-repeats3-fmnist.json")
 
 
-def auto_choices(rule: str = "no-lean", files: tuple[str, ...] | None = None
-                 ) -> dict[tuple[str, str], tuple[float, int, str]]:
+def auto_choices(rule: str = "no-lean", files: tuple[str, ...] | None = None,
+                 collapse_limit: float | None = COLLAPSE_LIMIT) -> dict[tuple[str, str], tuple[float, int, str]]:
     """Per zoo model, the automatic γ recorded in the first of ``files`` (default :data:`AUTO_FILES`) that has
     it, the selection's suspect and the file: with ``rule="no-lean"`` (the default) the choice without the lean
     toward pruning — what ``OTBR(repair_steps=…)`` picks — with ``rule="lean"`` the fused output's
-    (``otbr.selection.OTBR_LEAN``)."""
+    (``otbr.selection.OTBR_LEAN``). Where the collapse guard (``collapse_limit``, OTBR's default; ``None``: none)
+    leaves a candidate out, the choice is re-made among the others from the stored estimates, as the selector
+    makes it; rows without stored disagreement are read as recorded."""
     out: dict[tuple[str, str], tuple[float, int, str]] = {}
     for name in files or AUTO_FILES:
         path = RESULTS / name
@@ -81,13 +83,19 @@ def auto_choices(rule: str = "no-lean", files: tuple[str, ...] | None = None
                 value = pick(m["candidates"], 0.0)["value"]
             else:
                 value = (m.get("before_lean") or m["auto"])["value"]
+            rows = m.get("candidates") or []
+            if collapse_limit is not None and rows and all(r.get("clean_disagreement_est") is not None for r in rows):
+                kept = within_collapse_limit(rows, 100 * collapse_limit, key="clean_disagreement_est")
+                if len(kept) < len(rows):
+                    value = pick(kept, 100 * m.get("lean", 0.0) if rule == "lean" else 0.0)["value"]
             out[(m["zoo"], m["model"])] = (value, m["suspected_target"], name)
     return out
 
 
 def auto_gammas(rule: str = "no-lean") -> dict[tuple[str, str], tuple[float, int]]:
-    """:func:`auto_choices` without the file: per zoo model, ``(γ, suspect)``."""
-    return {k: v[:2] for k, v in auto_choices(rule).items()}
+    """:func:`auto_choices` without the file and without the collapse guard (as the explore scripts that read it
+    ran, before the guard): per zoo model, ``(γ, suspect)``."""
+    return {k: v[:2] for k, v in auto_choices(rule, collapse_limit=None).items()}
 
 
 def stepped(gamma: float, up: int) -> float:
@@ -168,7 +176,7 @@ def _work(zoo: str, name: str, args: argparse.Namespace) -> list[dict[str, Any]]
     """One model in a worker process (its own torch threads and test set)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    chosen = auto_choices(args.auto_rule, args.auto_files)
+    chosen = auto_choices(args.auto_rule, args.auto_files, args.collapse_limit)
     return run_model(zoo, name, args, load_dataset("fashion-mnist", "test"), chosen)
 
 
@@ -274,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--auto-files", type=lambda v: tuple(v.split(",")), default=None,
                     help="comma-separated auto_bench result files (in benchmarks/results) to read the automatic γ and "
                     f"suspect from, the first that has a model winning (default {','.join(AUTO_FILES)})")
+    ap.add_argument("--collapse-limit", type=lambda v: None if float(v) >= 1 else float(v), default=COLLAPSE_LIMIT,
+                    help=f"the selector's collapse guard, re-applied to the stored estimates (default: OTBR's, "
+                    f"{COLLAPSE_LIMIT:g}; 1: none, as the runs before the guard)")
     ap.add_argument("--step-up", type=int, default=0,
                     help="prune this many grid steps above the automatic γ (0: the automatic γ itself)")
     ap.add_argument("--no-scan-guard", action="store_true",
@@ -316,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             payload = {"command": command.strip(), "steps": args.steps, "synthetic": args.synthetic,
                        "adversarial": args.adversarial, "compare": args.compare, "step_up": args.step_up,
                        "scan_guard": not args.no_scan_guard, "auto_rule": args.auto_rule,
+                       "collapse_limit": args.collapse_limit,
                        **({"auto_files": list(args.auto_files)} if args.auto_files else {}), "rebuild": args.rebuild,
                        "lr": args.lr, "rebuild_teacher": args.rebuild_teacher,
                        "eval_limit": args.eval_limit, "threads": args.threads, "workers": args.workers,

@@ -39,6 +39,11 @@ change was made after seeing that result, so the third zoo no longer tests it; t
 6.69 there, 8.53 with the absolute fall (``benchmarks/results/auto-otbr-fmnist.md``). On the 11 development
 models the change moves no choice.
 
+A collapsed candidate (clean accuracy near chance) follows no trigger, so its probe reports a large backdoor drop
+that is no evidence, and the scaled clean term does not always outweigh it. The collapse guard
+(:data:`COLLAPSE_LIMIT`, :func:`within_collapse_limit`) leaves out of OTBR's choice every candidate whose
+disagreement on the other classes' inversions is above 0.70 (unless all are); OTBR's default since the ninth zoo.
+
 Nothing here accepts a dataset argument of poisoned images or a trigger: the
 inputs are the models, the synthetic set and (optionally) the clean subset.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -64,6 +65,59 @@ def test_collapse_guard_leaves_out_candidates_that_disagree_with_the_original_on
     assert auto_bench.summary([row])[0]["mean_gap_collapse_guard"] == 25.0
     row["clean_term"] = "measured clean drop"  # TSBD: no synthetic disagreement to guard on
     assert auto_bench.guarded_gap(row) is None and "mean_gap_collapse_guard" not in auto_bench.summary([row])[0]
+
+
+def test_rows_run_with_the_guard_are_re_scored_with_it() -> None:
+    """A row run with the selector's guard (``collapse_limit``, a share) keeps it in every re-scoring: the lean's
+    re-application, the no-lean reading and each set's lone choice leave out the collapsed 0.1 as the selector
+    did; the same row without ``collapse_limit`` (made before the guard) is re-scored without it."""
+    row = _row(0.0)
+    row["clean_term"] = "synthetic disagreement × 0.7"
+    for r, dis in zip(row["candidates"], (80.0, 40.0, 95.0)):
+        r["clean_disagreement_est"] = dis
+    row["repeats"][0]["clean_disagreement"] = {str(r["value"]): r["clean_disagreement_est"] for r in row["candidates"]}
+    bare = copy.deepcopy(row)
+    row["collapse_limit"] = 0.7
+    assert auto_bench.averaged_gap(row, 0.0) == 0.0 and auto_bench.averaged_gap(bare, 0.0) == 25.0
+    assert auto_bench.lone_choices(row) == [0.15] and auto_bench.lone_choices(bare) == [0.1]
+    assert auto_bench.rescore(row, "otbr", lean=0.001) and row["auto"]["value"] == 0.15
+    assert auto_bench.guarded_gap(row) == row["gap"] == 0.0  # the guard column repeats the as-run guard
+
+
+def test_repair_bench_applies_the_collapse_guard_to_the_stored_estimates(tmp_path, monkeypatch) -> None:
+    """The repair starts from OTBR's no-lean choice with the guard: 0.1 (estimated 90, disagreement 80 %) is left out
+    and 0.15 taken; ``collapse_limit=None`` (and ``auto_gammas``, as the explore scripts ran) reads the row as is."""
+    import json
+
+    repair_bench = pytest.importorskip("repair_bench")
+    row = _row(0.065)
+    for r, dis in zip(row["candidates"], (80.0, 40.0, 95.0)):
+        r["clean_disagreement_est"] = dis
+    (tmp_path / "three.json").write_text(json.dumps({"models": [row]}))
+    monkeypatch.setattr(repair_bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(repair_bench, "AUTO_FILES", ("three.json",))
+    assert repair_bench.auto_choices()[("main", "m")] == (0.15, 1, "three.json")
+    assert repair_bench.auto_choices(collapse_limit=None)[("main", "m")][0] == 0.1
+    assert repair_bench.auto_gammas()[("main", "m")] == (0.1, 1)
+
+
+def test_guard_check_sets_a_guarded_run_beside_the_guards_re_scoring() -> None:
+    """guard_check: the reference row (run without the guard) predicts 0.15 once 0.1 (80 % disagreement) is left
+    out; a guarded run that chose 0.15 agrees, one that chose 0.2 does not; the estimates' move is reported."""
+    guard_check = pytest.importorskip("guard_check")
+    ref = _row(0.0)
+    ref["clean_term"] = "synthetic disagreement × 0.7"
+    for r, dis in zip(ref["candidates"], (80.0, 40.0, 95.0)):
+        r["clean_disagreement_est"] = dis
+    run = copy.deepcopy(ref)
+    run.update(collapse_limit=0.7, collapse_guard={"left_out": [0.1, 0.2]}, auto=run["candidates"][1], gap=0.0)
+    run["candidates"][2]["estimated_der"] += 3.0
+    row = guard_check.compare(run, ref)
+    assert (row["gamma_run"], row["gamma_predicted"], row["same_choice"]) == (0.15, 0.15, True)
+    assert row["left_out_predicted"] == row["left_out_run"] == "0.1, 0.2" and row["max_estimate_move"] == 3.0
+    assert (row["gap_run"], row["gap_predicted"], row["gap_unguarded_ref"]) == (0.0, 0.0, 25.0)
+    run["auto"] = run["candidates"][2]
+    assert guard_check.compare(run, ref)["same_choice"] is False
 
 
 def test_summary_splits_the_gaps_by_the_weak_suspect_warning() -> None:

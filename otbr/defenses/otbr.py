@@ -13,7 +13,10 @@ The published method gives no rule to choose γ without poisoned data. With
 ``gamma="auto"`` (the default) OTBR builds the candidate for every γ of
 ``gamma_grid`` from one unlearning run and keeps the one with the highest
 *estimated* DER, computed without any data from BatchNorm-inverted synthetic
-inputs (:mod:`otbr.selection`); the report lists every candidate's numbers.
+inputs (:mod:`otbr.selection`; by default the suspected target comes from the
+stratified patch scan and candidates that no longer agree with the original on
+most of those inputs are not chosen, the collapse guard); the report lists
+every candidate's numbers.
 :func:`sweep` yields the pruned and fused model for every γ so that evaluation
 code can compare them.
 
