@@ -28,10 +28,12 @@ from otbr.selection import pick, within_collapse_limit
 
 
 def predicted(ref: dict[str, Any], limit: float) -> tuple[float, list[float]]:
-    """The γ the guard picks from the reference row's stored estimates (points), and the γ it leaves out."""
+    """The γ the guard picks from the reference row's stored estimates (points), and the γ above its limit (all of
+    them when the guard falls back on the smallest, as the selector's report lists them)."""
     rows = ref["candidates"]
     kept = within_collapse_limit(rows, limit, key="clean_disagreement_est")
-    return pick(kept, 100 * ref.get("lean", 0.0))["value"], [r["value"] for r in rows if r not in kept]
+    return (pick(kept, 100 * ref.get("lean", 0.0))["value"],
+            [r["value"] for r in rows if r["clean_disagreement_est"] > limit])
 
 
 def compare(run: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,11 @@ FALLBACK_RATIO = 0.05
 #: it ran with 0.035.
 LATER_OPTIONS: dict[str, dict[str, Any]] = {"otbr": {"selection_repeats": 1, "lean_used": 0.035}}
 
+#: Constructor arguments that pin a defense to its behaviour from before a default changed: given with these values
+#: they key as if not given, so the cells made before the change are reused. OTBR's automatic γ until 2026-11-24:
+#: the scan suspect without the collapse guard (``benchmarks/compare_bench.py`` pins its stored cells to it).
+EARLIER_KWARGS: dict[str, dict[str, Any]] = {"otbr": {"suspect_rule": "scan", "collapse_limit": None}}
+
 
 @dataclasses.dataclass
 class CompareResult:
@@ -420,7 +425,9 @@ def run_compare(
                                 ratio=(clean_ratio or default_ratio(d)) if needs_data else None,
                                 before=base["metrics"])
                 keyed = {k: v for k, v in task.items() if k not in ("before", "data_root")}
-                keyed["kwargs"] = {k: v for k, v in keyed.get("kwargs", {}).items() if k != "progress"}
+                pinned = EARLIER_KWARGS.get(d, {}).items()
+                keyed["kwargs"] = {k: v for k, v in keyed.get("kwargs", {}).items()
+                                   if k != "progress" and (k, v) not in pinned}
                 if d != ORIGINAL:
                     # key on the full configuration, defaults included: a changed default must not reuse old cells
                     neutral = LATER_OPTIONS.get(d, {}).items()

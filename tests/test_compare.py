@@ -95,6 +95,21 @@ def test_an_option_added_later_keeps_old_cells_at_its_neutral_value(zoo, monkeyp
     assert run_compare(zoo["models"][:1], ["clp"], out_dir=out, plot=False).ran == 1
 
 
+def test_arguments_pinning_an_earlier_default_key_as_if_not_given(zoo, monkeypatch):
+    """Cells made before a default changed are reused when the run pins the earlier behaviour with an argument
+    listed in EARLIER_KWARGS (here CLP's u = 3, as if 3 were an earlier default); another value runs them again."""
+    import otbr.compare as compare
+
+    out = zoo["dir"] / "pinned"
+    assert run_compare(zoo["models"][:1], ["clp"], out_dir=out, plot=False).ran == 2
+    assert run_compare(zoo["models"][:1], ["clp"], out_dir=out, overrides={"clp": {"u": 3.0}}, plot=False).ran == 1
+    monkeypatch.setattr(compare, "EARLIER_KWARGS", {"clp": {"u": 3.0}})
+    out = zoo["dir"] / "pinned2"
+    assert run_compare(zoo["models"][:1], ["clp"], out_dir=out, plot=False).ran == 2
+    assert run_compare(zoo["models"][:1], ["clp"], out_dir=out, overrides={"clp": {"u": 3.0}}, plot=False).ran == 0
+    assert run_compare(zoo["models"][:1], ["clp"], out_dir=out, overrides={"clp": {"u": 4.0}}, plot=False).ran == 1
+
+
 def test_without_data_data_dependent_defenses_are_skipped(zoo):
     res = run_compare(zoo["models"][:1], ["clp", "ft"], out_dir=zoo["dir"] / "nodata")
     assert [r["defense"] for r in res.rows] == ["original", "clp"]
