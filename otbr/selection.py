@@ -317,11 +317,9 @@ def _guarded_pick(rows: list[dict[str, float]], lean: float, limit: float | None
     if limit is not None:
         out = [r["value"] for r in rows if r["clean_disagreement"] > limit]
         extra["collapse_guard"] = {"limit": limit, "left_out": out, "all_out": len(out) == len(rows)}
-        if len(out) == len(rows):
-            log.warning("every candidate disagrees with the original on more than %.0f %% of the synthetic inputs: "
-                        "the smallest setting, %g, is taken, and it may have collapsed too", 100 * limit, top["value"])
-        elif out:
-            log.info("collapse guard: %s left out (synthetic disagreement above %.0f %%)", out, 100 * limit)
+        if out:  # (per synthetic set too: the defense warns once, from the report, when all are out)
+            log.info("collapse guard: %s left out (synthetic disagreement above %.0f %%)%s", out, 100 * limit,
+                     "; all are, so the smallest is taken" if len(out) == len(rows) else "")
     return top, best, extra
 
 

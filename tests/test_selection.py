@@ -339,15 +339,19 @@ def test_otbr_collapse_limit_is_the_default_validated_keyed_and_reaches_the_sele
 
     def fake(original, candidates, sets, num_classes, **kw):
         seen.append(kw["collapse_limit"])
-        return Choice(value=min(candidates), suspect=0, candidates=[{"value": v, "estimated_der": 0.5}
-                                                                     for v in candidates])
+        guard = {"limit": kw["collapse_limit"], "left_out": [0.1, 0.2] if len(seen) == 2 else [],
+                 "all_out": len(seen) == 2}
+        return Choice(value=min(candidates), suspect=0, extra={"collapse_guard": guard},
+                      candidates=[{"value": v, "estimated_der": 0.5} for v in candidates])
 
     monkeypatch.setattr(otbr_mod, "choose_for_repeats", fake)
     net = tiny_net().eval()
-    for limit in (COLLAPSE_LIMIT, 0.4):
-        OTBR(steps=1, batch_size=8, synthetic=4, synthetic_steps=0, selection_repeats=1, gamma_grid=(0.1, 0.2),
-             collapse_limit=limit, input_shape=(1, SIDE, SIDE), progress=False).run(net)
+    notes = [OTBR(steps=1, batch_size=8, synthetic=4, synthetic_steps=0, selection_repeats=1, gamma_grid=(0.1, 0.2),
+                  collapse_limit=limit, input_shape=(1, SIDE, SIDE), progress=False).run(net).info["notes"]
+             for limit in (COLLAPSE_LIMIT, 0.4)]
     assert seen == [COLLAPSE_LIMIT, 0.4]
+    assert not any("collapse guard" in n for n in notes[0])
+    assert any("more than 40 %" in n and "the smallest, 0.1" in n for n in notes[1])  # every γ left out
 
 
 def test_argmax_tiebreak_breaks_ties_by_the_second_score_and_reads_nan_as_zero() -> None:
@@ -569,6 +573,30 @@ def test_cli_suspect_rule_and_guard_reach_the_defense_and_the_report(tmp_path: P
     for args in (["--suspect-rule", "vote"], ["--collapse-limit", "0"]):
         bad = CliRunner().invoke(main, ["defend", "otbr", str(model), *args, "-o", str(tmp_path / "x")])
         assert bad.exit_code == 2 and args[1] in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_says_which_candidates_the_collapse_guard_left_out(tmp_path: Path, monkeypatch) -> None:
+    """`otbr defend otbr` names the γ the guard left out, and warns when it left out every one."""
+    from otbr.cli.main import main
+
+    from otbr.defenses import otbr as otbr_mod
+
+    guards = iter([{"limit": 0.7, "left_out": [0.2], "all_out": False},
+                   {"limit": 0.7, "left_out": [0.1, 0.2], "all_out": True}])
+
+    def fake(original, candidates, sets, num_classes, **kw):
+        return Choice(value=0.1, suspect=0, extra={"collapse_guard": next(guards)},
+                      candidates=[{"value": v, "estimated_der": 0.5} for v in candidates])
+
+    monkeypatch.setattr(otbr_mod, "choose_for_repeats", fake)
+    model, _ = make_tiny_files(tmp_path, 40)
+    outs = [CliRunner().invoke(main, ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16", "--no-eval",
+                                      "--gamma-grid", "0.1,0.2", "-o", str(tmp_path / f"o{i}.safetensors")])
+            for i in range(2)]
+    assert all(r.exit_code == 0 for r in outs), [r.output for r in outs]
+    assert "collapse guard: 0.2 left out" in outs[0].output and "warning: every candidate" not in outs[0].output
+    assert any(line.startswith("warning: every candidate") and "the smallest, 0.1" in line
+               for line in outs[1].output.splitlines())
 
 
 def test_a_suspect_with_no_synthetic_inputs_counts_no_drop_instead_of_nan() -> None:

@@ -291,6 +291,11 @@ class OTBR(Defense):
         if auto is not None:
             info["auto"] = auto
             est = {c["value"]: c["estimated_der"] for c in auto["candidates"]}
+            if (auto.get("collapse_guard") or {}).get("all_out"):
+                note = (f"every γ's fused model disagrees with the original on more than "
+                        f"{100 * self.collapse_limit:g} % of the synthetic inputs (collapse guard): the smallest, "
+                        f"{gamma:g}, was taken and may be broken too")
+                info["notes"].append(note)  # (otbr defend prints it as a warning)
             info["notes"].append(f"γ = {gamma:g} chosen automatically from {self.gamma_grid} with no data "
                                  f"(estimated DER {est[gamma]:.3f}; "
                                  "see info.auto)")
