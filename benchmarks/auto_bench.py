@@ -158,12 +158,17 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
     return out
 
 
+def guarded_pick(rows: list[dict[str, Any]], limit: float | None, lean: float) -> dict[str, Any]:
+    """:func:`otbr.selection.pick` (``lean`` in points) among the stored candidates the collapse guard keeps
+    (``limit`` in percent of ``clean_disagreement_est``; ``None``: every candidate), as the selector chooses."""
+    return pick(within_collapse_limit(rows, limit, key="clean_disagreement_est"), lean)
+
+
 def row_pick(m: dict[str, Any], rows: list[dict[str, Any]], lean: float) -> dict[str, Any]:
-    """:func:`otbr.selection.pick` (``lean`` in points) among the rows the row's own collapse guard keeps (its
-    ``collapse_limit``, the selector's guard; none for rows run without it), as the selector chose."""
+    """:func:`guarded_pick` with the row's own collapse guard (its ``collapse_limit``, the selector's guard; none for
+    rows run without it)."""
     limit = m.get("collapse_limit")
-    kept = within_collapse_limit(rows, None if limit is None else 100 * limit, key="clean_disagreement_est")
-    return pick(kept, lean)
+    return guarded_pick(rows, None if limit is None else 100 * limit, lean)
 
 
 def _drops(m: dict[str, Any], relative: bool, top2: bool = False) -> dict[float, float] | None:
@@ -256,10 +261,12 @@ def lone_choices(m: dict[str, Any], lean: float | None = None) -> list[float]:
     """Per synthetic set of a ``--repeats`` row: the γ that set alone would choose (its own suspect and estimates),
     with the row's lean (``lean`` in points overrides it)."""
     within = 100 * m.get("lean", 0.0) if lean is None else lean
+    # rows stored before the sets kept their disagreement cannot be guarded per set
     guarded = m.get("collapse_limit") is not None and all("clean_disagreement" in r for r in m["repeats"])
-    return [row_pick(m if guarded else {}, [{"value": float(v), "estimated_der": e, "clean_disagreement_est":
-                                             r["clean_disagreement"][v] if guarded else None}
-                                            for v, e in r["estimated_der"].items()], within)["value"]
+    limit = 100 * m["collapse_limit"] if guarded else None
+    return [guarded_pick([{"value": float(v), "estimated_der": e,
+                           "clean_disagreement_est": r["clean_disagreement"][v] if guarded else None}
+                          for v, e in r["estimated_der"].items()], limit, within)["value"]
             for r in m["repeats"]]
 
 
@@ -288,8 +295,7 @@ def guarded_gap(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> float | Non
     if not str(m.get("clean_term", "")).startswith("synthetic") or any(
             r.get("clean_disagreement_est") is None for r in rows):
         return None
-    kept = within_collapse_limit(rows, limit, key="clean_disagreement_est")
-    return round(m["oracle"]["der"] - pick(kept, 100 * m.get("lean", 0.0))["der"], 2)
+    return round(m["oracle"]["der"] - guarded_pick(rows, limit, 100 * m.get("lean", 0.0))["der"], 2)
 
 
 def oracle_asr(m: dict[str, Any]) -> float | None:

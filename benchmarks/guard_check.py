@@ -21,18 +21,16 @@ import json
 import sys
 from typing import Any
 
-from auto_bench import COLLAPSE_LIMIT, RESULTS, guarded_gap
+from auto_bench import COLLAPSE_LIMIT, RESULTS, guarded_gap, guarded_pick
 
 from otbr.report import markdown_table
-from otbr.selection import pick, within_collapse_limit
 
 
 def predicted(ref: dict[str, Any], limit: float) -> tuple[float, list[float]]:
     """The γ the guard picks from the reference row's stored estimates (points), and the γ above its limit (all of
     them when the guard falls back on the smallest, as the selector's report lists them)."""
     rows = ref["candidates"]
-    kept = within_collapse_limit(rows, limit, key="clean_disagreement_est")
-    return (pick(kept, 100 * ref.get("lean", 0.0))["value"],
+    return (guarded_pick(rows, limit, 100 * ref.get("lean", 0.0))["value"],
             [r["value"] for r in rows if r["clean_disagreement_est"] > limit])
 
 

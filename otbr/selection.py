@@ -115,10 +115,10 @@ PROBE_NOTHING = ("the probe found no trigger the original model follows (rate be
 #: set, it flagged the one wrong suspect (probe 0.32) and one of the three right ones (0.81).
 SUSPECT_WEAK_RATE = 0.9
 
-#: How the data-free selection names its suspected target: ``"scan"`` (the default, TSBD's and OTBR's,
-#: ``otbr.defenses.otbr.SUSPECT_RULE``), the class one small patch reaches most often from the pooled other-class
-#: synthetic inputs (:func:`target_scan`); ``"stratified"`` (:func:`stratified_suspects`), the class a small patch
-#: reaches from the most source classes.
+#: How the data-free selection names its suspected target: ``"scan"`` (this module's default and TSBD's), the class
+#: one small patch reaches most often from the pooled other-class synthetic inputs (:func:`target_scan`);
+#: ``"stratified"`` (OTBR's default, ``otbr.defenses.otbr.SUSPECT_RULE``; :func:`stratified_suspects`), the class a
+#: small patch reaches from the most source classes.
 SUSPECT_RULES = ("scan", "stratified")
 
 #: The collapse guard (:func:`within_collapse_limit`): OTBR candidates whose synthetic clean disagreement (the
