@@ -62,7 +62,10 @@ on a 5 % clean subset took the ASR of three repaired zoo models from 0 to 56–1
 Lifting the cap alone (the suspect's inversions still left out) brings the class back from the teacher's soft labels
 on the other classes' inversions — and the backdoor with it (BadNets ASR 0.05 → 93 % in 300 steps); unlearning
 reverse-engineered triggers on top holds BadNets at 18 % and not Blended or VGG BadNets (85–90 %) (ORACLE probe,
-``benchmarks/results/repair-uncap-explore-fmnist.md``).
+``benchmarks/results/repair-uncap-explore-fmnist.md``). Keeping the original beside the repaired model and
+answering the suspect when the repaired model looks unsure does not separate the class from its trigger either: on
+Blended the repaired model gives the suspect more probability on triggered images than on clean ones (ORACLE probe,
+``benchmarks/results/repair-gate-explore-fmnist.md``).
 
 The images are NOT jittered by default (``shift=0``): a backdoored model reads
 shifted inversions as its target class (56 % of them on the BadNets model,

@@ -191,3 +191,17 @@ def test_auto_bench_merge_keeps_a_models_row_from_the_last_part(tmp_path, monkey
     rows = json.loads((tmp_path / "ab.json").read_text())["models"]
     assert [(r["model"], r["gap"], r.get("suspect_rule")) for r in rows] == [("m", 0.5, "stratified"),
                                                                              ("n", first["gap"], None)]
+
+
+def test_gate_probe_scores_point_toward_the_suspect_and_auroc_reads_them_that_way() -> None:
+    """The gate probe's scores rise with "answer the suspect" (low top probability; high suspect probability), and
+    its AUROC is 1 for a perfect split, 0 for the reverse and ½ for ties: the committed file's reading rests on it."""
+    import torch
+
+    gate = pytest.importorskip("repair_gate_explore")
+    sure, unsure = torch.tensor([[8.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.9, 0.8]])
+    assert gate.scores(unsure, 1)["conf"] > gate.scores(sure, 1)["conf"]
+    assert gate.scores(torch.tensor([[0.0, 5.0, 0.0]]), 1)["guard"] > gate.scores(sure, 1)["guard"]
+    hi, lo = torch.tensor([0.9, 0.8]), torch.tensor([0.1, 0.2, 0.3])
+    assert gate.auroc(hi, lo) == 1.0 and gate.auroc(lo, hi) == 0.0 and gate.auroc(lo, lo) == 0.5
+    assert gate.auroc(hi, lo[:0]) is None
