@@ -326,6 +326,7 @@ def run_compare(
     eval_limit: int | None = None,
     seed: int = 0,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    model_overrides: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
     progress: bool = False,
     plot: bool = True,
     device: str | None = "cpu",
@@ -344,6 +345,9 @@ def run_compare(
         eval_limit: evaluate on the first N test images only.
         seed: seed of every defense and of the clean subset.
         overrides: ``{defense: {hyperparameter: value}}`` on top of the defaults.
+        model_overrides: ``{model file stem: {defense: {hyperparameter: value}}}`` on top of ``overrides``, for that
+            model's cells only (e.g. to re-run one cell under a changed default while the others, which the change
+            leaves the same, are reused pinned to the earlier one).
         progress: progress bars (sequential runs only).
         plot: write ``compare.png``.
         device: where the cells run: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when present). A GPU
@@ -365,7 +369,10 @@ def run_compare(
     stems = [Path(m).stem for m in models]
     if len(set(stems)) != len(stems):
         raise OtbrError("two model files share a name; cells are keyed by file name")
-    for d, kw in (overrides or {}).items():
+    unknown_models = sorted(set(model_overrides or {}) - set(stems))
+    if unknown_models:
+        raise OtbrError(f"hyperparameters given for model(s) {', '.join(unknown_models)}, which are not compared")
+    for d, kw in [*(overrides or {}).items(), *(i for per in (model_overrides or {}).values() for i in per.items())]:
         if d not in defenses:
             raise OtbrError(f"hyperparameters given for {d!r}, which is not in --defenses")
         params = inspect.signature(registry[d].__init__).parameters
@@ -420,7 +427,9 @@ def run_compare(
                 if d != ORIGINAL:
                     needs_data = registry[d].needs != "none"
                     task.update(kwargs=defense_kwargs(d, metas[str(m)], seed=seed, progress=progress and workers == 1,
-                                                      overrides=(overrides or {}).get(d)),
+                                                      overrides={**(overrides or {}).get(d, {}),
+                                                                 **(model_overrides or {}).get(Path(m).stem, {})
+                                                                 .get(d, {})}),
                                 data=data if needs_data else None,
                                 ratio=(clean_ratio or default_ratio(d)) if needs_data else None,
                                 before=base["metrics"])
@@ -458,7 +467,9 @@ def run_compare(
     notes.extend(failed)
     result.files = write_outputs(result.rows, list(defenses), out, notes=notes, plot=plot,
                                  settings={"data": data, "clean_ratio": clean_ratio, "eval_limit": eval_limit,
-                                           "seed": seed, "overrides": overrides or {}, "device": str(dev),
+                                           "seed": seed, "overrides": overrides or {},
+                                           **({"model_overrides": model_overrides} if model_overrides else {}),
+                                           "device": str(dev),
                                            "ratios": {d: (clean_ratio or default_ratio(d)) for d in defenses
                                                       if registry[d].needs != "none"}})
     return result

@@ -110,6 +110,22 @@ def test_arguments_pinning_an_earlier_default_key_as_if_not_given(zoo, monkeypat
     assert run_compare(zoo["models"][:1], ["clp"], out_dir=out, overrides={"clp": {"u": 4.0}}, plot=False).ran == 1
 
 
+def test_model_overrides_change_only_that_models_cells(zoo):
+    """Hyperparameters given for one model re-run its cells alone (the others are reused) and are checked like the
+    defense-wide ones."""
+    out = zoo["dir"] / "per-model"
+    assert run_compare(zoo["models"], ["clp"], out_dir=out, plot=False).ran == 4
+    res = run_compare(zoo["models"], ["clp"], out_dir=out, model_overrides={"b": {"clp": {"u": 4.0}}}, plot=False)
+    assert res.ran == 1 and res.reused == 3
+    b = json.loads((out / "cells" / "b__clp.json").read_text())
+    assert b["config"]["u"] == 4.0
+    assert json.loads((out / "cells" / "a__clp.json").read_text())["config"]["u"] != 4.0
+    with pytest.raises(OtbrError, match=r"model\(s\) c, which are not compared"):
+        run_compare(zoo["models"], ["clp"], out_dir=out, model_overrides={"c": {"clp": {"u": 4.0}}}, plot=False)
+    with pytest.raises(OtbrError, match="no hyperparameter"):
+        run_compare(zoo["models"], ["clp"], out_dir=out, model_overrides={"b": {"clp": {"nope": 1}}}, plot=False)
+
+
 def test_without_data_data_dependent_defenses_are_skipped(zoo):
     res = run_compare(zoo["models"][:1], ["clp", "ft"], out_dir=zoo["dir"] / "nodata")
     assert [r["defense"] for r in res.rows] == ["original", "clp"]
