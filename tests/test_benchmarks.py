@@ -205,3 +205,24 @@ def test_gate_probe_scores_point_toward_the_suspect_and_auroc_reads_them_that_wa
     hi, lo = torch.tensor([0.9, 0.8]), torch.tensor([0.1, 0.2, 0.3])
     assert gate.auroc(hi, lo) == 1.0 and gate.auroc(lo, hi) == 0.0 and gate.auroc(lo, lo) == 0.5
     assert gate.auroc(hi, lo[:0]) is None
+
+
+def test_shipped_split_groups_models_by_what_the_oracle_could_do() -> None:
+    """The split counts a model as removable when the oracle's ASR is ≤ 10 %, leaves collapsed oracles (ACC < 20 %)
+    out of the usable group, and refuses rows with no stored synthetic disagreement (it could not apply the guard)."""
+    split = pytest.importorskip("shipped_split")
+
+    def row(gap: float, oracle_asr: float, oracle_acc: float, auto_asr: float) -> dict:
+        return {"gap": gap, "oracle_asr": oracle_asr, "oracle_acc": oracle_acc, "auto_asr": auto_asr,
+                "auto": 0.1, "oracle": 0.1 if gap == 0 else 0.2}
+
+    g = {r["group"].split(" (")[0]: r for r in split.groups(
+        [row(0.0, 1.0, 80.0, 1.0), row(11.0, 2.0, 11.0, 99.0), row(4.0, 99.0, 85.0, 98.0)])}
+    assert g["all"]["n"] == 3 and g["all"]["worst_gap"] == 11.0 and g["all"]["auto_removes"] == 1
+    assert g["some γ removes the backdoor"]["n"] == 2 and g["some γ removes the backdoor"]["mean_gap"] == 5.5
+    assert g["… and the oracle's model is not collapsed"]["n"] == 1
+    assert g["no γ removes it"]["worst_gap"] == 4.0 and g["no γ removes it"]["auto_is_oracle"] == 0
+    m = _row(0.065)
+    m.update(clean_term="synthetic disagreement")
+    with pytest.raises(ValueError, match="no stored synthetic disagreement"):
+        split.shipped_rows([m])
