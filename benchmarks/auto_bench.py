@@ -18,7 +18,7 @@ stored estimates (probe rates and raw disagreement do not depend on the rule) an
 it.
 
 Usage:
-    python benchmarks/auto_bench.py [--method otbr|tsbd] [--zoo main|second|...|tenth|both|all]
+    python benchmarks/auto_bench.py [--method otbr|tsbd] [--zoo main|second|...|eleventh|both|all]
                                     [--repeats 3] [--suspect-rule stratified|scan] [--collapse-limit 0.7|1]
                                     [--only NAME,...] [--eval-limit 5000] [--threads 1] [--append] [--rescore]
                                     [--out STEM]
@@ -342,6 +342,8 @@ GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (m
           ("ninth zoo (held out from everything decided by 2026-11-24)", ("ninth",)),
           ("tenth zoo (held out from the shipped OTBR rule too)", ("tenth",)),
           ("held out from the shipped OTBR rule (ninth + tenth)", ("ninth", "tenth")),
+          ("eleventh zoo (held out from the shipped OTBR rule too)", ("eleventh",)),
+          ("held out from the shipped OTBR rule (ninth to eleventh)", ("ninth", "tenth", "eleventh")),
           ("all", tuple(ZOOS)))
 
 
@@ -537,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["otbr", "tsbd"], default="otbr")
     ap.add_argument("--zoo", choices=[*ZOOS, *ZOO_ARGS], default="both",
-                    help="both: the two development zoos; all: those and the held-out third to tenth")
+                    help="both: the two development zoos; all: those and the held-out third to eleventh")
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--eval-limit", type=int, default=5000, help="first N test images (0: all)")
     ap.add_argument("--threads", type=int, default=1)
