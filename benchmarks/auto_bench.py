@@ -351,7 +351,9 @@ def summary(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for label, zoos in GROUPS:
         group = [m for m in models if m["zoo"] in zoos]
-        if not group or (len(zoos) > 1 and len({m["zoo"] for m in group}) < 2):
+        present = {m["zoo"] for m in group}
+        # a named group of several zoos needs every one of them ("all" takes whatever the file holds, two at least)
+        if not group or (len(zoos) > 1 and (len(present) < 2 if label == "all" else present != set(zoos))):
             continue
         gaps = [m["gap"] for m in group]
         fixed_gaps = [m["oracle"]["der"] - m["fixed"]["der"] for m in group if m["fixed"]]

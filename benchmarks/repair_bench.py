@@ -222,7 +222,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              f"Repair: {p['steps']} distillation steps, {p['synthetic']} BatchNorm-inverted inputs, invariance phase "
              f"weight {p.get('adversarial', 0)} (`otbr.repair.repair(adversarial=…)`; 0 = plain distillation). "
              "γ per model: "
-             "the automatic choice (no oracle) where `auto-otbr-fmnist.json` has one"
+             "the automatic choice (no oracle) where "
+             + " or ".join(f"`{f}`" for f in p.get("auto_files") or ("auto-otbr-fmnist.json",)) + " has one"
              + (f", then {p['step_up']} grid step(s) up ({', '.join(map(str, sorted(GAMMA_GRID)))}; "
                 "`--step-up`: prune harder, then repair)" if p.get("step_up") else "")
              + (", the scan guard on (`repair(scan_guard=True)`: the class the original's trigger scan reaches "

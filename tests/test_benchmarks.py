@@ -226,3 +226,18 @@ def test_shipped_split_groups_models_by_what_the_oracle_could_do() -> None:
     m.update(clean_term="synthetic disagreement")
     with pytest.raises(ValueError, match="no stored synthetic disagreement"):
         split.shipped_rows([m])
+
+
+def test_a_named_group_of_zoos_is_summarised_only_when_the_file_holds_all_of_them() -> None:
+    """"held out … (ninth to eleventh)" must not appear for a file with only the ninth and tenth zoos (it would
+    label eight models as twelve's group); "all" takes whatever two or more zoos the file holds."""
+    rows = []
+    for zoo in ("ninth", "tenth"):
+        r = _row(0.065)
+        r["zoo"] = zoo
+        rows.append(r)
+    labels = [g["models"] for g in auto_bench.summary(rows)]
+    assert "held out from the shipped OTBR rule (ninth + tenth)" in labels and "all" in labels
+    assert not any("ninth to eleventh" in label for label in labels)
+    rows.append({**copy.deepcopy(rows[0]), "zoo": "eleventh"})
+    assert any("ninth to eleventh" in g["models"] for g in auto_bench.summary(rows))
