@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from explore_cli import heading, model_specs, parser, start
+from explore_cli import heading, model_specs, parser, save, start
 from repair_bench import auto_gammas
 from zoo import FOLDERS
 
@@ -37,7 +37,7 @@ from otbr.models import load_model, save_model
 from otbr.pixels import as_float
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import repair
-from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
+from otbr.report import ORACLE_NOTE, environment, markdown_table
 from otbr.synthesis import synthesize
 
 log = logging.getLogger("repair_bias_explore")
@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"command": "python benchmarks/repair_bias_explore.py " + " ".join(argv or sys.argv[1:]),
                "eval_limit": args.eval_limit, "threads": args.threads, "models": models,
                "environment": environment(), "oracle_note": ORACLE_NOTE}
-    write_json(path, payload)
-    write_markdown(payload, path.with_suffix(".md"))
+    save(path, payload, write_markdown)
     return 0
 
 

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from explore_cli import heading, merged, model_specs, out_options, parser, start
+from explore_cli import heading, merged, model_specs, out_options, parser, save, start
 from repair_bias_explore import CACHE, logits, repaired
 
 from otbr.attacks import attack_from_config
 from otbr.data import load_dataset
-from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
+from otbr.report import ORACLE_NOTE, environment, markdown_table
 from otbr.synthesis import synthesize
 
 ROOT = Path(__file__).resolve().parent
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                    "eval_limit": args.eval_limit, "threads": args.threads,
                    "models": [probe(z, n, test, args.cache, args.eval_limit) for z, n in specs],
                    "environment": environment(), "oracle_note": ORACLE_NOTE}
-    write_json(path, payload)
-    write_markdown(payload, path.with_suffix(".md"))
+    save(path, payload, write_markdown)
     return 0
 
 
