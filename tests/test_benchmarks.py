@@ -241,3 +241,30 @@ def test_a_named_group_of_zoos_is_summarised_only_when_the_file_holds_all_of_the
     assert not any("ninth to eleventh" in label for label in labels)
     rows.append({**copy.deepcopy(rows[0]), "zoo": "eleventh"})
     assert any("ninth to eleventh" in g["models"] for g in auto_bench.summary(rows))
+
+
+def test_damage_control_drops_are_zero_for_an_unchanged_candidate_and_none_for_unfollowed_classes() -> None:
+    """The control probe measures each class's trigger on the candidates against the original: a candidate that is
+    the original itself drops nothing, and a class whose trigger the original does not follow gets no drop."""
+    import torch
+
+    dc = pytest.importorskip("damage_control_explore")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 3)
+    with torch.no_grad():  # class 2 answers a bright top-left patch: a planted backdoor the probe must find
+        lin.weight.normal_(0, 0.1)
+        lin.bias.zero_()
+        lin.weight[2] = 0.0
+        lin.weight[2, :16] = 8.0
+        lin.bias[2] = -40.0
+    net = torch.nn.Sequential(torch.nn.Flatten(), lin).eval()
+    x = torch.rand(48, 1, 8, 8) * 0.3
+    drops = dc.class_drops(net, {0.1: net}, x, net(x).argmax(1), 3)
+    assert drops[2] == {0.1: 0.0}  # followed on the original, unchanged on the candidate
+    assert all(d is None or d == {0.1: 0.0} for d in drops.values())
+    dead = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    with torch.no_grad():
+        dead[1].weight.zero_()
+        dead[1].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))  # answers 0 whatever the input: no trigger reaches 1 or 2
+    none = dc.class_drops(dead, {0.1: dead}, x, torch.ones(48, dtype=torch.long), 3)
+    assert none[1] is None and none[2] is None
