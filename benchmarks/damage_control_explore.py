@@ -31,13 +31,13 @@ from typing import Any
 
 import torch
 from auto_bench import COLLAPSE_LIMIT, guarded_pick
-from explore_cli import heading, merged, model_specs, out_options, parser, save, start
+from explore_cli import heading, model_specs, out_options, parser, probe_payload, save, start
 from zoo import FOLDERS
 
 from otbr.defenses.otbr import GAMMA_GRID, OTBR
 from otbr.metrics import predict
 from otbr.models import load_model
-from otbr.report import ORACLE_NOTE, environment, markdown_table
+from otbr.report import markdown_table
 from otbr.selection import PROBE_MIN_RATE, reverse_trigger, trigger_rate
 from otbr.synthesis import synthesize
 
@@ -135,19 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     path = RESULTS / f"{args.out}.json"
     if start(args, path, write_markdown):
         return 0
-    if args.merge:
-        command, models, first = merged(RESULTS, args.merge)
-        payload = {**first, "command": command, "models": models}
-    else:
+    models = []
+    if not args.merge:
         stored = stored_rows()
         specs = model_specs(ap, args.models)
         missing = [f"{z}:{n}" for z, n in specs if (z, n) not in stored]
         if missing:
             ap.error(f"no stored shipped-rule row for {', '.join(missing)}")
-        payload = {"command": "python benchmarks/damage_control_explore.py " + " ".join(argv or sys.argv[1:]),
-                   "eval_limit": 5000, "threads": args.threads,
-                   "models": [probe(z, n, stored[(z, n)]) for z, n in specs],
-                   "environment": environment(), "oracle_note": ORACLE_NOTE}
+        models = [probe(z, n, stored[(z, n)]) for z, n in specs]
+    payload = probe_payload("damage_control_explore.py", argv, args, models, 5000)
     save(path, payload, write_markdown)
     return 0
 

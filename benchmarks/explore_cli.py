@@ -78,6 +78,19 @@ def merged(results: Path, stems: str) -> tuple[str, list[dict[str, Any]], dict[s
     return ", then ".join(p["command"] for p in parts), [r for p in parts for r in p["models"]], parts[0]
 
 
+def probe_payload(script: str, argv: list[str] | None, args: argparse.Namespace, models: list[dict[str, Any]],
+                  eval_limit: int) -> dict[str, Any]:
+    """A probe run's result: its command line, evaluation size, threads, per-model results, machine and ORACLE
+    note; or, with ``--merge``, the named parts joined (``models`` is then ignored)."""
+    from otbr.report import environment
+
+    if getattr(args, "merge", None):
+        command, rows, first = merged(Path(__file__).resolve().parent / "results", args.merge)
+        return {**first, "command": command, "models": rows}
+    return {"command": f"python benchmarks/{script} " + " ".join(argv or sys.argv[1:]), "eval_limit": eval_limit,
+            "threads": args.threads, "models": models, "environment": environment(), "oracle_note": ORACLE_NOTE}
+
+
 def save(path: Path, payload: dict[str, Any], render: Callable[[dict[str, Any], Path], None]) -> None:
     """Write the payload's JSON to ``path`` and its Markdown beside it."""
     write_json(path, payload)

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from explore_cli import heading, merged, model_specs, out_options, parser, save, start
+from explore_cli import heading, model_specs, out_options, parser, probe_payload, save, start
 from repair_bias_explore import CACHE, logits, repaired
 
 from otbr.attacks import attack_from_config
 from otbr.data import load_dataset
-from otbr.report import ORACLE_NOTE, environment, markdown_table
+from otbr.report import markdown_table
 from otbr.synthesis import synthesize
 
 ROOT = Path(__file__).resolve().parent
@@ -127,17 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     path = RESULTS / f"{args.out}.json"
     if start(args, path, write_markdown):
         return 0
-    if args.merge:
-        command, models, first = merged(RESULTS, args.merge)
-        payload = {**first, "command": command, "models": models}
-    else:
+    models = []
+    if not args.merge:
         specs = model_specs(ap, args.models)
         args.cache.mkdir(parents=True, exist_ok=True)
         test = load_dataset("fashion-mnist", "test")
-        payload = {"command": "python benchmarks/repair_gate_explore.py " + " ".join(argv or sys.argv[1:]),
-                   "eval_limit": args.eval_limit, "threads": args.threads,
-                   "models": [probe(z, n, test, args.cache, args.eval_limit) for z, n in specs],
-                   "environment": environment(), "oracle_note": ORACLE_NOTE}
+        models = [probe(z, n, test, args.cache, args.eval_limit) for z, n in specs]
+    payload = probe_payload("repair_gate_explore.py", argv, args, models, args.eval_limit)
     save(path, payload, write_markdown)
     return 0
 

@@ -268,3 +268,18 @@ def test_damage_control_drops_are_zero_for_an_unchanged_candidate_and_none_for_u
         dead[1].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))  # answers 0 whatever the input: no trigger reaches 1 or 2
     none = dc.class_drops(dead, {0.1: dead}, x, torch.ones(48, dtype=torch.long), 3)
     assert none[1] is None and none[2] is None
+
+
+def test_probe_payload_records_the_command_and_the_oracle_note() -> None:
+    """A probe's result names the command that made it and carries the ORACLE note; ``--merge`` joins parts."""
+    import argparse
+    import json
+
+    cli = pytest.importorskip("explore_cli")
+    p = cli.probe_payload("x.py", ["--models", "main:badnets"], argparse.Namespace(merge=None, threads=2),
+                          [{"model": "badnets"}], 500)
+    assert p["command"] == "python benchmarks/x.py --models main:badnets"
+    assert p["eval_limit"] == 500 and p["threads"] == 2 and p["oracle_note"].startswith("ORACLE")
+    stored = json.loads((Path(cli.__file__).parent / "results" / "repair-gate-explore-fmnist.json").read_text())
+    joined = cli.probe_payload("x.py", [], argparse.Namespace(merge="repair-gate-explore-fmnist", threads=1), [], 1)
+    assert joined["models"] == stored["models"] and joined["command"] == stored["command"]
