@@ -283,3 +283,18 @@ def test_probe_payload_records_the_command_and_the_oracle_note() -> None:
     stored = json.loads((Path(cli.__file__).parent / "results" / "repair-gate-explore-fmnist.json").read_text())
     joined = cli.probe_payload("x.py", [], argparse.Namespace(merge="repair-gate-explore-fmnist", threads=1), [], 1)
     assert joined["models"] == stored["models"] and joined["command"] == stored["command"]
+
+
+def test_the_clean_estimate_error_quoted_by_the_cli_is_the_committed_measurement() -> None:
+    """``otbr defend otbr`` quotes CLEAN_ESTIMATE_ERROR beside its estimate; it must be what the committed split
+    measured, and TSBD (a measured clean term) gets no such line."""
+    import json
+
+    from cli.cmd_defend import clean_cost_line
+    from otbr.selection import CLEAN_ESTIMATE_ERROR
+
+    split = pytest.importorskip("shipped_split")
+    stored = json.loads((split.RESULTS / "auto-otbr-shipped-split-fmnist.json").read_text())["clean_estimate"]
+    assert {"median": stored["median_abs_error"], "p90": stored["p90_abs_error"]} == CLEAN_ESTIMATE_ERROR
+    assert clean_cost_line({"clean_term": "measured clean drop", "chosen": 0.1,
+                            "candidates": [{"value": 0.1, "clean_drop": 0.05}]}) is None

@@ -566,6 +566,8 @@ def test_cli_suspect_rule_and_guard_reach_the_defense_and_the_report(tmp_path: P
     assert res.exit_code == 0, res.output
     payload = json.loads(report.read_text())
     auto = payload["info"]["auto"]
+    chosen = next(c for c in auto["candidates"] if c["value"] == auto["chosen"])
+    assert f"estimated clean cost: about {100 * max(chosen['clean_drop'], 0):.0f} % of the original" in res.output
     assert "suspect_rule" not in payload["config"] and auto["suspect_rule"] == "scan"
     assert len(auto["target_scan"]) == CLASSES and "stratified_scan" not in auto
     assert all("target_scan" in r for r in auto["repeats"])
