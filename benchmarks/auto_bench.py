@@ -288,14 +288,28 @@ def averaged_gap(m: dict[str, Any], lean: float) -> float:
 COLLAPSE_LIMIT = 100 * GUARD
 
 
-def guarded_gap(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> float | None:
-    """The DER gap of the row's rule (its lean, its stored estimates) with the collapse guard; ``None`` for rows
-    whose clean term is not the synthetic disagreement (TSBD)."""
+def guarded_choice(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> dict[str, Any] | None:
+    """The candidate the row's rule (its lean, its stored estimates) picks with the collapse guard; ``None`` for
+    rows whose clean term is not the synthetic disagreement (TSBD) or that do not store it."""
     rows = m["candidates"]
     if not str(m.get("clean_term", "")).startswith("synthetic") or any(
             r.get("clean_disagreement_est") is None for r in rows):
         return None
-    return round(m["oracle"]["der"] - guarded_pick(rows, limit, 100 * m.get("lean", 0.0))["der"], 2)
+    return guarded_pick(rows, limit, 100 * m.get("lean", 0.0))
+
+
+def guarded_gap(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> float | None:
+    """The DER gap of :func:`guarded_choice` to the oracle; ``None`` where it has none."""
+    choice = guarded_choice(m, limit)
+    return None if choice is None else round(m["oracle"]["der"] - choice["der"], 2)
+
+
+def collapse_limit_arg(value: str) -> float | None:
+    """``--collapse-limit``: a share in (0, 1]; 1 (no guard, as the rows made before it) reads as ``None``."""
+    limit = float(value)
+    if not 0 < limit <= 1:
+        raise argparse.ArgumentTypeError(f"a share in (0, 1], got {value}")
+    return None if limit >= 1 else limit
 
 
 def oracle_asr(m: dict[str, Any]) -> float | None:
@@ -559,13 +573,11 @@ def main(argv: list[str] | None = None) -> int:
                     "a model in several keeps its row from the last")
     ap.add_argument("--suspect-rule", choices=SUSPECT_RULES, default=SUSPECT_RULE,
                     help=f"OTBR's suspect rule (otbr.selection.SUSPECT_RULES; default: the shipped {SUSPECT_RULE})")
-    ap.add_argument("--collapse-limit", type=float, default=GUARD,
+    ap.add_argument("--collapse-limit", type=collapse_limit_arg, default=GUARD,
                     help=f"OTBR's collapse guard (default: the shipped {GUARD:g}; 1: none, as the rows made before "
                     "the guard existed)")
     args = ap.parse_args(argv)
-    if not 0 < args.collapse_limit <= 1:
-        raise SystemExit("--collapse-limit: a share in (0, 1]")
-    guard = None if args.collapse_limit >= 1 else args.collapse_limit
+    guard = args.collapse_limit
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     if args.repeats < 1 or (args.repeats > 1 and args.method != "otbr"):

@@ -23,15 +23,15 @@ Writes ``benchmarks/results/damage-control-explore-fmnist.{md,json}``.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from auto_bench import COLLAPSE_LIMIT, guarded_pick
+from auto_bench import COLLAPSE_LIMIT, guarded_choice, guarded_pick
 from explore_cli import heading, model_specs, out_options, parser, probe_payload, save, start
+from shipped_split import RUNS, load_runs
 from zoo import FOLDERS
 
 from otbr.defenses.otbr import GAMMA_GRID, OTBR
@@ -43,18 +43,8 @@ from otbr.synthesis import synthesize
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-#: the stored runs of the shipped rule (a later file's row wins)
-STORED = ("auto-otbr-stratified-fmnist.json", "auto-otbr-stratified-guard-fmnist.json")
 COLUMNS = ["gamma", "suspect_drop", "control_drop", "target_drop", "stored_backdoor_drop", "clean_drop",
            "estimated_der", "controlled_estimate", "der", "acc", "asr", "pick"]
-
-
-def stored_rows() -> dict[tuple[str, str], dict[str, Any]]:
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for name in STORED:
-        for m in json.loads((RESULTS / name).read_text())["models"]:
-            out[(m["zoo"], m["model"])] = m
-    return out
 
 
 def class_drops(original: torch.nn.Module, candidates: dict[float, torch.nn.Module], x: torch.Tensor,
@@ -95,7 +85,7 @@ def probe(zoo: str, name: str, stored: dict[str, Any]) -> dict[str, Any]:
                      "controlled_estimate": round((100 + adjusted - max(cand["clean_drop_est"], 0.0)) / 2, 2),
                      "der": cand["der"], "acc": cand["acc"], "asr": cand["asr"]})
     lean = 100 * stored.get("lean", 0.0)
-    shipped = guarded_pick(stored["candidates"], COLLAPSE_LIMIT, lean)["value"]
+    shipped = guarded_choice(stored)["value"]
     controlled = guarded_pick([{**r, "value": r["gamma"], "estimated_der": r["controlled_estimate"]} for r in rows],
                               COLLAPSE_LIMIT, lean)["value"]
     oracle = stored["oracle"]["value"]
@@ -137,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     models = []
     if not args.merge:
-        stored = stored_rows()
+        stored = load_runs(RUNS)  # the shipped rule's stored rows
         specs = model_specs(ap, args.models)
         missing = [f"{z}:{n}" for z, n in specs if (z, n) not in stored]
         if missing:

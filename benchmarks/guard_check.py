@@ -21,23 +21,22 @@ import json
 import sys
 from typing import Any
 
-from auto_bench import COLLAPSE_LIMIT, RESULTS, guarded_gap, guarded_pick
+from auto_bench import COLLAPSE_LIMIT, RESULTS, guarded_choice
 
 from otbr.report import markdown_table
 
 
-def predicted(ref: dict[str, Any], limit: float) -> tuple[float, list[float]]:
-    """The γ the guard picks from the reference row's stored estimates (points), and the γ above its limit (all of
-    them when the guard falls back on the smallest, as the selector's report lists them)."""
-    rows = ref["candidates"]
-    return (guarded_pick(rows, limit, 100 * ref.get("lean", 0.0))["value"],
-            [r["value"] for r in rows if r["clean_disagreement_est"] > limit])
+def left_out(ref: dict[str, Any], limit: float) -> list[float]:
+    """The γ above the guard's limit (points) in the reference row's stored estimates: all of them when the guard
+    falls back on the smallest, as the selector's report lists them."""
+    return [r["value"] for r in ref["candidates"] if r["clean_disagreement_est"] > limit]
 
 
 def compare(run: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     """One model's row: the product's run with the guard against the guard's re-scoring of the reference row."""
     limit = 100 * run["collapse_limit"]
-    value, out = predicted(ref, limit)
+    choice, out = guarded_choice(ref, limit), left_out(ref, limit)
+    value = choice["value"]
     est = {r["value"]: r for r in ref["candidates"]}
     moved = max(abs(r[k] - est[r["value"]][k]) for r in run["candidates"]
                 for k in ("estimated_der", "clean_disagreement_est"))
@@ -47,7 +46,8 @@ def compare(run: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
             "gamma_run": run["auto"]["value"], "gamma_predicted": value,
             "left_out_run": ", ".join(f"{v:g}" for v in guard.get("left_out", [])) or "-",
             "left_out_predicted": ", ".join(f"{v:g}" for v in out) or "-",
-            "gap_run": run["gap"], "gap_predicted": guarded_gap(ref, limit), "gap_unguarded_ref": ref["gap"],
+            "gap_run": run["gap"], "gap_predicted": round(ref["oracle"]["der"] - choice["der"], 2),
+            "gap_unguarded_ref": ref["gap"],
             "same_choice": run["auto"]["value"] == value, "max_estimate_move": round(moved, 2)}
 
 

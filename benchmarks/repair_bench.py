@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from auto_bench import collapse_limit_arg
 from zoo import FOLDERS
 
 from otbr.attacks import attack_from_config
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--auto-files", type=lambda v: tuple(v.split(",")), default=None,
                     help="comma-separated auto_bench result files (in benchmarks/results) to read the automatic γ and "
                     f"suspect from, the first that has a model winning (default {','.join(AUTO_FILES)})")
-    ap.add_argument("--collapse-limit", type=lambda v: None if float(v) >= 1 else float(v), default=COLLAPSE_LIMIT,
+    ap.add_argument("--collapse-limit", type=collapse_limit_arg, default=COLLAPSE_LIMIT,
                     help=f"the selector's collapse guard, re-applied to the stored estimates (default: OTBR's, "
                     f"{COLLAPSE_LIMIT:g}; 1: none, as the runs before the guard)")
     ap.add_argument("--step-up", type=int, default=0,

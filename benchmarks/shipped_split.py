@@ -4,7 +4,7 @@ The DER gap to the oracle mixes two kinds of model. Where some γ of the grid re
 choice leaves ≤ 10 % ASR), the gap says how close the data-free choice came to a working defense. Where none does,
 every candidate keeps the backdoor and the gap only measures how much clean accuracy the choice spent failing.
 This script reads stored automatic-γ runs (no model is run), applies the shipped rule to each row — the stratified
-suspect's stored estimates with the collapse guard, :func:`auto_bench.guarded_gap`, which on rows run with the
+suspect's stored estimates with the collapse guard, :func:`auto_bench.guarded_choice`, which on rows run with the
 guard is the as-run choice — and splits the gaps that way. The split reads the oracle's ASR: the groups are
 ORACLE-defined, for reading only; nothing is chosen from them.
 
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auto_bench import COLLAPSE_LIMIT, guarded_gap, guarded_pick
+from auto_bench import COLLAPSE_LIMIT, guarded_choice
 
 from otbr.report import ORACLE_NOTE, markdown_table, write_json
 
@@ -38,19 +38,33 @@ COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_acc", "auto_asr", 
 SUMMARY = ["group", "n", "mean_gap", "worst_gap", "auto_is_oracle", "auto_removes"]
 
 
+def load_runs(stems: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The rows of the comma-separated OTBR result stems, by ``(zoo, model)``; a later run's row wins. A missing
+    file or a TSBD run is a ``ValueError``."""
+    models: dict[tuple[str, str], dict[str, Any]] = {}
+    for stem in stems.split(","):
+        path = RESULTS / f"{stem}.json"
+        if not path.is_file():
+            raise ValueError(f"no result file {path.name} in benchmarks/results")
+        run = json.loads(path.read_text())
+        if run.get("method") != "otbr":
+            raise ValueError(f"{path.name} is not an OTBR run")
+        models.update({(m["zoo"], m["model"]): m for m in run["models"]})
+    return models
+
+
 def shipped_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per OTBR model: the shipped rule's choice and the oracle's, measured (ORACLE) columns beside them."""
     out = []
     for m in models:
-        gap = guarded_gap(m)
-        if gap is None:
+        auto = guarded_choice(m)
+        if auto is None:
             raise ValueError(f"{m['zoo']}:{m['model']}: no stored synthetic disagreement to apply the guard to")
-        auto = guarded_pick(m["candidates"], COLLAPSE_LIMIT, 100 * m.get("lean", 0.0))
         o = m["oracle"]
         out.append({"zoo": m["zoo"], "model": m["model"], "target": m["target"], "suspect": m["suspected_target"],
                     "auto": auto["value"], "auto_acc": auto["acc"], "auto_asr": auto["asr"], "auto_der": auto["der"],
                     "oracle": o["value"], "oracle_acc": o["acc"], "oracle_asr": o["asr"], "oracle_der": o["der"],
-                    "gap": gap})
+                    "gap": round(o["der"] - auto["der"], 2)})
     return out
 
 
@@ -118,16 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default=RUNS, help="comma-separated result stems in benchmarks/results (OTBR runs)")
     ap.add_argument("--out", default="auto-otbr-shipped-split-fmnist")
     args = ap.parse_args(argv)
-    models: dict[tuple[str, str], dict[str, Any]] = {}
-    for stem in args.runs.split(","):
-        path = RESULTS / f"{stem}.json"
-        if not path.is_file():
-            ap.error(f"no result file {path.name} in benchmarks/results")
-        run = json.loads(path.read_text())
-        if run.get("method") != "otbr":
-            ap.error(f"{path.name} is not an OTBR run")
-        models.update({(m["zoo"], m["model"]): m for m in run["models"]})  # a later run's row wins
     try:
+        models = load_runs(args.runs)
         rows = shipped_rows(list(models.values()))
     except ValueError as e:
         ap.error(str(e))

@@ -226,13 +226,13 @@ def clean_cost_line(auto: dict[str, Any]) -> str | None:
     """
     from otbr.selection import CLEAN_ESTIMATE_ERROR
 
-    err = CLEAN_ESTIMATE_ERROR
     if not str(auto.get("clean_term", "")).startswith("synthetic"):
         return None
     chosen = next(c for c in auto["candidates"] if c["value"] == auto["chosen"])
     return (f"estimated clean cost: about {100 * max(chosen['clean_drop'], 0.0):.0f} % of the original accuracy lost "
-            f"(from the inverted inputs; on the zoo models the real loss was within {err['median']:g} points of "
-            f"such estimates for half the candidates, within {err['p90']:g} for nine in ten)")
+            f"(from the inverted inputs; on the zoo models the real loss was within "
+            f"{CLEAN_ESTIMATE_ERROR['median']:g} points of such estimates for half the candidates, within "
+            f"{CLEAN_ESTIMATE_ERROR['p90']:g} for nine in ten)")
 
 
 def _package_versions() -> dict[str, str | None]:
