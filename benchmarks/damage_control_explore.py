@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from auto_bench import COLLAPSE_LIMIT, guarded_choice, guarded_pick
-from explore_cli import heading, model_specs, out_options, parser, probe_payload, save, start
+from explore_cli import heading, model_specs, parser, run_probe
 from shipped_split import RUNS, load_runs
 from zoo import FOLDERS
 
@@ -42,7 +42,6 @@ from otbr.selection import PROBE_MIN_RATE, reverse_trigger, trigger_rate
 from otbr.synthesis import synthesize
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
 COLUMNS = ["gamma", "suspect_drop", "control_drop", "target_drop", "stored_backdoor_drop", "clean_drop",
            "estimated_der", "controlled_estimate", "der", "acc", "asr", "pick"]
 
@@ -120,22 +119,18 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
-    out_options(ap, "damage-control-explore-fmnist")
-    args = ap.parse_args(argv)
-    path = RESULTS / f"{args.out}.json"
-    if start(args, path, write_markdown):
-        return 0
-    models = []
-    if not args.merge:
+
+    def build(args: Any) -> list[dict[str, Any]]:
         stored = load_runs(RUNS)  # the shipped rule's stored rows
         specs = model_specs(ap, args.models)
         missing = [f"{z}:{n}" for z, n in specs if (z, n) not in stored]
         if missing:
             ap.error(f"no stored shipped-rule row for {', '.join(missing)}")
-        models = [probe(z, n, stored[(z, n)]) for z, n in specs]
-    payload = probe_payload("damage_control_explore.py", argv, args, models, 5000)
-    save(path, payload, write_markdown)
-    return 0
+        return [probe(z, n, stored[(z, n)]) for z, n in specs]
+
+    # the stored rows' DER, ACC and ASR were scored on the first 5000 test images
+    return run_probe(ap, argv, "damage-control-explore-fmnist", "damage_control_explore.py", write_markdown, build,
+                     eval_limit=5000)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,23 @@ def probe_payload(script: str, argv: list[str] | None, args: argparse.Namespace,
             "threads": args.threads, "models": models, "environment": environment(), "oracle_note": ORACLE_NOTE}
 
 
+def run_probe(ap: argparse.ArgumentParser, argv: list[str] | None, stem: str, script: str,
+              render: Callable[[dict[str, Any], Path], None],
+              build: Callable[[argparse.Namespace], list[dict[str, Any]]], eval_limit: int | None = None) -> int:
+    """A probe's ``main`` after its own options: ``--out``/``--merge`` (:func:`out_options`), ``--render``, else
+    ``build(args)``'s per-model results (skipped with ``--merge``) saved as the probe's JSON and Markdown.
+    ``eval_limit``: what its results were scored on (default: its ``--eval-limit``)."""
+    out_options(ap, stem)
+    args = ap.parse_args(argv)
+    path = Path(__file__).resolve().parent / "results" / f"{args.out}.json"
+    if start(args, path, render):
+        return 0
+    models = [] if args.merge else build(args)
+    save(path, probe_payload(script, argv, args, models, args.eval_limit if eval_limit is None else eval_limit),
+         render)
+    return 0
+
+
 def save(path: Path, payload: dict[str, Any], render: Callable[[dict[str, Any], Path], None]) -> None:
     """Write the payload's JSON to ``path`` and its Markdown beside it."""
     write_json(path, payload)

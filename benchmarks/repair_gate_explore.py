@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from explore_cli import heading, model_specs, out_options, parser, probe_payload, save, start
+from explore_cli import heading, model_specs, parser, run_probe
 from repair_bias_explore import CACHE, logits, repaired
 
 from otbr.attacks import attack_from_config
@@ -38,8 +38,6 @@ from otbr.data import load_dataset
 from otbr.report import markdown_table
 from otbr.synthesis import synthesize
 
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
 QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)
 SCORES = ("conf", "guard")
 
@@ -122,20 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--eval-limit", type=int, default=5000)
     ap.add_argument("--cache", type=Path, default=CACHE)
-    out_options(ap, "repair-gate-explore-fmnist")
-    args = ap.parse_args(argv)
-    path = RESULTS / f"{args.out}.json"
-    if start(args, path, write_markdown):
-        return 0
-    models = []
-    if not args.merge:
+
+    def build(args: Any) -> list[dict[str, Any]]:
         specs = model_specs(ap, args.models)
         args.cache.mkdir(parents=True, exist_ok=True)
         test = load_dataset("fashion-mnist", "test")
-        models = [probe(z, n, test, args.cache, args.eval_limit) for z, n in specs]
-    payload = probe_payload("repair_gate_explore.py", argv, args, models, args.eval_limit)
-    save(path, payload, write_markdown)
-    return 0
+        return [probe(z, n, test, args.cache, args.eval_limit) for z, n in specs]
+
+    return run_probe(ap, argv, "repair-gate-explore-fmnist", "repair_gate_explore.py", write_markdown, build)
 
 
 if __name__ == "__main__":
