@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auto_bench import COLLAPSE_LIMIT, guarded_choice
+from auto_bench import COLLAPSE_LIMIT, guarded_choice, guarded_pick
 
 from otbr.report import ORACLE_NOTE, markdown_table, write_json
 
@@ -33,9 +33,12 @@ RUNS = "auto-otbr-stratified-fmnist,auto-otbr-stratified-guard-fmnist"
 REMOVED = 10.0
 #: clean accuracy (%) below which a candidate counts as collapsed: twice chance for ten classes
 COLLAPSED = 20.0
+#: zoos held out from the shipped rule (defined after, or with the rule that adopted it)
+HELD_OUT = ("ninth", "tenth", "eleventh")
 COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_acc", "auto_asr", "auto_der", "oracle", "oracle_acc",
-           "oracle_asr", "oracle_der", "gap"]
-SUMMARY = ["group", "n", "mean_gap", "worst_gap", "auto_is_oracle", "auto_removes"]
+           "oracle_asr", "oracle_der", "gap", "gap_no_guard"]
+SUMMARY = ["group", "n", "mean_gap", "worst_gap", "auto_is_oracle", "auto_removes", "mean_gap_no_guard",
+           "worst_gap_no_guard"]
 
 
 def load_runs(stems: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -64,7 +67,10 @@ def shipped_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"zoo": m["zoo"], "model": m["model"], "target": m["target"], "suspect": m["suspected_target"],
                     "auto": auto["value"], "auto_acc": auto["acc"], "auto_asr": auto["asr"], "auto_der": auto["der"],
                     "oracle": o["value"], "oracle_acc": o["acc"], "oracle_asr": o["asr"], "oracle_der": o["der"],
-                    "gap": round(o["der"] - auto["der"], 2)})
+                    "gap": round(o["der"] - auto["der"], 2),
+                    # the same suspect and estimates without the collapse guard (the stratified rule before it)
+                    "gap_no_guard": round(o["der"] - guarded_pick(m["candidates"], None,
+                                                                  100 * m.get("lean", 0.0))["der"], 2)})
     return out
 
 
@@ -72,16 +78,20 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and worst gap, hits and cleaned models for all rows and for the ORACLE-defined groups."""
     removable = [r for r in rows if r["oracle_asr"] <= REMOVED]
     usable = [r for r in removable if r["oracle_acc"] >= COLLAPSED]
-    parts = (("all", rows), (f"some γ removes the backdoor (oracle ASR ≤ {REMOVED:g} %)", removable),
+    parts = (("all", rows), ("held out from the shipped rule (ninth to eleventh)",
+                             [r for r in rows if r["zoo"] in HELD_OUT]),
+             (f"some γ removes the backdoor (oracle ASR ≤ {REMOVED:g} %)", removable),
              (f"… and the oracle's model is not collapsed (ACC ≥ {COLLAPSED:g} %)", usable),
              ("no γ removes it", [r for r in rows if r["oracle_asr"] > REMOVED]))
     out = []
     for label, g in parts:
         if g:
-            gaps = [r["gap"] for r in g]
+            gaps, loose = [r["gap"] for r in g], [r["gap_no_guard"] for r in g]
             out.append({"group": label, "n": len(g), "mean_gap": round(statistics.fmean(gaps), 2),
                         "worst_gap": round(max(gaps), 2), "auto_is_oracle": sum(r["auto"] == r["oracle"] for r in g),
-                        "auto_removes": sum(r["auto_asr"] <= REMOVED for r in g)})
+                        "auto_removes": sum(r["auto_asr"] <= REMOVED for r in g),
+                        "mean_gap_no_guard": round(statistics.fmean(loose), 2),
+                        "worst_gap_no_guard": round(max(loose), 2)})
     return out
 
 
@@ -112,7 +122,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "ACC), are: they explain the gap, nothing is chosen from them.", "",
              "The shipped rule: the stratified suspect with the collapse guard "
              f"({COLLAPSE_LIMIT:g} % synthetic disagreement), three synthetic sets, its lean; re-made from each "
-             "row's stored estimates, which on rows run with the guard is the as-run choice. `auto_removes`: models "
+             "row's stored estimates, which on rows run with the guard is the as-run choice. `*_no_guard`: the same "
+             "suspect and estimates without the guard (the stratified rule before it). `auto_removes`: models "
              f"on which the automatic choice leaves ≤ {REMOVED:g} % ASR. Issue 7's goal is a mean gap ≤ 1 and a "
              "worst ≤ 5 over all models (the first row); the other rows only say where the gap comes from.", "",
              "## Summary", "", markdown_table(p["summary"], SUMMARY), "",

@@ -213,8 +213,8 @@ def test_shipped_split_groups_models_by_what_the_oracle_could_do() -> None:
     split = pytest.importorskip("shipped_split")
 
     def row(gap: float, oracle_asr: float, oracle_acc: float, auto_asr: float) -> dict:
-        return {"gap": gap, "oracle_asr": oracle_asr, "oracle_acc": oracle_acc, "auto_asr": auto_asr,
-                "auto": 0.1, "oracle": 0.1 if gap == 0 else 0.2}
+        return {"gap": gap, "gap_no_guard": gap, "oracle_asr": oracle_asr, "oracle_acc": oracle_acc,
+                "auto_asr": auto_asr, "auto": 0.1, "oracle": 0.1 if gap == 0 else 0.2, "zoo": "main"}
 
     g = {r["group"].split(" (")[0]: r for r in split.groups(
         [row(0.0, 1.0, 80.0, 1.0), row(11.0, 2.0, 11.0, 99.0), row(4.0, 99.0, 85.0, 98.0)])}
@@ -222,6 +222,7 @@ def test_shipped_split_groups_models_by_what_the_oracle_could_do() -> None:
     assert g["some γ removes the backdoor"]["n"] == 2 and g["some γ removes the backdoor"]["mean_gap"] == 5.5
     assert g["… and the oracle's model is not collapsed"]["n"] == 1
     assert g["no γ removes it"]["worst_gap"] == 4.0 and g["no γ removes it"]["auto_is_oracle"] == 0
+    assert "held out from the shipped rule" not in g  # no held-out zoo among these rows
     m = _row(0.065)
     m.update(clean_term="synthetic disagreement")
     with pytest.raises(ValueError, match="no stored synthetic disagreement"):
