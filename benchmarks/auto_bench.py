@@ -282,9 +282,10 @@ def averaged_gap(m: dict[str, Any], lean: float) -> float:
 
 
 #: The collapse guard (:data:`otbr.selection.COLLAPSE_LIMIT`, in percent), pre-registered with the sixth zoo
-#: (README, "Automatic γ") and OTBR's default since the ninth zoo: OTBR candidates whose synthetic clean
-#: disagreement is above it are left out of the choice, unless every candidate is (then the smallest γ). The
-#: ``*_collapse_guard`` summary columns re-score rows run without it; on rows run with it they repeat the choice.
+#: (benchmarks/RESULTS.md, "Choosing γ and n") and OTBR's default since the ninth zoo: OTBR candidates whose
+#: synthetic clean disagreement is above it are left out of the choice, unless every candidate is (then the smallest
+#: γ). The ``*_collapse_guard`` summary columns re-score rows run without it; on rows run with it they repeat the
+#: choice.
 COLLAPSE_LIMIT = 100 * GUARD
 
 
@@ -333,9 +334,9 @@ def weak_suspect(m: dict[str, Any]) -> bool | None:
 
 
 def hedged_gap(m: dict[str, Any]) -> float | None:
-    """The DER gap of the weak-suspect hedge pre-registered with the seventh zoo (README, "Automatic γ"): when the
-    row's weak-suspect warning fires, the largest of the averaged choice and each set's lone choice; otherwise the
-    averaged choice. ``None`` for rows without synthetic probes or per-set choices."""
+    """The DER gap of the weak-suspect hedge pre-registered with the seventh zoo (benchmarks/RESULTS.md, "Choosing γ
+    and n"): when the row's weak-suspect warning fires, the largest of the averaged choice and each set's lone
+    choice; otherwise the averaged choice. ``None`` for rows without synthetic probes or per-set choices."""
     weak = weak_suspect(m)
     if weak is None or "repeats" not in m:
         return None

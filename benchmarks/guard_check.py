@@ -5,7 +5,8 @@ re-scoring of stored estimates (``auto_bench.guarded_gap``): the guard applied a
 it. This script sets the product's own runs (``auto_bench.py --repeats 3`` with the shipped defaults, rows that
 carry ``collapse_limit``) beside that prediction, model by model: the suspect, the γ chosen, the γ the guard left
 out, the DER gap, and how far the run's averaged estimates moved from the stored ones (the estimates depend on the
-machine and on the run, ``README``, "The estimates are machine- and seed-dependent"). Nothing is run here.
+machine and on the run: ``benchmarks/RESULTS.md``, "The estimates are machine- and seed-dependent"). Nothing is
+run here.
 
 Usage:
     python benchmarks/guard_check.py --runs guard-check-fmnist [--reference auto-otbr-stratified-fmnist]

@@ -90,8 +90,8 @@ FIFTH: dict[str, dict[str, Any]] = {
     "vgg11-wanet-t7": {**VGG, "attack": "wanet", "attack_kwargs": {"strength": 0.6, "target": 7}},
 }
 #: A sixth zoo, held out from everything decided on the first five — the shipped defaults (three synthetic sets,
-#: lean 0.065) and the collapse guard pre-registered with it (README, "Automatic γ"): defined on 2026-11-23
-#: and committed before any of its models was trained.
+#: lean 0.065) and the collapse guard pre-registered with it (benchmarks/RESULTS.md, "Choosing γ and n"): defined on
+#: 2026-11-23 and committed before any of its models was trained.
 SIXTH: dict[str, dict[str, Any]] = {
     "badnets-t8": {**PREACT, "attack": "badnets", "attack_kwargs": {"size": 4, "value": 0.7, "target": 8}},
     "blended-t9": {**PREACT, "attack": "blended", "attack_kwargs": {"alpha": 0.25, "target": 9,
@@ -130,7 +130,7 @@ EIGHTH: dict[str, dict[str, Any]] = {
     "vgg11-wanet-t1": {**VGG, "attack": "wanet", "attack_kwargs": {"strength": 0.6, "target": 1}},
 }
 #: A ninth zoo, held out from everything decided by 2026-11-24, defined and committed before any of its models was
-#: trained, for the rule pre-registered in the README ("The stratified suspect rule, an option"): the stratified
+#: trained, for the rule pre-registered in benchmarks/RESULTS.md ("The stratified suspect rule"): the stratified
 #: suspect rule with the collapse guard (threshold 0.70, ``auto_bench.COLLAPSE_LIMIT``) becomes OTBR's default if,
 #: on these four models, its mean DER gap is lower than the shipped scan rule's and its worst gap no higher (both
 #: rules run with ``auto_bench.py --repeats 3 --zoo ninth``, with and without ``--suspect-rule stratified``).

@@ -229,6 +229,20 @@ def test_shipped_split_groups_models_by_what_the_oracle_could_do() -> None:
         split.shipped_rows([m])
 
 
+def test_the_family_table_re_picks_every_row_under_each_limit_and_lean() -> None:
+    """Each (limit, lean) cell re-makes the choice from the stored estimates: a lean of 5 points moves this row from
+    γ 0.1 to 0.15 (gap 25 → 0), a limit that leaves 0.15 out keeps 0.1, and only the shipped pair is marked."""
+    split = pytest.importorskip("shipped_split")
+    m = _row(0.065)
+    for c, dis in zip(m["candidates"], (10.0, 50.0, 90.0), strict=True):
+        c["clean_disagreement_est"] = dis
+    cells = {(r["collapse_limit"], r["lean"]): r for r in split.family([m], limits=(40.0, 70.0, None),
+                                                                       leans=(0.0, 5.0, 6.5))}
+    assert cells[("none", 0.0)]["mean_gap"] == 25.0 and cells[("none", 5.0)]["mean_gap"] == 0.0
+    assert cells[(40.0, 5.0)]["mean_gap"] == 25.0 and cells[(70.0, 5.0)]["auto_is_oracle"] == 1
+    assert [k for k, r in cells.items() if r["shipped"]] == [(70.0, 6.5)]
+
+
 def test_a_named_group_of_zoos_is_summarised_only_when_the_file_holds_all_of_them() -> None:
     """"held out … (ninth to eleventh)" must not appear for a file with only the ninth and tenth zoos (it would
     label eight models as twelve's group); "all" takes whatever two or more zoos the file holds."""
