@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 
 from otbr.device import model_device
 from otbr.errors import OtbrError
+from otbr.seeding import seeded_global_rng
 from otbr.training import iterate_batches, random_crop, sgd_cosine, show_progress, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ class FinetuneReport:
     seconds: float
 
 
+@seeded_global_rng  # dropout in training mode draws from the global RNG
 def finetune(
     model: nn.Module,
     x: torch.Tensor,
@@ -224,8 +226,8 @@ def finetune(
     """Fine-tune ``model`` **in place** on ``(x, y)``; activeness-aware or plain SGD.
 
     SGD (``momentum``, ``weight_decay``) with a cosine schedule from ``lr`` to 0 stepped
-    per batch; batches shuffled by a private generator seeded with ``seed``. The model's
-    train/eval mode is restored afterwards.
+    per batch; batches shuffled by a private generator seeded with ``seed``, and the global RNG that dropout
+    draws from forked and seeded with it for the run. The model's train/eval mode is restored afterwards.
 
     Args:
         model: takes images in [0, 1]; trained on its own device.

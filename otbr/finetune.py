@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from otbr.errors import OtbrError
+from otbr.seeding import seeded_global_rng
 from otbr.training import iterate_batches, run_epoch, sgd_cosine, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def clean_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y.long()
 
 
+@seeded_global_rng  # dropout in training mode draws from the global RNG
 def finetune(
     model: nn.Module,
     data: Any,
@@ -100,7 +102,8 @@ def finetune(
         extra_loss: ``extra_loss(model) -> scalar`` added to the cross-entropy of every batch.
         grad_hooks: ``{parameter name: 0/1 mask}``: the gradient of that parameter is multiplied by the mask,
             so masked entries that start at zero stay exactly zero (momentum and weight decay included).
-        seed: seeds the batch order (a private generator).
+        seed: seeds the batch order (a private generator) and, for the run, the global RNG dropout draws from
+            (forked: the caller's RNG state is left as it was).
         inplace: train ``model`` itself instead of a deep copy.
         desc: progress-bar label.
         progress: tqdm bars.

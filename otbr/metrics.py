@@ -74,6 +74,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Fraction of ``x`` classified as ``y``."""
     if len(x) == 0:
         raise ValueError("empty evaluation set")
+    if len(x) != len(y):
+        raise ValueError(f"accuracy: {len(x)} images but {len(y)} labels")
     return float((predict(model, x, batch_size) == y.cpu()).float().mean())
 
 
@@ -87,8 +89,12 @@ def attack_rates(
         y_true: their true labels.
         target: the attack's target label (an int for all-to-one, or a per-sample tensor).
     """
-    target_t = torch.as_tensor(target).expand_as(y_true).cpu() if not torch.is_tensor(target) or target.dim() == 0 \
-        else target.cpu()
+    target_t = torch.as_tensor(target).cpu()
+    if target_t.numel() == 1:  # one target for all (an int, a 0-d or a 1-element tensor)
+        target_t = target_t.reshape(()).expand_as(y_true.cpu())
+    if len(x_poisoned) != len(y_true) or target_t.shape != y_true.shape:
+        raise ValueError(f"attack_rates: {len(x_poisoned)} images, {len(y_true)} labels and {target_t.numel()} "
+                         "targets do not match")
     keep = y_true.cpu() != target_t
     if not bool(keep.any()):
         raise ValueError("poisoned set has no non-target samples")

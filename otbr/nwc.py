@@ -33,11 +33,9 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import functools
-import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +48,8 @@ from otbr.device import model_device
 from otbr.errors import OtbrError
 from otbr.layers import considered_layers
 from otbr.models.normalize import unwrap
+from otbr.pixels import as_float
+from otbr.seeding import seeded_global_rng
 
 log = logging.getLogger(__name__)
 
@@ -83,37 +83,22 @@ class UnlearnResult:
 def _iter_batches(
     data: Batches, batch_size: int, generator: torch.Generator | None
 ) -> Iterator[Sequence[torch.Tensor]]:
-    """Batches from a ``(x, y)`` tensor pair (shuffled with ``generator``) or any iterable of batches."""
+    """Batches from a ``(x, y)`` tensor pair (shuffled with ``generator``; a trailing batch of one is dropped) or any
+    iterable of batches."""
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
         order = torch.randperm(len(x), generator=generator, device=generator.device if generator else "cpu")
         order = order.to(x.device)
         for i in range(0, len(x), batch_size):
             idx = order[i:i + batch_size]
+            if len(idx) < 2 <= len(x):  # a trailing batch of one: BatchNorm cannot train on it (as iterate_batches)
+                break
             yield x[idx], y[idx]
     else:
         yield from data  # type: ignore[misc]
 
 
-def _seeded_global_rng(fn: Callable[..., UnlearnResult]) -> Callable[..., UnlearnResult]:
-    """Run ``fn`` with the global torch RNG forked and seeded with its ``seed`` argument.
-
-    Dropout layers in training mode draw from the global RNG; forking and seeding it makes a model with dropout
-    (e.g. VGG's classifier) unlearn bit-identically run after run, and leaves the caller's RNG state as it was.
-    """
-    seed_default = inspect.signature(fn).parameters["seed"].default
-
-    @functools.wraps(fn)
-    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> UnlearnResult:
-        dev = model_device(model)
-        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-            torch.manual_seed(int(kwargs.get("seed", seed_default)))
-            return fn(model, *args, **kwargs)
-
-    return wrapper
-
-
-@_seeded_global_rng
+@seeded_global_rng  # dropout in training mode draws from the global RNG
 def unlearn(
     model: nn.Module,
     mode: UnlearnMode,
@@ -204,7 +189,7 @@ def unlearn(
             while True:
                 correct = total = 0
                 for batch in _iter_batches(loader, batch_size, gen):
-                    x, y = batch[0].to(device), batch[1].to(device)
+                    x, y = as_float(batch[0].to(device)), batch[1].to(device)
                     c, t = ascent_step(x, y)
                     correct, total, n_steps = correct + c, total + t, n_steps + 1
                 epochs += 1
@@ -337,6 +322,8 @@ class NWCScores:
                 rows.setdefault(rec["layer"], []).append((int(rec["index"]), float(rec["nwc"])))
         layers: dict[str, torch.Tensor] = {}
         for name, items in rows.items():
+            if sorted(i for i, _ in items) != list(range(len(items))):
+                raise OtbrError(f"{path}: layer {name!r} must list each neuron index 0…{len(items) - 1} exactly once")
             idx = torch.tensor([i for i, _ in items])
             vals = torch.tensor([v for _, v in items], dtype=torch.float64)
             t = torch.empty(len(items), dtype=torch.float64)

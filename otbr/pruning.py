@@ -1,7 +1,7 @@
 """Ranking neurons by score, masks, and zeroing neurons.
 
 The ranking is global across layers. :func:`global_topk` selects
-``k = int(fraction · N)`` neurons (floor; ``N`` = number of scored neurons), the
+``k = ⌊fraction · N⌋`` neurons (floor; ``N`` = number of scored neurons), the
 ``k`` largest scores; ties are broken by position (earlier layer, lower index
 first) through a stable sort, so masks are deterministic.
 
@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 
 import torch
@@ -26,14 +27,20 @@ from otbr.nwc import NWCScores, as_layer_scores
 
 
 def num_selected(fraction: float, total: int) -> int:
-    """``int(fraction · total)`` — how many neurons a fraction selects (floor)."""
+    """``⌊fraction · total⌋`` — how many neurons a fraction selects, with the product's float rounding forgiven
+    (0.7 · 90 is 62.99999999999999 in floating point; it selects 63).
+
+    Example:
+        >>> num_selected(0.7, 90), num_selected(0.05, 99)
+        (63, 4)
+    """
     if not 0.0 <= fraction <= 1.0:
         raise OtbrError(f"fraction must be in [0, 1], got {fraction}")
-    return int(fraction * total)
+    return math.floor(fraction * total + 1e-9)
 
 
 def global_topk(scores: NWCScores | Mapping[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
-    """Boolean masks (CPU) of the top ``int(fraction · N)`` neurons over all layers.
+    """Boolean masks (CPU) of the top ``⌊fraction · N⌋`` neurons over all layers.
 
     Args:
         scores: per-layer scores (:class:`~otbr.nwc.NWCScores` or a mapping of 1-D tensors).

@@ -68,3 +68,14 @@ def test_uint8_images_are_scaled():
 )
 def test_der(acc_b, asr_b, acc_a, asr_a, expected):
     assert der(acc_b, asr_b, acc_a, asr_a) == pytest.approx(expected, abs=1e-9)
+
+
+def test_mismatched_labels_are_refused_and_a_one_element_target_is_one_target():
+    m = Lookup()
+    x = images([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="4 images but 1 labels"):
+        accuracy(m, x, torch.tensor([0]))  # used to broadcast the one label over every image
+    y = torch.tensor([1, 2, 3, 0])
+    assert attack_rates(m, x, y, torch.tensor([0])) == attack_rates(m, x, y, 0)
+    with pytest.raises(ValueError, match="do not match"):
+        attack_rates(m, x, y, torch.tensor([0, 1]))

@@ -123,3 +123,31 @@ def test_clean_unlearning_stops_and_caps() -> None:
     capped = unlearn(net, "clean", loader=(x, y), batch_size=32, lr=1e-9, stop_acc=0.0, max_epochs=2,
                      progress=False)
     assert capped.hit_cap and capped.epochs == 2 and capped.steps == 4
+
+
+def _bn_at_1x1() -> nn.Module:
+    """A net whose BatchNorm sees 1×1 feature maps (like VGG's last block on 28×28 images): a batch of one image
+    cannot train it."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(1, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4, 2))
+
+
+def test_clean_unlearning_drops_a_trailing_batch_of_one_and_reads_uint8_images() -> None:
+    """33 images in batches of 32 left a last batch of one, which BatchNorm on 1×1 maps cannot train on (TSBD
+    crashed on such subset sizes); uint8 images from a loader must be scaled like everywhere else."""
+    x = torch.randint(0, 256, (33, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(33) % 2
+    res = unlearn(_bn_at_1x1(), "clean", loader=(x, y), batch_size=32, lr=1e-3, max_epochs=2, stop_acc=0.0,
+                  progress=False)
+    assert res.steps == 2 and res.epochs == 2  # one batch of 32 per epoch; the 33rd image is left out
+
+
+def test_scores_from_csv_refuse_missing_or_repeated_indices(tmp_path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text("layer,index,nwc\na,0,1.0\na,0,2.0\n")
+    with pytest.raises(OtbrError, match="exactly once"):
+        NWCScores.from_csv(path)
+    path.write_text("layer,index,nwc\na,0,1.0\na,2,2.0\n")
+    with pytest.raises(OtbrError, match="exactly once"):
+        NWCScores.from_csv(path)

@@ -257,3 +257,29 @@ def test_cli_without_data_is_one_line(tiny_files, tmp_path) -> None:
     assert res.exit_code == 2
     lines = [line for line in res.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "--data" in lines[0] and "Traceback" not in res.output
+
+
+def test_fine_tuning_with_dropout_depends_on_its_seed_only_and_leaves_the_callers_rng() -> None:
+    """Dropout draws from the global RNG: both fine-tuning loops must fork and seed it from their ``seed``, so the
+    same seed gives the same weights whatever the caller's RNG state, and the caller's state is left as it was."""
+    from otbr.finetune import finetune as plain_finetune
+
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))
+
+    x, y = torch.rand(24, 1, 4, 4), torch.arange(24) % 3
+    runs = []
+    for caller_seed in (1, 2):
+        a, b = net(), net()
+        torch.manual_seed(caller_seed)
+        state = torch.random.get_rng_state()
+        finetune(a, x, y, epochs=2, batch_size=8, lr=0.1, seed=5, progress=False)
+        b = plain_finetune(b, (x, y), epochs=2, batch_size=8, lr=0.1, seed=5, progress=False).model
+        assert torch.equal(state, torch.random.get_rng_state())
+        runs.append((a, b))
+    for i in (0, 1):
+        assert all(torch.equal(p, q) for p, q in zip(runs[0][i].parameters(), runs[1][i].parameters(), strict=True))
+    c = net()
+    finetune(c, x, y, epochs=2, batch_size=8, lr=0.1, seed=6, progress=False)
+    assert not all(torch.equal(p, q) for p, q in zip(runs[0][0].parameters(), c.parameters(), strict=True))

@@ -67,7 +67,7 @@ from otbr.models.normalize import unwrap
 from otbr.models.registry import output_classes
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pixels import as_float
-from otbr.pruning import global_topk, mask_count, mask_indices
+from otbr.pruning import global_topk, mask_count, mask_indices, num_selected
 from otbr.selection import choose_for, require_batchnorm
 from otbr.synthesis import synthesize
 
@@ -127,7 +127,7 @@ def zero_masks(
     sel = [rows[n].reshape(-1, *([1] * (changes[n].ndim - 1))).expand_as(changes[n]).reshape(-1) for n in names]
     vals = [changes[n].reshape(-1)[s].to("cpu") for n, s in zip(names, sel, strict=True)]
     total = sum(int(v.numel()) for v in vals)
-    k = int(weight_ratio * total)
+    k = num_selected(weight_ratio, total)
     flat = torch.zeros(total, dtype=torch.bool)
     if k > 0:
         order = torch.sort(torch.cat(vals), descending=True, stable=True).indices
