@@ -92,6 +92,15 @@ def make_fixtures(d: Path) -> None:
     good_pt = (d / "width8.pt").read_bytes()
     (d / "truncated.pt").write_bytes(good_pt[: len(good_pt) // 2])
     (d / "existing.safetensors").write_bytes(b"precious")
+    (d / "evil_arch.py").write_text("open('PWNED', 'w').close()\ndef Net(**kw):\n    raise SystemExit\n")
+    torch.save({"model": state, "model_name": "evil_arch.py:Net", "num_classes": 4}, d / "attack_result.pt")
+    np.savez(d / "poisoned-float.npz", x=np.full((4, 1, 8, 8), 2.0, np.float32), y=np.array([1, 2, 3, 1]),
+             target=np.int64(0))
+    np.savez(d / "poisoned-labels.npz", x=np.zeros((4, 1, 8, 8), np.uint8), y=np.array([1, 2, 3, 9]),
+             target=np.int64(0))
+    neg = {k: v.clone() for k, v in state.items()}
+    neg["bn1.running_var"][0] = -1.0
+    save_file(neg, str(d / "negative-var.safetensors"), metadata=metadata)
     (d / "ro").mkdir()
     (d / "ro").chmod(0o500)
 
@@ -137,6 +146,23 @@ def cases(unwritable: str) -> list[Case]:
         Case("report path equal to the input", [*defend, "-o", "out.safetensors", "--report", "model.safetensors",
                                                 "--force"]),
         Case("existing output without --force", [*defend, "-o", "existing.safetensors"], []),
+        Case("BackdoorBench file naming code as its architecture",
+             ["evaluate", "attack_result.pt"], ["PWNED"]),
+        Case("poisoned set with float images outside [0, 1]",
+             ["evaluate", "model.safetensors", "--poisoned", "poisoned-float.npz"], []),
+        Case("poisoned set with labels the model does not have",
+             ["evaluate", "model.safetensors", "--poisoned", "poisoned-labels.npz"], []),
+        Case("negative BatchNorm running variance", ["evaluate", "negative-var.safetensors"], []),
+        Case("non-finite --std", ["evaluate", "model.safetensors", "--std", "nan"], []),
+        Case("clean data of another shape than the model's", ["defend", "ft", "model.safetensors", "--data",
+                                                               "npz:rgb.npz", "--no-eval", "-o", "out.safetensors"]),
+        Case("clean data with labels beyond the model's classes",
+             ["defend", "ft", "model.safetensors", "--data", "npz:ten-classes.npz", "--no-eval", "-o",
+              "out.safetensors"]),
+        Case("output path equal to a data file", ["poison", "--attack", "badnets", "--data", "npz:tiny.npz", "-o",
+                                                  "tiny.npz", "--force"], []),
+        Case("fuse output equal to PRUNED", ["fuse", "existing.safetensors", "model.safetensors", "--no-eval", "-o",
+                                             "existing.safetensors", "--force"], []),
         Case("existing output of `otbr train` without --force",
              ["train", "--data", "npz:tiny.npz", "--arch", "tinycnn", "--epochs", "1", "-o", "existing.safetensors"],
              []),
@@ -211,15 +237,21 @@ _NOTES = """
 * **No code from model files.** `.pt`/`.pth` files are read with `torch.load(weights_only=True)`; a file that
   needs other globals is refused and the message names the global (`io.open` above). `--allow-pickle` is the
   only way to unpickle it. A file whose content is safetensors is read as safetensors whatever its name;
-  safetensors metadata naming a `file.py:Factory` architecture is not imported without `--arch`.
+  safetensors metadata, or a BackdoorBench file's `model_name`, naming a `file.py:Factory` architecture is not
+  imported without `--arch`.
 * **Checked at load**: file present and non-empty, header and data complete, every floating tensor finite,
-  keys and shapes equal to the architecture's (the message lists missing, unexpected and mismatched keys,
-  five of each at most), one forward pass on zeros of the recorded input shape giving the recorded number of
-  classes. Evaluation data must have the model's input shape and class count and at least one image.
+  BatchNorm running variances not negative, the input normalisation finite with positive stds, metadata of the
+  right types (anything else is one line naming the file), keys and shapes equal to the architecture's (the
+  message lists missing, unexpected and mismatched keys, five of each at most), one forward pass on zeros of the
+  recorded input shape giving the recorded number of classes. Evaluation data must have the model's input shape
+  and class count and at least one image; a `--poisoned` set is read with the checks of `npz:` datasets (uint8
+  images, or float ones in [0, 1]; one integer label each, within the model's classes; one integer target).
+  Clean data for a data-dependent defense must go through the model and carry labels it outputs.
 * **Outputs** (models, poisoned sets, JSON reports, NWC CSVs) are written to a temporary file beside the
   target and renamed into place; Ctrl-C or SIGTERM (turned into Ctrl-C by the command line) removes the
   temporary file and exits with status 130. Output paths are checked before any work: writable folder, not an
-  input (symlinks and hard links included), not existing unless `--force`. Non-finite weights are never
+  input — model files, PRUNED, `npz:` data files (symlinks and hard links included) —, not existing unless
+  `--force`. Non-finite weights are never
   written.
 * **Reproducible**: the same seed and inputs give bit-identical defended weights on CPU and, since model files
   carry no timestamp, the same file bytes (sha256). The `--report` JSON records `seed`, `created`, `argv`,

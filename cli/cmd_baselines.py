@@ -20,7 +20,7 @@ import click
 from otbr.errors import OtbrError
 
 from .cmd_defend import _eval_sets, batch_size_option, check_output, clean_subset, defend, defense_options, finish
-from .common import load_model_from_options
+from .common import FiniteFloatRange, load_model_from_options
 
 
 def _run(method: str, model: str, hyper: dict[str, Any], progress: bool, kw: dict[str, Any]) -> None:
@@ -42,7 +42,7 @@ def _sgd_options(epochs: int, lr: float) -> Callable[[Callable], Callable]:
     def deco(fn: Callable) -> Callable:
         for opt in reversed([
             click.option("--epochs", default=epochs, show_default=True, type=click.IntRange(0), help="Epochs."),
-            click.option("--lr", default=lr, show_default=True, type=click.FloatRange(0, min_open=True)),
+            click.option("--lr", default=lr, show_default=True, type=FiniteFloatRange(0, min_open=True)),
             batch_size_option(),
         ]):
             fn = opt(fn)
@@ -54,14 +54,14 @@ def _sgd_options(epochs: int, lr: float) -> Callable[[Callable], Callable]:
 @defend.command("ulrl")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--unlearn-epochs", default=20, show_default=True, type=click.IntRange(1), help="Unlearning cap.")
-@click.option("--unlearn-lr", default=0.01, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--stop-acc", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--unlearn-lr", default=0.01, show_default=True, type=FiniteFloatRange(0, min_open=True))
+@click.option("--stop-acc", default=0.2, show_default=True, type=FiniteFloatRange(0, 1),
               help="Stop unlearning once an epoch's running accuracy is at most this.")
-@click.option("--z-threshold", default=3.5, show_default=True, type=click.FloatRange(0))
+@click.option("--z-threshold", default=3.5, show_default=True, type=FiniteFloatRange(0))
 @click.option("--max-rows", default=2, show_default=True, type=click.IntRange(1), help="Flagged rows kept.")
 @click.option("--relearn-epochs", default=20, show_default=True, type=click.IntRange(0))
-@click.option("--relearn-lr", default=0.005, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--alpha", default=0.7, show_default=True, type=click.FloatRange(0), help="Cosine penalty weight.")
+@click.option("--relearn-lr", default=0.005, show_default=True, type=FiniteFloatRange(0, min_open=True))
+@click.option("--alpha", default=0.7, show_default=True, type=FiniteFloatRange(0), help="Cosine penalty weight.")
 @batch_size_option()
 @defense_options(clean=True)
 def defend_ulrl(model: str, unlearn_epochs: int, unlearn_lr: float, stop_acc: float, z_threshold: float,
@@ -84,9 +84,9 @@ def defend_ft(model: str, epochs: int, lr: float, batch_size: int, progress: boo
 
 @defend.command("fp")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--max-acc-drop", default=0.10, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--max-acc-drop", default=0.10, show_default=True, type=FiniteFloatRange(0, 1),
               help="Stop pruning before clean-subset accuracy drops by more than this.")
-@click.option("--max-ratio", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--max-ratio", default=0.9, show_default=True, type=FiniteFloatRange(0, 1, min_open=True))
 @_sgd_options(10, 0.01)
 @defense_options(clean=True)
 def defend_fp(model: str, max_acc_drop: float, max_ratio: float, epochs: int, lr: float, batch_size: int,
@@ -98,7 +98,7 @@ def defend_fp(model: str, max_acc_drop: float, max_ratio: float, epochs: int, lr
 
 @defend.command("clp")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--u", "u", default=3.0, show_default=True, type=click.FloatRange(0),
+@click.option("--u", "u", default=3.0, show_default=True, type=FiniteFloatRange(0),
               help="Prune channels with UCLC above mean + u·std of their layer.")
 @defense_options()
 def defend_clp(model: str, u: float, progress: bool, **kw: Any) -> None:
@@ -108,14 +108,14 @@ def defend_clp(model: str, u: float, progress: bool, **kw: Any) -> None:
 
 @defend.command("anp")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--eps", default=0.4, show_default=True, type=click.FloatRange(0, 1), help="Perturbation budget.")
-@click.option("--threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--eps", default=0.4, show_default=True, type=FiniteFloatRange(0, 1), help="Perturbation budget.")
+@click.option("--threshold", default=0.2, show_default=True, type=FiniteFloatRange(0, 1),
               help="Pruning threshold (the largest one the accuracy guard tries).")
-@click.option("--acc-ratio", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--acc-ratio", default=0.9, show_default=True, type=FiniteFloatRange(0, 1),
               help="Lower the threshold until the pruned model keeps this fraction of its clean-subset accuracy "
                    "(0: the plain published threshold).")
 @click.option("--iterations", default=2000, show_default=True, type=click.IntRange(1), help="Mask-update batches.")
-@click.option("--alpha", default=0.2, show_default=True, type=click.FloatRange(0, 1), help="Natural-loss weight.")
+@click.option("--alpha", default=0.2, show_default=True, type=FiniteFloatRange(0, 1), help="Natural-loss weight.")
 @batch_size_option()
 @defense_options(clean=True)
 def defend_anp(model: str, eps: float, threshold: float, acc_ratio: float, iterations: int, alpha: float,

@@ -12,7 +12,7 @@ import click
 
 from otbr.errors import OtbrError
 
-from .common import format_table, parse_json_kwargs
+from .common import FiniteFloatRange, format_table, parse_json_kwargs
 
 
 @click.command("compare")
@@ -21,7 +21,7 @@ from .common import format_table, parse_json_kwargs
               help="Comma-separated registered defense names.")
 @click.option("--data", help="Dataset whose TRAINING split gives data-dependent defenses their clean subset.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding dataset files.")
-@click.option("--clean-ratio", type=click.FloatRange(0, 1, min_open=True),
+@click.option("--clean-ratio", type=FiniteFloatRange(0, 1, min_open=True),
               help="Clean-subset ratio for every data-dependent defense (default: each defense's own).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes.")
 @click.option("--out", "out_dir", default="compare-out", show_default=True, type=click.Path(file_okay=False),

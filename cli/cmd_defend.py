@@ -13,7 +13,7 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,12 @@ import click
 from otbr.errors import OtbrError
 
 from .common import (
+    FINITE,
     AutoFraction,
+    FiniteFloatRange,
     check_new_output,
     check_writable,
+    data_files,
     format_table,
     load_model_from_options,
     model_options,
@@ -47,7 +50,8 @@ def _check_report_early(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         report = kwargs.get("report")
         if report:
-            inputs = [kwargs.get(k) for k in _INPUT_KEYS]
+            inputs = [kwargs.get(k) for k in _INPUT_KEYS] + data_files(kwargs.get("clean_data"),
+                                                                        kwargs.get("eval_data"), kwargs.get("data"))
             if kwargs.get("output") and (Path(report).resolve() == Path(kwargs["output"]).resolve()):
                 raise OtbrError("--report and -o name the same file; choose another --report")
             check_new_output(report, kwargs.get("force", False), inputs, what="--report")
@@ -81,7 +85,7 @@ def clean_data_options(fn: Callable) -> Callable:
     """--data/--clean-ratio/--clean-count/--balanced for defenses that need a clean subset."""
     options = [
         click.option("--data", "clean_data", help="Dataset whose TRAINING split provides the clean subset."),
-        click.option("--clean-ratio", type=click.FloatRange(0, 1, min_open=True),
+        click.option("--clean-ratio", type=FiniteFloatRange(0, 1, min_open=True),
                      help="Fraction of the training split to use (default: the defense's own, e.g. 0.05)."),
         click.option("--clean-count", type=click.IntRange(1), help="Number of clean images instead of a ratio."),
         click.option("--balanced", is_flag=True, help="Sample the subset class-balanced."),
@@ -107,8 +111,10 @@ def clean_subset(kw: dict[str, Any], default_ratio: float, method: str):
     return subset
 
 
-def check_output(output: str | None, model: str, force: bool, required: bool = True) -> Path | None:
-    """Validate -o before any work is done (suffix, not the input, writable folder, no silent overwrite)."""
+def check_output(output: str | None, model: str, force: bool, required: bool = True,
+                 others: Iterable[str | Path | None] = ()) -> Path | None:
+    """Validate -o before any work is done (suffix, not the input model nor any of ``others``, writable folder, no
+    silent overwrite)."""
     if output is None:
         if required:
             raise OtbrError("missing -o/--output FILE.safetensors")
@@ -118,6 +124,9 @@ def check_output(output: str | None, model: str, force: bool, required: bool = T
         raise OtbrError(f"output must be a .safetensors file, got {out.name}")
     if same_file(out, model) or out.resolve() == Path(model).resolve():
         raise OtbrError("output would overwrite the input model; choose another -o")
+    for src in others:
+        if src is not None and (same_file(out, src) or out.resolve() == Path(src).resolve()):
+            raise OtbrError(f"output would overwrite the input {src}; choose another -o")
     check_writable(out)
     if out.exists() and not force:
         raise OtbrError(f"{out} exists; pass --force to overwrite it")
@@ -324,10 +333,10 @@ def defend() -> None:
                    "(estimated DER from BatchNorm-inverted synthetic inputs; every candidate goes in the report).")
 @click.option("--gamma-grid", default="0.02,0.05,0.1,0.15,0.2", show_default=True,
               help="Candidates for --gamma auto.")
-@click.option("--clean-scale", default=0.7, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+@click.option("--clean-scale", default=0.7, show_default=True, type=FiniteFloatRange(0, 1, min_open=True),
               help="--gamma auto: factor from the loss of agreement on the inverted inputs to the estimated loss "
                    "of clean accuracy (calibrated on the development zoos' clean accuracy; 1 takes it as is).")
-@click.option("--lean", default=None, type=click.FloatRange(0, 1),
+@click.option("--lean", default=None, type=FiniteFloatRange(0, 1),
               help="--gamma auto: take the largest γ whose estimated DER is within this of the best (under-pruning "
                    "leaves the backdoor; 0: the best estimate itself). Default: 0.065, and 0 with --repair.")
 @click.option("--selection-repeats", default=3, show_default=True, type=click.IntRange(1),
@@ -337,17 +346,17 @@ def defend() -> None:
               help="--gamma auto: how the suspected target is named. scan: the class one small patch reaches most "
                    "often from the pooled other-class inversions; stratified: the class it reaches from the most "
                    "source classes (median over sources). Default: stratified.")
-@click.option("--collapse-limit", type=click.FloatRange(0, 1, min_open=True), default=None,
+@click.option("--collapse-limit", type=FiniteFloatRange(0, 1, min_open=True), default=None,
               help="--gamma auto: the collapse guard; γ whose fused model disagrees with the original on more than "
                    "this share of the inverted inputs are not chosen (unless all do: then the smallest). 1 turns "
                    "the guard off. Default: 0.7.")
-@click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--lam", "lam", default=0.5, show_default=True, type=FiniteFloatRange(0, 1),
               help="Fusion weight λ of the aligned pruned model.")
 @click.option("--variant", type=click.Choice(["default", "paper", "prune"]), default="default", show_default=True,
               help="default: improved fusion; paper: the published procedure; prune: pruning only.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Random-unlearning steps.")
 @batch_size_option(256, help="Noise batch size.")
-@click.option("--lr", default=1e-4, show_default=True, type=float, help="Unlearning learning rate.")
+@click.option("--lr", default=1e-4, show_default=True, type=FINITE, help="Unlearning learning rate.")
 @click.option("--solver", type=click.Choice(["emd", "sinkhorn"]), default="emd", show_default=True)
 @click.option("--repair", "repair_steps", default=0, show_default=True, type=click.IntRange(0),
               help="N > 0: replace the fusion by N steps of data-free repair of the pruned model (distillation "
@@ -411,7 +420,7 @@ def _otbr_sweep(defense, net, sets, gammas, plot: str | None, kw: dict[str, Any]
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Random mode: noise batches.")
 @click.option("--data", help="Clean mode: dataset whose training split provides the subset.")
 @click.option("--data-root", type=click.Path(file_okay=False))
-@click.option("--clean-ratio", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--clean-ratio", default=0.05, show_default=True, type=FiniteFloatRange(0, 1, min_open=True))
 @click.option("--include-linear", is_flag=True, help="Also score hidden Linear layers.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Scores (.csv).")
@@ -461,7 +470,7 @@ def nwc_cmd(model: str, mode: str, steps: int, data: str | None, data_root: str 
 @click.argument("original", type=click.Path(dir_okay=False))
 @click.option("--scores", type=click.Path(dir_okay=False),
               help="NWC scores (.csv from `otbr nwc`); default: computed by random unlearning of ORIGINAL.")
-@click.option("--lam", "lam", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--lam", "lam", default=0.5, show_default=True, type=FiniteFloatRange(0, 1))
 @click.option("--variant", type=click.Choice(["default", "paper"]), default="default", show_default=True)
 @click.option("--solver", type=click.Choice(["emd", "sinkhorn"]), default="emd", show_default=True)
 @defense_options()
@@ -475,10 +484,13 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
     from otbr.fusion import fuse
     from otbr.nwc import NWCScores, nwc_scores
 
-    out = check_output(kw.get("output"), original, kw.get("force", False))
+    out = check_output(kw.get("output"), original, kw.get("force", False), others=[pruned])
+    if same_file(pruned, original):
+        raise OtbrError("PRUNED and ORIGINAL are the same file")
     load_kw = dict(kw)
     orig_net, meta = load_model_from_options(original, kw)
     pruned_net, _ = load_model_from_options(pruned, load_kw)
+    same_architecture(pruned_net, orig_net, pruned, original)
     t0 = time.perf_counter()
     if scores:
         sc = NWCScores.from_csv(scores)
@@ -489,12 +501,25 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
     t1 = time.perf_counter()
     fr = fuse(pruned_net, orig_net, sc, lam=lam, variant=variant, solver=solver)
     t2 = time.perf_counter()
+    if not any(isinstance(v, dict) and v.get("pruned") for v in fr.info.values()):
+        raise OtbrError(f"{pruned} has no pruned neurons against {original} (no weight row that is zero there and "
+                        "not in ORIGINAL): nothing to fuse; pass the pruned model first, then its original")
     result = DefenseResult(model=fr.model, method="fuse",
                            config={"lam": lam, "variant": variant, "solver": solver, "seed": kw["seed"],
                                    "scores": scores or "random unlearning", "pruned_model": pruned},
                            timings={"score": t1 - t0, "fuse": t2 - t1, "total": t2 - t0},
                            info={"fusion": fr.info}, data_used="none")
     finish(original, orig_net, meta, result, kw, out, _eval_sets(meta, kw))
+
+
+def same_architecture(pruned_net, orig_net, pruned: str, original: str) -> None:
+    """PRUNED must be a pruned copy of ORIGINAL: the same parameter names and shapes."""
+    from otbr.models.io import state_mismatch
+
+    mismatch = state_mismatch(orig_net.net.state_dict(), pruned_net.net.state_dict())
+    if mismatch:
+        raise OtbrError(f"{pruned} is not a pruned copy of {original} ({mismatch}); pass the pruned model first, "
+                        "then its original")
 
 
 # -- otbr repair ------------------------------------------------------------------------------------------------
@@ -505,12 +530,12 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
 @click.option("--synthetic", default=512, show_default=True, type=click.IntRange(2),
               help="BatchNorm-inverted transfer images.")
 @click.option("--synthetic-steps", default=100, show_default=True, type=click.IntRange(0), help="Inversion steps.")
-@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--lr", default=1e-4, show_default=True, type=FiniteFloatRange(0, min_open=True),
               help="Adam learning rate of the distillation.")
-@click.option("--time-budget", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
+@click.option("--time-budget", type=FiniteFloatRange(0, min_open=True), help="Stop after this many seconds.")
 @click.option("--keep-suspect", is_flag=True,
               help="Turn off the guards on the suspected target class (risks distilling the backdoor back).")
-@click.option("--invariance", default=0.5, show_default=True, type=click.FloatRange(0),
+@click.option("--invariance", default=0.5, show_default=True, type=FiniteFloatRange(0),
               help="Weight of the invariance phase (first sixth of the steps): the result learns to ignore the "
                    "small universal perturbation that most changes its outputs, as a trigger would. 0: plain "
                    "distillation.")
@@ -543,12 +568,13 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
     from otbr.defenses.base import DefenseResult
     from otbr.repair import repair
 
-    out = check_output(kw.get("output"), original, kw.get("force", False))
+    out = check_output(kw.get("output"), original, kw.get("force", False), others=[pruned])
     if same_file(pruned, original):
         raise OtbrError("PRUNED and ORIGINAL are the same file")
     load_kw = dict(kw)
     orig_net, meta = load_model_from_options(original, kw)
     pruned_net, _ = load_model_from_options(pruned, load_kw)
+    same_architecture(pruned_net, orig_net, pruned, original)
     rr = repair(pruned_net, orig_net, input_shape=meta.input_shape, num_classes=meta.num_classes,
                 keep_suspect=keep_suspect, synthetic=synthetic, synthetic_steps=synthetic_steps, steps=steps,
                 batch_size=batch_size, lr=lr, time_budget=time_budget, seed=kw["seed"], progress=progress, check=check,

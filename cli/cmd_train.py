@@ -17,7 +17,7 @@ import click
 
 from otbr.errors import OtbrError
 
-from .common import check_new_output
+from .common import FINITE, check_new_output, data_files
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,13 @@ def _pct(v: float | None) -> str:
 @click.option("--arch-kwargs", default=None, help='JSON object of architecture arguments, e.g. \'{"width": 16}\'')
 @click.option("--attack", default=None, help="attack name (badnets, blended, sig, wanet, lf, trojan); none: clean")
 @click.option("--target", type=int, default=None, help="attack target class [0]")
-@click.option("--poison-rate", type=float, default=None, help="fraction of the training set to poison [0.1]")
+@click.option("--poison-rate", type=FINITE, default=None, help="fraction of the training set to poison [0.1]")
 @click.option("--attack-kwargs", default=None, help="JSON object of attack parameters")
 @click.option("--clean-model", type=click.Path(dir_okay=False), default=None,
               help="clean model on which the trojan attack optimises its patch")
 @click.option("--epochs", type=click.IntRange(min=1), required=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--lr", type=FINITE, default=0.01, show_default=True)
 @click.option("--no-augment", is_flag=True, help="turn off the random-crop augmentation")
 @click.option("--train-limit", type=click.IntRange(min=2), default=None, help="train on a random subset of N images")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -101,9 +101,11 @@ def train(data: str, data_root: str | None, arch: str, width: int | None, arch_k
         atk = _build_attack(attack, target, poison_rate, seed, attack_kwargs)
     elif target is not None or poison_rate is not None or attack_kwargs:
         raise OtbrError("--target, --poison-rate and --attack-kwargs need --attack")
-    check_new_output(output, force, [clean_model])
+    check_new_output(output, force, [clean_model, *data_files(data)])
     if poisoned_out is not None:
-        check_new_output(poisoned_out, force, [clean_model, output], what="--poisoned-out")
+        if atk is None:
+            raise OtbrError("--poisoned-out needs --attack (a clean model has no poisoned test set)")
+        check_new_output(poisoned_out, force, [clean_model, output, *data_files(data)], what="--poisoned-out")
     clean = None
     if clean_model is not None:
         clean, _ = load_model(clean_model)
@@ -158,7 +160,7 @@ def poison(attack: str | None, model_path: str | None, data: str, data_root: str
         atk = attack_from_config(cfg)
     else:
         atk = _build_attack(attack, target, None, seed, attack_kwargs)
-    check_new_output(output, force, [model_path, clean_model])
+    check_new_output(output, force, [model_path, clean_model, *data_files(data)])
     ds = load_dataset(data, split, root=data_root)
     if isinstance(atk, Trojan) and atk.patch is None:
         if clean_model is None:

@@ -30,7 +30,7 @@ from .cmd_defend import (
     finish,
     sweep_row,
 )
-from .common import AutoFraction, load_model_from_options, parse_floats
+from .common import FINITE, AutoFraction, FiniteFloatRange, load_model_from_options, parse_floats
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +41,19 @@ log = logging.getLogger(__name__)
               help="Fraction n of neurons selected by clean-unlearning NWC (global ranking), or auto: chosen from "
                    "--neuron-grid with the clean subset and synthetic inputs only.")
 @click.option("--neuron-grid", default="0.05,0.1,0.15,0.2", show_default=True, help="Candidates for auto.")
-@click.option("--weight-ratio", default=0.7, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--weight-ratio", default=0.7, show_default=True, type=FiniteFloatRange(0, 1),
               help="Fraction m of the selected neurons' weights zeroed (largest weight change).")
 @click.option("--finetune", type=click.Choice(["activeness", "vanilla", "none"]), default="activeness",
               show_default=True, help="Stage 2: activeness-aware (the paper), plain SGD, or none (stage 1 only).")
 @click.option("--ft-epochs", default=20, show_default=True, type=click.IntRange(1), help="Fine-tuning epochs.")
-@click.option("--ft-lr", default=0.01, show_default=True, type=float, help="Fine-tuning learning rate.")
-@click.option("--r", "r", default=0.05, show_default=True, type=click.FloatRange(0), help="Perturbation radius r.")
-@click.option("--alpha", default=0.7, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--ft-lr", default=0.01, show_default=True, type=FINITE, help="Fine-tuning learning rate.")
+@click.option("--r", "r", default=0.05, show_default=True, type=FiniteFloatRange(0), help="Perturbation radius r.")
+@click.option("--alpha", default=0.7, show_default=True, type=FiniteFloatRange(0, 1),
               help="Weight α of the gradient at the perturbed point.")
-@click.option("--unlearn-lr", default=1e-4, show_default=True, type=float, help="Clean-unlearning learning rate.")
+@click.option("--unlearn-lr", default=1e-4, show_default=True, type=FINITE, help="Clean-unlearning learning rate.")
 @click.option("--unlearn-max-epochs", default=100, show_default=True, type=click.IntRange(1),
               help="Epoch cap of clean unlearning.")
-@click.option("--stop-acc", default=0.10, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--stop-acc", default=0.10, show_default=True, type=FiniteFloatRange(0, 1),
               help="Unlearning stops at the first epoch with subset accuracy ≤ this.")
 @batch_size_option()
 @click.option("--no-augment", is_flag=True, help="No random-crop augmentation during fine-tuning.")

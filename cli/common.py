@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -39,6 +40,44 @@ def parse_floats(text: str | None, what: str, n: int | None = None) -> tuple[flo
     if n is not None and len(vals) != n:
         raise OtbrError(f"{what} needs {n} numbers, got {len(vals)}")
     return vals
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A :class:`click.FloatRange` that also refuses NaN and ±inf (which compare false with any bound).
+
+    Example:
+        >>> FiniteFloatRange(0, 1).convert("0.5", None, None)
+        0.5
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return out
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is not NaN or ±inf.
+
+    Example:
+        >>> FINITE.convert("1e-3", None, None)
+        0.001
+    """
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return out
+
+
+FINITE = FiniteFloat()
 
 
 class AutoFraction(click.ParamType):
@@ -89,6 +128,17 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
+def data_files(*specs: str | None) -> list[Path]:
+    """The files named by dataset specs (``npz:FILE``), so that no output replaces them; registered names and
+    folders (``imagefolder:PATH``) give none.
+
+    Example:
+        >>> data_files("npz:a.npz", "fashion-mnist", None, "imagefolder:imgs")
+        [PosixPath('a.npz')]
+    """
+    return [Path(s.split(":", 1)[1]) for s in specs if s and s.startswith("npz:")]
+
+
 def check_new_output(path: str | Path, force: bool, inputs: Iterable[str | Path | None] = (), what: str = "-o") -> Path:
     """An output path that is writable, is none of ``inputs``, and exists only if ``force`` allows overwriting."""
     path = Path(path)
@@ -123,6 +173,8 @@ def load_model_from_options(path: str, kw: dict[str, Any]):
     from otbr.models import load_model
 
     shape = parse_floats(kw.pop("input_shape", None), "--input-shape", 3)
+    if shape and not all(math.isfinite(s) and s == int(s) and s >= 1 for s in shape):
+        raise OtbrError(f"--input-shape needs three positive whole numbers C,H,W, got {shape}")
     arch = kw.pop("arch", None)
     return load_model(
         path,

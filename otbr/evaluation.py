@@ -70,7 +70,7 @@ def evaluation_sets(
         from otbr.attacks import PoisonedSet
 
         ps = PoisonedSet.load_npz(poisoned)
-        _check_poisoned(ps.x, int(ps.target), meta, str(poisoned))
+        _check_poisoned(ps.x, ps.y_true, int(ps.target), meta, str(poisoned))
         pois, pois_name = (ps.x[:limit], ps.y_true[:limit], int(ps.target)), str(poisoned)
     elif meta.attack:
         from otbr.attacks import attack_from_config
@@ -82,8 +82,9 @@ def evaluation_sets(
     return EvalSets(clean=clean, poisoned=pois, clean_name=name, poisoned_name=pois_name)
 
 
-def _check_poisoned(x: torch.Tensor, target: int, meta: ModelMeta, name: str) -> None:
-    """A poisoned test set must hold images of the model's input shape and a target class the model has."""
+def _check_poisoned(x: torch.Tensor, y: torch.Tensor, target: int, meta: ModelMeta, name: str) -> None:
+    """A poisoned test set must hold images of the model's input shape, and labels and a target class the model
+    has."""
     if len(x) == 0:
         raise OtbrError(f"poisoned set {name} holds no images; export one with `otbr poison`")
     if tuple(x.shape[1:]) != tuple(meta.input_shape):
@@ -91,6 +92,9 @@ def _check_poisoned(x: torch.Tensor, target: int, meta: ModelMeta, name: str) ->
                         f"{tuple(meta.input_shape)}; export it from the model's dataset with `otbr poison`")
     if not 0 <= target < meta.num_classes:
         raise OtbrError(f"poisoned set {name} targets class {target}, the model has classes 0..{meta.num_classes - 1}")
+    if len(y) and not 0 <= int(y.min()) <= int(y.max()) < meta.num_classes:
+        raise OtbrError(f"poisoned set {name} has labels {int(y.min())}..{int(y.max())}, the model has classes "
+                        f"0..{meta.num_classes - 1}")
 
 
 def measure(model: nn.Module, sets: EvalSets, batch_size: int = 512) -> Metrics:

@@ -46,8 +46,9 @@ class FinetuneReport:
     seconds: float
 
 
-def clean_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` tensors of a clean subset given as a dataset, a pair of tensors or an iterable of batches.
+def clean_tensors(data: Any, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` tensors of a clean subset given as a dataset, a pair of tensors or an iterable of batches; with
+    ``model``, they must fit it (:func:`check_fits`).
 
     Example:
         >>> x, y = clean_tensors([(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]))])
@@ -70,9 +71,39 @@ def clean_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = torch.cat(xs), torch.cat(ys)
     else:
         raise OtbrError(f"cannot read clean data of type {type(data).__name__}; pass a dataset or (x, y)")
+    if model is not None and len(x) and len(x) == len(y):
+        check_fits(model, x, y)
     if len(x) != len(y) or len(y) < 2:
         raise OtbrError(f"clean data needs at least 2 images with one label each, got {len(x)} / {len(y)}")
     return x, y.long()
+
+
+def check_fits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Clean data must fit the model: its images go through it, and its labels are classes it outputs.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        >>> check_fits(net, torch.rand(2, 1, 2, 2), torch.tensor([0, 2]))
+        >>> check_fits(net, torch.rand(2, 1, 2, 2), torch.tensor([0, 3]))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        otbr.errors.OtbrError: the clean data's labels run 0..3, the model outputs 3 classes; pass the dataset the ...
+    """
+    from otbr.device import model_device
+    from otbr.pixels import as_float
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            classes = int(model(as_float(x[:1]).to(model_device(model))).shape[-1])
+    except RuntimeError as exc:
+        raise OtbrError(f"the clean data's images {tuple(x.shape[1:])} do not fit the model "
+                        f"({str(exc).splitlines()[0]}); pass the dataset the model was trained on") from None
+    finally:
+        model.train(was)
+    if len(y) and not 0 <= int(y.min()) <= int(y.max()) < classes:
+        raise OtbrError(f"the clean data's labels run {int(y.min())}..{int(y.max())}, the model outputs {classes} "
+                        "classes; pass the dataset the model was trained on")
 
 
 @seeded_global_rng  # dropout in training mode draws from the global RNG

@@ -34,6 +34,7 @@ import copy
 import csv
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -317,9 +318,18 @@ class NWCScores:
     def from_csv(cls, path: str | Path, mode: str = "random") -> NWCScores:
         """Read a file written by :meth:`to_csv` (bit-exact float64 scores)."""
         rows: dict[str, list[tuple[int, float]]] = {}
-        with Path(path).open(newline="") as fh:
-            for rec in csv.DictReader(fh):
-                rows.setdefault(rec["layer"], []).append((int(rec["index"]), float(rec["nwc"])))
+        try:
+            with Path(path).open(newline="") as fh:
+                for rec in csv.DictReader(fh):
+                    rows.setdefault(rec["layer"], []).append((int(rec["index"]), float(rec["nwc"])))
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
+            raise OtbrError(f"{path}: not an NWC score file (columns layer,index,nwc as `otbr nwc -o` writes; "
+                            f"{type(exc).__name__}: {exc})") from exc
+        if not rows:
+            raise OtbrError(f"{path}: holds no scores (columns layer,index,nwc as `otbr nwc -o` writes)")
+        bad = [name for name, items in rows.items() if not all(math.isfinite(v) for _, v in items)]
+        if bad:
+            raise OtbrError(f"{path}: non-finite scores in layer(s) {', '.join(bad[:3])}")
         layers: dict[str, torch.Tensor] = {}
         for name, items in rows.items():
             if sorted(i for i, _ in items) != list(range(len(items))):

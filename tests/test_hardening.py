@@ -503,3 +503,143 @@ def test_otbr_defense_is_bit_identical_and_reported(files: dict[str, Path]) -> N
     assert env["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")  # --device auto
     assert env["torch"] == torch.__version__ and env["otbr"] and env["python"]
     assert env["packages"]["numpy"] == np.__version__ and "safetensors" in env["packages"]
+
+
+# ---------------------------------------------------------------------------------------------- review of 2026-11-24
+def test_a_backdoorbench_file_naming_code_is_refused_before_any_import(files: dict[str, Path], tmp_path: Path) -> None:
+    """``model_name`` in an ``attack_result.pt`` is the file's word, like a safetensors file's architecture: a
+    ``file.py:Factory`` there must not be imported unless the user passes it as ``--arch``."""
+    marker = tmp_path / "imported"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef Net(**kw):\n    raise SystemExit\n")
+    pt = tmp_path / "attack_result.pt"
+    torch.save({"model": load_file(str(files["model"])), "model_name": f"{tmp_path / 'evil.py'}:Net",
+                "num_classes": 4}, pt)
+    assert_one_line_error(cli("inspect", pt), "would import code")
+    assert not marker.exists()
+
+
+def _poisoned(path: Path, **arrays: object) -> Path:
+    base = {"x": np.zeros((4, 1, 8, 8), np.uint8), "y": np.array([1, 2, 3, 1]), "target": np.int64(0)}
+    np.savez(path, **{**base, **arrays})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": np.full((4, 1, 8, 8), 2.0, np.float32)}, "float x must lie in [0, 1]"),
+        ({"x": np.full((4, 1, 8, 8), 300, np.int16)}, "integer x must lie in 0..255"),
+        ({"y": np.array([1, 2])}, "y must be 4 integer labels"),
+        ({"y": np.array([1, 2, 3, 9])}, "has labels 1..9, the model has classes 0..3"),
+        ({"target": np.array([0, 1])}, "target must be one integer"),
+    ],
+)
+def test_a_malformed_poisoned_set_is_refused(files: dict[str, Path], tmp_path: Path, arrays: dict, message: str
+                                             ) -> None:
+    """A --poisoned file was read with a bare cast: float images became zeros and int16 wrapped (silently wrong
+    ASR), and bad labels or targets ended in an unexpected error."""
+    assert_one_line_error(cli("evaluate", files["model"], "--poisoned", _poisoned(tmp_path / "p.npz", **arrays)),
+                          message)
+
+
+def test_a_poisoned_set_in_float_images_is_quantised_and_broken_files_are_one_line(tmp_path: Path) -> None:
+    from otbr.attacks import PoisonedSet
+
+    x = np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8)).astype(np.uint8)
+    a = PoisonedSet.load_npz(_poisoned(tmp_path / "a.npz", x=x))
+    b = PoisonedSet.load_npz(_poisoned(tmp_path / "b.npz", x=x.astype(np.float32) / 255))
+    assert torch.equal(a.x, b.x) and a.target == b.target == 0
+    trunc = tmp_path / "t.npz"
+    trunc.write_bytes((tmp_path / "a.npz").read_bytes()[:100])
+    np.save(tmp_path / "plain.npy", x)
+    (tmp_path / "plain.npy").rename(tmp_path / "plain.npz")
+    for bad, message in ((trunc, "cannot read as npz"), (tmp_path / "plain.npz", "not an .npz archive")):
+        with pytest.raises(OtbrError, match=message):
+            PoisonedSet.load_npz(bad)
+
+
+def test_no_output_replaces_a_data_file_or_the_pruned_input(files: dict[str, Path], tmp_path: Path) -> None:
+    data, before = files["data"], files["data"].read_bytes()
+    assert_one_line_error(cli("poison", "--attack", "badnets", "--data", f"npz:{data}", "-o", data, "--force"),
+                          "would overwrite the input")
+    assert_one_line_error(cli("defend", "otbr", files["model"], "--gamma", "0.05", "--eval-data", f"npz:{data}",
+                              "-o", files["out"], "--report", data, "--force"), "would overwrite the input")
+    assert_one_line_error(cli("train", "--data", f"npz:{data}", "--arch", "tinycnn", "--attack", "badnets",
+                              "--epochs", "1", "-o", files["out"], "--poisoned-out", data, "--force"),
+                          "would overwrite the input")
+    assert data.read_bytes() == before
+    pruned = tmp_path / "pruned.safetensors"
+    pruned.write_bytes(files["model"].read_bytes())
+    for command in ("fuse", "repair"):
+        assert_one_line_error(cli(command, pruned, files["model"], "--no-eval", "-o", pruned, "--force"),
+                              "would overwrite the input")
+    assert_one_line_error(cli("fuse", files["model"], files["model"], "--no-eval", "-o", files["out"]),
+                          "PRUNED and ORIGINAL are the same file")
+    _no_outputs(files["out"].parent)
+
+
+def test_malformed_metadata_and_normalisation_are_one_line(files: dict[str, Path], tmp_path: Path) -> None:
+    with safe_open(str(files["model"]), "pt") as fh:
+        doc = json.loads(fh.metadata()["otbr"])
+    state = load_file(str(files["model"]))
+    for name, change in (("shape", {"input_shape": "1,8,8"}), ("arch", {"arch": 5}), ("std", {"std": [0.0]})):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(state, str(path), metadata={"otbr": json.dumps({**doc, **change})})
+        assert_one_line_error(cli("inspect", path), str(path))
+    assert_one_line_error(cli("evaluate", files["model"], "--std", "nan"), "finite with positive stds")
+    assert_one_line_error(cli("inspect", files["model"], "--input-shape", "1,nan,8"), "--input-shape needs three")
+    bn = create_model("preactresnet18", num_classes=4, in_channels=1, width=2)
+    sd = {k: v.clone() for k, v in bn.state_dict().items()}
+    sd["layer1.0.bn1.running_var"][0] = -1.0
+    meta = ModelMeta(arch="preactresnet18", arch_kwargs={"num_classes": 4, "in_channels": 1, "width": 2},
+                     num_classes=4, input_shape=(1, 8, 8), mean=(0.5,), std=(0.5,))
+    neg = save_model(bn, tmp_path / "neg.safetensors", meta)
+    save_file(sd, str(neg), metadata={"otbr": meta.to_json()})
+    assert_one_line_error(cli("inspect", neg), "negative BatchNorm running variances")
+
+
+def test_clean_data_must_fit_the_model(files: dict[str, Path]) -> None:
+    """Images of another shape, or labels beyond the model's classes, ended in an unexpected error (or a misleading
+    'at least 2 images') inside the data-dependent defenses."""
+    for method in ("ft", "ulrl", "tsbd"):
+        if method not in cli("defend", "--help").output:
+            continue
+        assert_one_line_error(cli("defend", method, files["model"], "--data", f"npz:{files['rgb_data']}",
+                                  "--clean-ratio", "1", "--no-eval", "-o", files["out"]),
+                              "the model expects (1, 8, 8)" if method == "tsbd" else "do not fit the model")
+        assert_one_line_error(cli("defend", method, files["model"], "--data", f"npz:{files['ten_classes']}",
+                                  "--clean-ratio", "1", "--no-eval", "-o", files["out"]), "labels run 0..9")
+    _no_outputs(files["out"].parent)
+
+
+def test_poisoned_sets_get_normal_permissions(files: dict[str, Path], tmp_path: Path) -> None:
+    mask = os.umask(0o022)
+    try:
+        res = cli("poison", "--attack", "badnets", "--data", f"npz:{files['data']}", "-o", tmp_path / "p.npz")
+    finally:
+        os.umask(mask)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p.npz").stat().st_mode & 0o777 == 0o644
+
+
+def test_fuse_refuses_what_it_cannot_fuse_and_options_must_be_finite(files: dict[str, Path], tmp_path: Path) -> None:
+    """Fusing a model with itself, with a model of another architecture, or from an empty or broken score file
+    used to 'succeed' with the original unchanged or end in an unexpected error; NaN slipped through ranges."""
+    copy_ = tmp_path / "copy.safetensors"
+    copy_.write_bytes(files["model"].read_bytes())
+    assert_one_line_error(cli("fuse", copy_, files["model"], "--no-eval", "-o", files["out"]), "no pruned neurons")
+    other = save_model(create_model("tinycnn", num_classes=4, in_channels=1, width=4), tmp_path / "w4.safetensors",
+                       ModelMeta(arch="tinycnn", arch_kwargs={"num_classes": 4, "in_channels": 1, "width": 4},
+                                 num_classes=4, input_shape=(1, 8, 8), mean=(0.5,), std=(0.5,)))
+    assert_one_line_error(cli("fuse", other, files["model"], "--no-eval", "-o", files["out"]),
+                          "is not a pruned copy of")
+    for text, message in (("", "holds no scores"), ("a,b\n1,2\n", "not an NWC score file"),
+                          ("layer,index,nwc\nconv1,0,abc\n", "not an NWC score file"),
+                          ("layer,index,nwc\nconv1,0,nan\n", "non-finite scores")):
+        scores = tmp_path / "s.csv"
+        scores.write_text(text)
+        assert_one_line_error(cli("fuse", copy_, files["model"], "--scores", scores, "--no-eval", "-o",
+                                  files["out"]), message)
+    assert_one_line_error(cli("repair", copy_, files["model"], "--lr", "nan", "-o", files["out"]),
+                          "'nan' is not a finite number")
+    _no_outputs(files["out"].parent)

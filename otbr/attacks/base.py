@@ -28,8 +28,6 @@ import abc
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -77,44 +75,36 @@ class PoisonedSet:
 
         The file loads with ``numpy.load(path, allow_pickle=False)``.
         """
+        from otbr.atomic import atomic_path
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    x=self.x.cpu().numpy().astype(np.uint8),
-                    y=self.y_true.cpu().numpy().astype(np.int64),
-                    target=np.int64(self.target),
-                    attack=np.str_(json.dumps(self.attack, sort_keys=True)),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path, suffix=".npz") as tmp, tmp.open("wb") as f:
+            np.savez(f, x=self.x.cpu().numpy().astype(np.uint8), y=self.y_true.cpu().numpy().astype(np.int64),
+                     target=np.int64(self.target), attack=np.str_(json.dumps(self.attack, sort_keys=True)))
         return path
 
     @classmethod
     def load_npz(cls, path: str | Path) -> PoisonedSet:
-        """Read a file written by :meth:`save_npz` (no pickle)."""
+        """Read a file written by :meth:`save_npz`, or any ``.npz`` with ``x``, ``y`` and ``target`` that
+        :func:`otbr.data.formats.read_npz` accepts (no pickle): uint8 images (float ones in [0, 1] are quantised
+        as stored images would be), one integer label per image, one integer target."""
+        from otbr.data.formats import npz_arrays, npz_target
+
         path = Path(path)
         if not path.is_file():
             raise OtbrError(f"poisoned set not found: {path}")
+        x, y, arrays = npz_arrays(path, "test")
+        target = npz_target(path, arrays)
+        if target is None:
+            raise OtbrError(f"{path}: not a poisoned set (no 'target'; export one with `otbr poison`)")
+        if x.dtype != torch.uint8:
+            x = quantize(x)
         try:
-            with np.load(path, allow_pickle=False) as f:
-                missing = {"x", "y", "target"} - set(f.files)
-                if missing:
-                    raise OtbrError(f"{path}: not a poisoned set (missing {sorted(missing)})")
-                x = torch.from_numpy(f["x"].astype(np.uint8))
-                y = torch.from_numpy(f["y"].astype(np.int64))
-                target = int(f["target"])
-                attack = json.loads(str(f["attack"])) if "attack" in f.files else {}
-        except (OSError, ValueError) as exc:
-            raise OtbrError(f"{path}: not a readable npz file ({exc})") from exc
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        return cls(x=x, y_true=y, target=target, attack=attack)
+            attack = json.loads(str(arrays["attack"])) if "attack" in arrays else {}
+        except ValueError as exc:
+            raise OtbrError(f"{path}: its 'attack' entry is not a JSON string ({exc})") from exc
+        return cls(x=x, y_true=y, target=target, attack=attack if isinstance(attack, dict) else {})
 
 
 class Attack(abc.ABC):

@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import struct
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -583,17 +584,34 @@ def read_npz(file: str | Path, split: str = "train", name: str | None = None) ->
         (3, 8, 8)
     """
     file = Path(file)
-    name = name or f"npz:{file}"
+    x, y, arrays = npz_arrays(file, split)
+    classes = None
+    if "classes" in arrays:
+        c = arrays["classes"]
+        if c.ndim != 1 or c.dtype.kind not in "US":
+            raise OtbrError(f"{file}: classes must be a 1-D string array, got {c.dtype} of shape {c.shape}")
+        classes = [s.decode() if isinstance(s, bytes) else str(s) for s in c.tolist()]
+    return ImageDataset(x, y, classes, name or f"npz:{file}", npz_target(file, arrays))
+
+
+def npz_arrays(file: Path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]:
+    """The checked images (uint8, or float32 in [0, 1]; NCHW) and int64 labels of an ``.npz`` (see
+    :func:`read_npz`), and all its arrays."""
     if not file.is_file():
         raise OtbrError(f"missing npz file {file}; check the path (npz:FILE, a .npz with arrays x and y)")
     try:
-        with np.load(file, allow_pickle=False) as z:
+        loaded = np.load(file, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise OtbrError(f"{file}: a single array (.npy), not an .npz archive of named arrays x and y")
+        with loaded as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise OtbrError(f"{file}: cannot read as npz without pickles ({exc})") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise OtbrError(f"{file}: cannot read as npz without pickles ({exc}); it is truncated, corrupt or not an "
+                        ".npz") from exc
     xk, yk = ("x", "y") if "x" in arrays else (f"x_{check_split(split)}", f"y_{split}")
     if xk not in arrays or yk not in arrays:
-        raise OtbrError(f"{file}: needs arrays 'x' and 'y' (or '{xk}' and '{yk}'), found {sorted(arrays)}")
+        other = "" if xk == "x" else f" (or '{xk}' and '{yk}')"
+        raise OtbrError(f"{file}: needs arrays 'x' and 'y'{other}, found {sorted(arrays)}")
     x, y = arrays[xk], arrays[yk]
     if x.dtype.kind in "iu":
         if x.size and (x.min() < 0 or x.max() > 255):
@@ -608,17 +626,16 @@ def read_npz(file: str | Path, split: str = "train", name: str | None = None) ->
     x = _channel_first(x, file)
     if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x):
         raise OtbrError(f"{file}: y must be {len(x)} integer labels, got {y.dtype} of shape {y.shape}")
-    classes = None
-    if "classes" in arrays:
-        c = arrays["classes"]
-        if c.ndim != 1 or c.dtype.kind not in "US":
-            raise OtbrError(f"{file}: classes must be a 1-D string array, got {c.dtype} of shape {c.shape}")
-        classes = [s.decode() if isinstance(s, bytes) else str(s) for s in c.tolist()]
-    target = None
-    if "target" in arrays:
-        t = arrays["target"]
-        if t.size != 1 or t.dtype.kind not in "iu":
-            raise OtbrError(f"{file}: target must be one integer, got {t.dtype} of shape {t.shape}")
-        target = int(t.reshape(()))
-    x_t = torch.from_numpy(np.ascontiguousarray(x))
-    return ImageDataset(x_t, torch.from_numpy(y.astype(np.int64)), classes, name, target)
+    if len(y) and int(y.min()) < 0:
+        raise OtbrError(f"{file}: labels must be ≥ 0, got {int(y.min())}")
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)), arrays
+
+
+def npz_target(file: Path, arrays: dict[str, np.ndarray]) -> int | None:
+    """The ``target`` entry of an ``.npz``'s arrays: one integer ≥ 0, or ``None`` when absent."""
+    if "target" not in arrays:
+        return None
+    t = arrays["target"]
+    if t.size != 1 or t.dtype.kind not in "iu" or int(t.reshape(())) < 0:
+        raise OtbrError(f"{file}: target must be one integer ≥ 0, got {t.dtype} of shape {t.shape}")
+    return int(t.reshape(()))

@@ -59,7 +59,6 @@ from tqdm.auto import tqdm
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
 from otbr.device import model_device
 from otbr.errors import OtbrError
-from otbr.finetune import clean_tensors
 from otbr.metrics import accuracy
 from otbr.models.normalize import unwrap
 from otbr.training import iterate_batches
@@ -231,9 +230,8 @@ class ANP(Defense):
 
     def run(self, model: nn.Module, data: Any | None = None) -> DefenseResult:
         """Learn masks on the clean subset ``data`` and prune a copy of ``model``."""
-        self._require_data(data)
         start = time.perf_counter()
-        x, y = clean_tensors(data)
+        x, y = self._clean_data(model, data)
         work, masks = self.learn(model, x, y)
         t1 = time.perf_counter()
         threshold, candidates = self._guarded_threshold(work, masks, x, y)

@@ -70,6 +70,13 @@ class Defense(abc.ABC):
         if self.needs == "clean" and data is None:
             raise OtbrError(f"defense {self.name!r} needs clean data; pass --data NAME (and --clean-ratio)")
 
+    def _clean_data(self, model: nn.Module, data: Any | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clean subset as ``(images, labels)``, checked against the model (:func:`otbr.finetune.clean_tensors`)."""
+        from otbr.finetune import clean_tensors
+
+        self._require_data(data)
+        return clean_tensors(data, model)
+
     def _set_sgd_options(self, momentum: float, weight_decay: float, batch_size: int) -> None:
         """Validate and set ``momentum``, ``weight_decay`` and ``batch_size``, in that order."""
         self.momentum = check_range("momentum", float(momentum), 0.0, 0.999)

@@ -38,7 +38,7 @@ from torch import nn
 
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
 from otbr.errors import OtbrError
-from otbr.finetune import clean_tensors, finetune
+from otbr.finetune import finetune
 from otbr.metrics import accuracy, predict
 from otbr.models.normalize import unwrap
 
@@ -125,9 +125,8 @@ class FP(Defense):
 
     def run(self, model: nn.Module, data: Any | None = None) -> DefenseResult:
         """Prune and fine-tune a copy of ``model`` with the clean subset ``data``."""
-        self._require_data(data)
         start = time.perf_counter()
-        x, y = clean_tensors(data)
+        x, y = self._clean_data(model, data)
         work = self._work_copy(model)
         net = unwrap(work)
         head_name, head, channels = feature_head(net)

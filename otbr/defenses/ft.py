@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
-from otbr.finetune import clean_tensors, finetune
+from otbr.finetune import finetune
 
 
 @register_defense
@@ -49,9 +49,8 @@ class FT(Defense):
 
     def run(self, model: nn.Module, data: Any | None = None) -> DefenseResult:
         """Fine-tune a copy of ``model`` on the clean subset ``data``."""
-        self._require_data(data)
         start = time.perf_counter()
-        x, y = clean_tensors(data)
+        x, y = self._clean_data(model, data)
         work = self._work_copy(model)
         rep = finetune(work, (x, y), epochs=self.epochs, lr=self.lr, momentum=self.momentum,
                        weight_decay=self.weight_decay, batch_size=self.batch_size, seed=self.seed, inplace=True,

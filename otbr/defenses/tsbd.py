@@ -62,6 +62,7 @@ from otbr.activeness import FinetuneReport
 from otbr.activeness import finetune as finetune_loop
 from otbr.defenses.base import Defense, DefenseResult, check_auto_fraction, check_range, register_defense
 from otbr.errors import OtbrError
+from otbr.finetune import check_fits
 from otbr.layers import scored_layers
 from otbr.models.normalize import unwrap
 from otbr.models.registry import output_classes
@@ -231,8 +232,9 @@ class TSBD(Defense):
         self._set_run_options(seed=seed, device=device, progress=progress)
 
     # -- pieces ---------------------------------------------------------------------------------------
-    def _data(self, data: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """Float images in [0, 1] and labels from an ImageDataset or an ``(x, y)`` pair, and a description."""
+    def _data(self, model: nn.Module, data: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """Float images in [0, 1] and labels from an ImageDataset or an ``(x, y)`` pair, and a description; they must
+        fit ``model`` (:func:`~otbr.defenses.base.check_fits`)."""
         self._require_data(data)
         name = None
         if hasattr(data, "x") and hasattr(data, "y"):
@@ -245,6 +247,7 @@ class TSBD(Defense):
             raise OtbrError(f"TSBD data: need NCHW images and one label each, got {tuple(x.shape)}, {tuple(y.shape)}")
         if len(y) < 2:
             raise OtbrError(f"TSBD needs at least 2 clean images, got {len(y)}")
+        check_fits(model, x, y)
         x = as_float(x)
         desc = f"clean subset: {len(y)} images" + (f" of {name}" if name and name != "dataset" else "")
         return x, y.long(), desc
@@ -356,7 +359,7 @@ class TSBD(Defense):
             ``selected_neurons``, ``zeroed_subweights``, per-epoch fine-tuning seconds and notes.
         """
         start = time.perf_counter()
-        x, y, desc = self._data(data)
+        x, y, desc = self._data(model, data)
         work = self._work_copy(model)
         if self.neuron_ratio == "auto":
             require_batchnorm(work, "neuron_ratio", "0.1")
@@ -384,7 +387,7 @@ class TSBD(Defense):
 
     def scores(self, model: nn.Module, data: Any) -> NWCScores:
         """Clean-unlearning NWC of every considered neuron (stage 1, steps 1–2 only)."""
-        x, y, _ = self._data(data)
+        x, y, _ = self._data(model, data)
         ref = self._work_copy(model) if self.device is not None else model
         return self._stage1_scores(ref, x, y)[0]
 
@@ -403,7 +406,7 @@ class TSBD(Defense):
         """
         ratios = [check_range("neuron_ratio", float(n), 0.0, 1.0) for n in neuron_ratios]
         start = time.perf_counter()
-        x, y, desc = self._data(data)
+        x, y, desc = self._data(model, data)
         ref = self._work_copy(model) if self.device is not None else model
         scores, s1 = self._stage1_scores(ref, x, y)
         shared = time.perf_counter() - start

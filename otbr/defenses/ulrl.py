@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from otbr.defenses.base import Defense, DefenseResult, check_range, register_defense
 from otbr.device import model_device
 from otbr.errors import OtbrError
-from otbr.finetune import clean_tensors, finetune
+from otbr.finetune import finetune
 from otbr.layers import classifier_layer
 from otbr.models.normalize import unwrap
 from otbr.training import iterate_batches
@@ -190,9 +190,8 @@ class ULRL(Defense):
 
     def run(self, model: nn.Module, data: Any | None = None) -> DefenseResult:
         """Defend ``model`` with the clean subset ``data`` (dataset, ``(x, y)`` or batches)."""
-        self._require_data(data)
         start = time.perf_counter()
-        x, y = clean_tensors(data)
+        x, y = self._clean_data(model, data)
         work = self._work_copy(model)
         try:
             clf_name, clf = classifier_layer(unwrap(work))

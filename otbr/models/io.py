@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import pickle
 import re
 from pathlib import Path
@@ -143,6 +144,15 @@ def save_model(model: nn.Module, path: str | Path, meta: ModelMeta) -> Path:
     if meta.source_sha256 is None and is_custom_arch(meta.arch):
         meta.source_sha256 = arch_source_sha256(meta.arch)
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    negative = [k for k, v in state.items() if k.endswith("running_var") and v.is_floating_point()
+                and bool((v < 0).any())]
+    if negative:
+        raise OtbrError(f"{path}: negative BatchNorm running variances in {', '.join(negative[:3])}; the file is "
+                        "corrupt")
+    if not all(math.isfinite(float(m)) for m in meta.mean) or not all(
+            math.isfinite(float(s)) and float(s) > 0 for s in meta.std):
+        raise OtbrError(f"{path}: the input normalisation must be finite with positive stds, got mean "
+                        f"{list(meta.mean)}, std {list(meta.std)}; pass --mean/--std")
     bad = non_finite(state)
     if bad:
         raise OtbrError(f"refusing to write {path}: the weights hold {bad}; the run diverged "
@@ -258,6 +268,9 @@ def _meta_for_foreign(
     dataset = None
     if arch is None and facts:
         arch = str(facts["model_name"])
+        if is_custom_arch(arch):
+            raise OtbrError(f"{path} names the custom architecture {arch!r}, which would import code; "
+                            "pass --arch with it to confirm")
         if facts.get("num_classes") is not None:
             kwargs.setdefault("num_classes", int(facts["num_classes"]))
     if arch is None:
@@ -361,8 +374,32 @@ def load_model(
         ``(model, meta)``.
 
     Raises:
-        OtbrError: missing file, unreadable or unsafe content, weights not matching the architecture.
+        OtbrError: missing file, unreadable or unsafe content, metadata of the wrong types or values, weights not
+            matching the architecture.
     """
+    try:
+        return _load_model(path, arch=arch, arch_kwargs=arch_kwargs, input_shape=input_shape, mean=mean, std=std,
+                           allow_pickle=allow_pickle, trust_arch_code=trust_arch_code, device=device)
+    except OtbrError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        raise OtbrError(f"{path}: malformed model file or metadata ({type(exc).__name__}: {exc}); export it "
+                        "again, or pass --arch/--arch-kwargs/--input-shape/--mean/--std for it") from exc
+
+
+def _load_model(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    allow_pickle: bool = False,
+    trust_arch_code: bool = False,
+    device: str | torch.device | None = None,
+) -> tuple[Normalized, ModelMeta]:
+    """:func:`load_model`'s work (exceptions other than :class:`OtbrError` are turned into one there)."""
     path = Path(path)
     if not path.is_file():
         hint = "it is a folder" if path.is_dir() else "check the path"
@@ -397,6 +434,15 @@ def load_model(
         obj = _torch_load(path, allow_pickle)
         state, facts = _state_from_object(obj, path)
         meta = _meta_for_foreign(state, facts, arch, arch_kwargs, input_shape, mean, std, path)
+    negative = [k for k, v in state.items() if k.endswith("running_var") and v.is_floating_point()
+                and bool((v < 0).any())]
+    if negative:
+        raise OtbrError(f"{path}: negative BatchNorm running variances in {', '.join(negative[:3])}; the file is "
+                        "corrupt")
+    if not all(math.isfinite(float(m)) for m in meta.mean) or not all(
+            math.isfinite(float(s)) and float(s) > 0 for s in meta.std):
+        raise OtbrError(f"{path}: the input normalisation must be finite with positive stds, got mean "
+                        f"{list(meta.mean)}, std {list(meta.std)}; pass --mean/--std")
     bad = non_finite(state)
     if bad:
         raise OtbrError(f"{path}: the weights hold {bad}; the file is corrupt or its training diverged — "
