@@ -46,7 +46,10 @@ def _build_attack(name: str, target: int | None, poison_rate: float | None, seed
     if poison_rate is not None:
         kwargs["poison_rate"] = poison_rate
     kwargs.setdefault("seed", seed)
-    return create_attack(name, **kwargs)
+    try:
+        return create_attack(name, **kwargs)
+    except (TypeError, ValueError) as exc:  # a value of the wrong type in --attack-kwargs
+        raise OtbrError(f"--attack-kwargs for {name}: {exc}") from exc
 
 
 def _table(rows: list[tuple[str, str]]) -> str:

@@ -21,6 +21,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise OtbrError(f"unknown device {device!r}") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise OtbrError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise OtbrError("CUDA device requested but no CUDA GPU is available")
     return dev

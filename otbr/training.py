@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import sys
@@ -386,13 +387,22 @@ def train_backdoored(
     kwargs.setdefault("num_classes", train_ds.num_classes)
     if not is_custom_arch(arch):
         kwargs.setdefault("in_channels", train_ds.input_shape[0])
+    if kwargs["num_classes"] != train_ds.num_classes:
+        raise OtbrError(f"num_classes {kwargs['num_classes']!r} in the architecture arguments, but {data} has "
+                        f"{train_ds.num_classes} classes; leave it out (it is read from the dataset)")
+    if kwargs.get("in_channels", train_ds.input_shape[0]) != train_ds.input_shape[0]:
+        raise OtbrError(f"in_channels {kwargs['in_channels']!r} in the architecture arguments, but {data} has "
+                        f"{train_ds.input_shape[0]}-channel images; leave it out (it is read from the dataset)")
     mean, std = default_normalization(train_ds)
     meta = ModelMeta(arch=arch, arch_kwargs=kwargs, num_classes=int(kwargs["num_classes"]),
                      input_shape=train_ds.input_shape, mean=tuple(mean), std=tuple(std), classes=train_ds.classes,
                      dataset=data, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # model initialisation only; the global RNG state is restored afterwards
-        model = build_model(meta)
+        try:
+            model = build_model(meta)
+        except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a width of -1 or 8.0 in --arch-kwargs
+            raise OtbrError(f"cannot build {arch} with {json.dumps(kwargs)}: {exc}") from exc
     if device is not None:
         model.to(resolve_device(device))
 

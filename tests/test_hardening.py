@@ -643,3 +643,22 @@ def test_fuse_refuses_what_it_cannot_fuse_and_options_must_be_finite(files: dict
     assert_one_line_error(cli("repair", copy_, files["model"], "--lr", "nan", "-o", files["out"]),
                           "'nan' is not a finite number")
     _no_outputs(files["out"].parent)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--arch-kwargs", '{"width": -1}'), "cannot build tinycnn"),
+        (("--arch-kwargs", '{"num_classes": 3}'), "num_classes 3 in the architecture arguments"),
+        (("--arch-kwargs", '{"in_channels": 3}'), "in_channels 3 in the architecture arguments"),
+        (("--attack", "blended", "--attack-kwargs", '{"alpha": "x"}'), "--attack-kwargs for blended"),
+        (("--device", "mps"), "device 'mps' is not supported"),
+        (("--lr", "inf"), "'inf' is not a finite number"),
+    ],
+)
+def test_train_refuses_arguments_the_model_or_data_cannot_take(files: dict[str, Path], extra: tuple[str, ...],
+                                                               message: str) -> None:
+    res = cli("train", "--data", f"npz:{files['data']}", "--arch", "tinycnn", "--epochs", "1", *extra,
+              "-o", files["out"])
+    assert_one_line_error(res, message)
+    _no_outputs(files["out"].parent)
