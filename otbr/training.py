@@ -374,6 +374,7 @@ def train_backdoored(
     """
     from otbr.attacks import Trojan
     from otbr.data import default_normalization, load_dataset
+    from otbr.data.registry import portable_spec
     from otbr.models import ModelMeta, build_model, is_custom_arch
 
     train_ds = train_ds if train_ds is not None else load_dataset(data, "train", root=data_root)
@@ -396,7 +397,7 @@ def train_backdoored(
     mean, std = default_normalization(train_ds)
     meta = ModelMeta(arch=arch, arch_kwargs=kwargs, num_classes=int(kwargs["num_classes"]),
                      input_shape=train_ds.input_shape, mean=tuple(mean), std=tuple(std), classes=train_ds.classes,
-                     dataset=data, seed=seed)
+                     dataset=portable_spec(data), seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # model initialisation only; the global RNG state is restored afterwards
         try:

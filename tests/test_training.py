@@ -129,3 +129,13 @@ def test_train_backdoored_meta_and_cli(tmp_path):
     res = CliRunner().invoke(group, ["train", "--data", f"npz:{data}", "--arch", "tinycnn", "--epochs", "1",
                                      "--attack-kwargs", "[1]", "--attack", "badnets", "-o", str(model_path)])
     assert res.exit_code != 0 and isinstance(res.exception, OtbrError)
+
+
+def test_a_relative_npz_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """A model trained on ``npz:data.npz`` from one folder must evaluate with no flags from another."""
+    train = _stripes(64, seed=0)
+    np.savez(tmp_path / "data.npz", x=train.x.numpy(), y=train.y.numpy())
+    monkeypatch.chdir(tmp_path)
+    result = train_backdoored("npz:data.npz", "tinycnn", arch_kwargs={"width": 4}, epochs=1, batch_size=32,
+                              progress=False)
+    assert result.meta.dataset == f"npz:{tmp_path.resolve() / 'data.npz'}"

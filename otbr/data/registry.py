@@ -139,6 +139,18 @@ def _prefix(spec: str) -> tuple[str, str] | None:
     return None
 
 
+def portable_spec(spec: str) -> str:
+    """The spec to record in a model's metadata: ``npz:`` and ``imagefolder:`` paths made absolute, so that the
+    model evaluates from any working directory; registered names as given.
+
+    Example:
+        >>> portable_spec("fashion-mnist"), portable_spec("npz:/data/x.npz")
+        ('fashion-mnist', 'npz:/data/x.npz')
+    """
+    kind = _prefix(spec)
+    return spec if kind is None else f"{kind[0]}:{Path(kind[1]).expanduser().resolve()}"
+
+
 def _lookup(spec: str) -> tuple[DatasetInfo, Loader]:
     try:
         return _REGISTRY[_canonical(spec)]
