@@ -26,6 +26,7 @@ from .common import (
     AutoFraction,
     FiniteFloatRange,
     check_new_output,
+    check_plot,
     check_writable,
     data_files,
     format_table,
@@ -376,6 +377,7 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: fl
     from otbr.defenses import create_defense
 
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
+    check_plot(plot, kw.get("force", False), [model, kw.get("output"), kw.get("report")], needed=sweep is not None)
     net, meta = load_model_from_options(model, kw)
     defense = create_defense("otbr", gamma=gamma, gamma_grid=parse_floats(gamma_grid, "--gamma-grid") or (),
                              clean_scale=clean_scale, lean=lean, selection_repeats=selection_repeats, lam=lam,
@@ -439,8 +441,7 @@ def nwc_cmd(model: str, mode: str, steps: int, data: str | None, data_root: str 
     if not output.endswith(".csv"):
         raise OtbrError(f"scores are written as .csv, got {output}")
     check_new_output(output, force, [model])
-    if plot:
-        check_new_output(plot, force, [model, output], what="--plot")
+    check_plot(plot, force, [model, output])
     net, meta = load_model_from_options(model, kw)
     if mode == "random":
         scores = nwc_scores(net, "random", include_linear=include_linear, steps=steps,

@@ -30,7 +30,7 @@ from .cmd_defend import (
     finish,
     sweep_row,
 )
-from .common import FINITE, AutoFraction, FiniteFloatRange, load_model_from_options, parse_floats
+from .common import FINITE, AutoFraction, FiniteFloatRange, check_plot, load_model_from_options, parse_floats
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def defend_tsbd(model: str, neuron_ratio: float | str, neuron_grid: str, weight_
     from otbr.defenses.tsbd import TSBD
 
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
+    check_plot(plot, kw.get("force", False), [model, kw.get("output"), kw.get("report")], needed=sweep is not None)
     ratios = parse_floats(sweep, "--sweep") if sweep is not None else None
     defense = TSBD(clean_ratio=kw.get("clean_ratio") or 0.05, neuron_ratio=neuron_ratio,
                    neuron_grid=parse_floats(neuron_grid, "--neuron-grid") or (), weight_ratio=weight_ratio,

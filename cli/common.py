@@ -139,6 +139,22 @@ def data_files(*specs: str | None) -> list[Path]:
     return [Path(s.split(":", 1)[1]) for s in specs if s and s.startswith("npz:")]
 
 
+#: the figure formats ``--plot`` writes (matplotlib's, by suffix)
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_plot(plot: str | None, force: bool, inputs: Iterable[str | Path | None], needed: bool = True) -> None:
+    """Before any work: ``--plot`` is used by the command (``needed``), names a known figure format, and is a new
+    output like ``-o`` (:func:`check_new_output`)."""
+    if plot is None:
+        return
+    if not needed:
+        raise OtbrError("--plot draws a sweep: pass --sweep with it")
+    if Path(plot).suffix.lower() not in PLOT_SUFFIXES:
+        raise OtbrError(f"--plot must end in {', '.join(PLOT_SUFFIXES)}, got {Path(plot).name}")
+    check_new_output(plot, force, inputs, what="--plot")
+
+
 def check_new_output(path: str | Path, force: bool, inputs: Iterable[str | Path | None] = (), what: str = "-o") -> Path:
     """An output path that is writable, is none of ``inputs``, and exists only if ``force`` allows overwriting."""
     path = Path(path)

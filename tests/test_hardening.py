@@ -662,3 +662,17 @@ def test_train_refuses_arguments_the_model_or_data_cannot_take(files: dict[str, 
               "-o", files["out"])
     assert_one_line_error(res, message)
     _no_outputs(files["out"].parent)
+
+
+def test_plot_paths_are_checked_before_any_work(files: dict[str, Path], tmp_path: Path) -> None:
+    """A bad --plot suffix was found only after the whole sweep (and after `nwc` had written its CSV), an existing
+    figure was overwritten without --force, and --plot without --sweep was ignored."""
+    existing = tmp_path / "fig.png"
+    existing.write_bytes(b"keep")
+    csv_out = files["out"].with_suffix(".csv")
+    assert_one_line_error(cli("nwc", files["model"], "-o", csv_out, "--plot", tmp_path / "h.txt"), "--plot must end in")
+    assert_one_line_error(cli("defend", "otbr", files["model"], "--sweep", "0.05", "--plot", existing), "exists")
+    assert_one_line_error(cli("defend", "otbr", files["model"], "--plot", tmp_path / "p.png", "-o", files["out"]),
+                          "pass --sweep with it")
+    assert existing.read_bytes() == b"keep"
+    _no_outputs(files["out"].parent)
