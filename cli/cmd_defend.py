@@ -533,7 +533,9 @@ def same_architecture(pruned_net, orig_net, pruned: str, original: str) -> None:
 @click.option("--synthetic-steps", default=100, show_default=True, type=click.IntRange(0), help="Inversion steps.")
 @click.option("--lr", default=1e-4, show_default=True, type=FiniteFloatRange(0, min_open=True),
               help="Adam learning rate of the distillation.")
-@click.option("--time-budget", type=FiniteFloatRange(0, min_open=True), help="Stop after this many seconds.")
+@click.option("--time-budget", type=FiniteFloatRange(0, min_open=True),
+              help="Stop the distillation after the step that crosses this many seconds (the inversion counts; the "
+                   "backdoor check after it does not).")
 @click.option("--keep-suspect", is_flag=True,
               help="Turn off the guards on the suspected target class (risks distilling the backdoor back).")
 @click.option("--invariance", default=0.5, show_default=True, type=FiniteFloatRange(0),
