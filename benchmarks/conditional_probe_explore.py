@@ -40,8 +40,7 @@ from typing import Any
 
 import torch
 from auto_bench import COLLAPSE_LIMIT, guarded_pick
-from explore_cli import heading, model_specs, parser, run_probe
-from shipped_split import RUNS, load_runs
+from explore_cli import heading, parser, run_probe, stored_rows_build
 from zoo import FOLDERS
 
 from otbr.defenses.otbr import GAMMA_GRID, OTBR
@@ -186,17 +185,9 @@ def render(p: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
 
-    def build(args: Any) -> list[dict[str, Any]]:
-        stored = load_runs(RUNS)  # the shipped rule's stored rows
-        specs = model_specs(ap, args.models)
-        missing = [f"{z}:{n}" for z, n in specs if (z, n) not in stored]
-        if missing:
-            ap.error(f"no stored shipped-rule row for {', '.join(missing)}")
-        return [probe(z, n, stored[(z, n)]) for z, n in specs]
-
     # the stored rows' DER, ACC and ASR were scored on the first 5000 test images
-    return run_probe(ap, argv, "conditional-probe-explore-fmnist", "conditional_probe_explore.py", render, build,
-                     eval_limit=5000)
+    return run_probe(ap, argv, "conditional-probe-explore-fmnist", "conditional_probe_explore.py", render,
+                     stored_rows_build(ap, probe), eval_limit=5000)
 
 
 if __name__ == "__main__":

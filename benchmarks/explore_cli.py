@@ -108,6 +108,23 @@ def run_probe(ap: argparse.ArgumentParser, argv: list[str] | None, stem: str, sc
     return 0
 
 
+def stored_rows_build(ap: argparse.ArgumentParser, probe: Callable[[str, str, dict[str, Any]], dict[str, Any]]
+                      ) -> Callable[[argparse.Namespace], list[dict[str, Any]]]:
+    """A :func:`run_probe` ``build`` that runs ``probe(zoo, name, row)`` on each ``--models`` spec with the shipped
+    rule's stored row (``shipped_split.load_runs``); a usage error names specs without one."""
+    from shipped_split import RUNS, load_runs
+
+    def build(args: argparse.Namespace) -> list[dict[str, Any]]:
+        stored = load_runs(RUNS)
+        specs = model_specs(ap, args.models)
+        missing = [f"{z}:{n}" for z, n in specs if (z, n) not in stored]
+        if missing:
+            ap.error(f"no stored shipped-rule row for {', '.join(missing)}")
+        return [probe(z, n, stored[(z, n)]) for z, n in specs]
+
+    return build
+
+
 def save(path: Path, payload: dict[str, Any], render: Callable[[dict[str, Any], Path], None]) -> None:
     """Write the payload's JSON to ``path`` and its Markdown beside it."""
     write_json(path, payload)

@@ -20,14 +20,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -38,6 +40,8 @@ from otbr.models.normalize import Normalized, unwrap
 from otbr.models.registry import arch_source_sha256, create_model, is_custom_arch, output_classes
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 META_KEY = "otbr"
 FORMAT_VERSION = 1
@@ -346,6 +350,25 @@ def _check_io(model: Normalized, meta: ModelMeta, path: Path) -> None:
                         "pass --arch-kwargs with the right num_classes")
 
 
+def _file_errors(fn: Callable[P, T]) -> Callable[P, T]:
+    """Turn what a malformed file's content raises deep inside the loader (a list where a number belongs in the
+    metadata, an unreadable pickle) into an :class:`OtbrError` naming the file, like every other unusable input."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        path = args[0] if args else kwargs.get("path")
+        try:
+            return fn(*args, **kwargs)
+        except OtbrError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+            raise OtbrError(f"{path}: malformed model file or metadata ({type(exc).__name__}: {exc}); export it "
+                            "again, or pass --arch/--arch-kwargs/--input-shape/--mean/--std for it") from exc
+
+    return wrapper
+
+
+@_file_errors
 def load_model(
     path: str | Path,
     *,
@@ -374,32 +397,9 @@ def load_model(
         ``(model, meta)``.
 
     Raises:
-        OtbrError: missing file, unreadable or unsafe content, metadata of the wrong types or values, weights not
-            matching the architecture.
+        OtbrError: missing file, unreadable or unsafe content, metadata of the wrong types or values (see
+            :func:`_file_errors`), weights not matching the architecture.
     """
-    try:
-        return _load_model(path, arch=arch, arch_kwargs=arch_kwargs, input_shape=input_shape, mean=mean, std=std,
-                           allow_pickle=allow_pickle, trust_arch_code=trust_arch_code, device=device)
-    except OtbrError:
-        raise
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
-        raise OtbrError(f"{path}: malformed model file or metadata ({type(exc).__name__}: {exc}); export it "
-                        "again, or pass --arch/--arch-kwargs/--input-shape/--mean/--std for it") from exc
-
-
-def _load_model(
-    path: str | Path,
-    *,
-    arch: str | None = None,
-    arch_kwargs: dict[str, Any] | None = None,
-    input_shape: tuple[int, int, int] | None = None,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
-    allow_pickle: bool = False,
-    trust_arch_code: bool = False,
-    device: str | torch.device | None = None,
-) -> tuple[Normalized, ModelMeta]:
-    """:func:`load_model`'s work (exceptions other than :class:`OtbrError` are turned into one there)."""
     path = Path(path)
     if not path.is_file():
         hint = "it is a folder" if path.is_dir() else "check the path"
