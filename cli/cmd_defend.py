@@ -32,6 +32,7 @@ from .common import (
     format_table,
     load_model_from_options,
     model_options,
+    overwrites,
     parse_floats,
     pct,
     same_file,
@@ -123,10 +124,10 @@ def check_output(output: str | None, model: str, force: bool, required: bool = T
     out = Path(output)
     if out.suffix != ".safetensors":
         raise OtbrError(f"output must be a .safetensors file, got {out.name}")
-    if same_file(out, model) or out.resolve() == Path(model).resolve():
+    if overwrites(out, model):
         raise OtbrError("output would overwrite the input model; choose another -o")
     for src in others:
-        if src is not None and (same_file(out, src) or out.resolve() == Path(src).resolve()):
+        if overwrites(out, src):
             raise OtbrError(f"output would overwrite the input {src}; choose another -o")
     check_writable(out)
     if out.exists() and not force:

@@ -128,6 +128,11 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
+def overwrites(path: str | Path, src: str | Path | None) -> bool:
+    """Whether writing ``path`` would replace the input ``src`` (the same path, or a link to the same file)."""
+    return src is not None and (same_file(path, src) or Path(path).resolve() == Path(src).resolve())
+
+
 def data_files(*specs: str | None) -> list[Path]:
     """The files named by dataset specs (``npz:FILE``), so that no output replaces them; registered names and
     folders (``imagefolder:PATH``) give none.
@@ -159,7 +164,7 @@ def check_new_output(path: str | Path, force: bool, inputs: Iterable[str | Path 
     """An output path that is writable, is none of ``inputs``, and exists only if ``force`` allows overwriting."""
     path = Path(path)
     for src in inputs:
-        if src is not None and (same_file(path, src) or path.resolve() == Path(src).resolve()):
+        if overwrites(path, src):
             raise OtbrError(f"{what} {path} would overwrite the input {src}; choose another {what}")
     check_writable(path, what)
     if path.exists() and not force:

@@ -234,7 +234,7 @@ class TSBD(Defense):
     # -- pieces ---------------------------------------------------------------------------------------
     def _data(self, model: nn.Module, data: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
         """Float images in [0, 1] and labels from an ImageDataset or an ``(x, y)`` pair, and a description; they must
-        fit ``model`` (:func:`~otbr.defenses.base.check_fits`)."""
+        fit ``model`` (:func:`otbr.finetune.check_fits`)."""
         self._require_data(data)
         name = None
         if hasattr(data, "x") and hasattr(data, "y"):

@@ -148,15 +148,6 @@ def save_model(model: nn.Module, path: str | Path, meta: ModelMeta) -> Path:
     if meta.source_sha256 is None and is_custom_arch(meta.arch):
         meta.source_sha256 = arch_source_sha256(meta.arch)
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-    negative = [k for k, v in state.items() if k.endswith("running_var") and v.is_floating_point()
-                and bool((v < 0).any())]
-    if negative:
-        raise OtbrError(f"{path}: negative BatchNorm running variances in {', '.join(negative[:3])}; the file is "
-                        "corrupt")
-    if not all(math.isfinite(float(m)) for m in meta.mean) or not all(
-            math.isfinite(float(s)) and float(s) > 0 for s in meta.std):
-        raise OtbrError(f"{path}: the input normalisation must be finite with positive stds, got mean "
-                        f"{list(meta.mean)}, std {list(meta.std)}; pass --mean/--std")
     bad = non_finite(state)
     if bad:
         raise OtbrError(f"refusing to write {path}: the weights hold {bad}; the run diverged "
