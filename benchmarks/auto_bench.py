@@ -359,6 +359,8 @@ GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (m
           ("held out from the shipped OTBR rule (ninth + tenth)", ("ninth", "tenth")),
           ("eleventh zoo (held out from the shipped OTBR rule too)", ("eleventh",)),
           ("held out from the shipped OTBR rule (ninth to eleventh)", ("ninth", "tenth", "eleventh")),
+          ("twelfth zoo (held out from the shipped OTBR rule too)", ("twelfth",)),
+          ("held out from the shipped OTBR rule (ninth to twelfth)", ("ninth", "tenth", "eleventh", "twelfth")),
           ("all", tuple(ZOOS)))
 
 
