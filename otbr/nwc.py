@@ -365,4 +365,9 @@ def nwc_scores(
         24
     """
     res = unlearn(model, mode, **unlearn_kwargs)
-    return NWCScores(neuron_weight_change(model, res.model, layers, include_linear), mode, res)
+    changes = neuron_weight_change(model, res.model, layers, include_linear)
+    bad = [name for name, v in changes.items() if not bool(torch.isfinite(v).all())]
+    if bad:  # a NaN would sort first and be pruned as the most changed neuron
+        raise OtbrError(f"{mode} unlearning diverged (non-finite weight changes in {', '.join(bad[:3])}); "
+                        "lower its learning rate")
+    return NWCScores(changes, mode, res)

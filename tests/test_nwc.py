@@ -151,3 +151,10 @@ def test_scores_from_csv_refuse_missing_or_repeated_indices(tmp_path) -> None:
     path.write_text("layer,index,nwc\na,0,1.0\na,2,2.0\n")
     with pytest.raises(OtbrError, match="exactly once"):
         NWCScores.from_csv(path)
+
+
+def test_diverged_unlearning_is_an_error_not_a_ranking() -> None:
+    """NaN weight changes would sort first and be pruned as the most changed neurons."""
+    with pytest.raises(OtbrError, match="diverged"):
+        nwc_scores(_tiny(), input_shape=(1, 8, 8), num_classes=4, steps=2, batch_size=8, lr=float("nan"),
+                   progress=False)
