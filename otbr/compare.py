@@ -393,7 +393,6 @@ def run_compare(
     from otbr.models import read_meta
 
     out = Path(out_dir)
-    (out / "cells").mkdir(parents=True, exist_ok=True)
     metas = {}
     for m in models:
         if not Path(m).is_file():
@@ -404,6 +403,7 @@ def run_compare(
         if not meta.attack:
             notes.append(f"{Path(m).name}: no attack in its metadata, so no ASR/RA/DER")
         metas[str(m)] = meta
+    (out / "cells").mkdir(parents=True, exist_ok=True)  # only once every model is readable: a bad one leaves nothing
 
     cells: dict[str, dict[str, Any]] = {}
     result = CompareResult([], notes, {})

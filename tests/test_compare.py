@@ -193,3 +193,10 @@ def test_summary_and_pivot_from_rows() -> None:
     assert cols == ["defense", "mode", "a", "b"]
     assert pivot[1] == {"defense": "clp", "mode": "data-free", "a": "88.00 / 4.00 / 97.00", "b": "-"}
     assert pivot[0]["a"] == "90.00 / 100.00 / -"
+
+
+def test_a_missing_model_leaves_no_output_folder_behind(tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(OtbrError, match="model file not found"):
+        run_compare([tmp_path / "nope.safetensors"], ["clp"], out_dir=out)
+    assert not out.exists()
