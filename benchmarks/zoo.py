@@ -179,6 +179,22 @@ TWELFTH: dict[str, dict[str, Any]] = {
     "badnets-t6": {**PREACT, "attack": "badnets", "attack_kwargs": {"size": 3, "target": 6}},
     "vgg11-blended-t1": {**VGG, "attack": "blended", "attack_kwargs": {"alpha": 0.2, "target": 1}},
 }
+#: A thirteenth zoo, defined on 2026-11-24 at 09:28 UTC, after the twelfth zoo's OTBR results were read and before
+#: any of its own models was trained; committed before training. **Pre-registered:** the collapse guard's limit 0.62
+#: replaces 0.70 as OTBR's default (``otbr.selection.COLLAPSE_LIMIT``; the lean and everything else unchanged) if,
+#: on these four models, its mean DER gap to the oracle is lower than the shipped rule's and its worst gap no higher
+#: (three synthetic sets, the product's code with the shipped defaults; the 0.62 choice re-made from the same stored
+#: estimates, ``auto_bench.guarded_choice(row, 62)``, which is what the selector computes). Where the value comes
+#: from: the best pair of the family table of ``shipped_split.py`` (limit × lean, an ORACLE fit on the 47 models of
+#: the first eleven zoos), committed at 0611f64 before the twelfth zoo was defined. On the twelfth zoo, held out from
+#: that table, it scored gaps 37.01, 0, 2.07, 4.04 (mean 10.78) against the shipped 37.01, 0, 21.26, 4.04 (15.58):
+#: seen before this rule was written, so not evidence for it. Otherwise the default stays.
+THIRTEENTH: dict[str, dict[str, Any]] = {
+    "sig-t2": {**PREACT, "attack": "sig", "attack_kwargs": {"target": 2}},
+    "blended-t4": {**PREACT, "attack": "blended", "attack_kwargs": {"alpha": 0.2, "target": 4}},
+    "wanet-t5": {**PREACT, "attack": "wanet", "attack_kwargs": {"strength": 0.5, "target": 5}},
+    "vgg11-badnets-t3": {**VGG, "attack": "badnets", "attack_kwargs": {"size": 3, "target": 3}},
+}
 # (vgg11-lf-t3 was first defined with a 5 % poison rate: 37 % ASR after 2 epochs, too weak a backdoor to test a
 # defense on; changed to the default 10 % and 4 epochs, see EPOCHS, before any defense ran on it.)
 
@@ -196,19 +212,20 @@ ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
     "tenth": (TENTH, 9, "zoo10-fmnist"),
     "eleventh": (ELEVENTH, 10, "zoo11-fmnist"),
     "twelfth": (TWELFTH, 11, "zoo12-fmnist"),
+    "thirteenth": (THIRTEENTH, 12, "zoo13-fmnist"),
 }
 #: zoo name → default model folder and the --zoo/--epochs arguments that made its committed results
 FOLDERS = {"main": "benchmarks/zoo", "second": "benchmarks/zoo2", "third": "benchmarks/zoo3",
            "fourth": "benchmarks/zoo4", "fifth": "benchmarks/zoo5",
            "sixth": "benchmarks/zoo6", "seventh": "benchmarks/zoo7", "eighth": "benchmarks/zoo8",
            "ninth": "benchmarks/zoo9", "tenth": "benchmarks/zoo10", "eleventh": "benchmarks/zoo11",
-           "twelfth": "benchmarks/zoo12"}
+           "twelfth": "benchmarks/zoo12", "thirteenth": "benchmarks/zoo13"}
 MADE_WITH = {"main": "", "second": " --zoo second --epochs 2", "third": " --zoo third --epochs 2",
              "fourth": " --zoo fourth --epochs 2", "fifth": " --zoo fifth --epochs 2",
              "sixth": " --zoo sixth --epochs 2", "seventh": " --zoo seventh --epochs 2",
              "eighth": " --zoo eighth --epochs 2", "ninth": " --zoo ninth --epochs 2",
              "tenth": " --zoo tenth --epochs 2", "eleventh": " --zoo eleventh --epochs 2",
-             "twelfth": " --zoo twelfth --epochs 2"}
+             "twelfth": " --zoo twelfth --epochs 2", "thirteenth": " --zoo thirteenth --epochs 2"}
 TITLES = {"second": "second zoo: other triggers, targets and seed",
           "third": "third zoo, held out: defined before the automatic-γ calibration was tested on it",
           "fourth": "fourth zoo, held out from the rule changes made after the third zoo's results",
@@ -219,17 +236,19 @@ TITLES = {"second": "second zoo: other triggers, targets and seed",
           "ninth": "ninth zoo, held out from everything decided by 2026-11-24",
           "tenth": "tenth zoo, held out from everything decided by 2026-11-24, the shipped OTBR rule included",
           "eleventh": "eleventh zoo, held out like the tenth (more attack families)",
-          "twelfth": "twelfth zoo, held out from everything decided by 2026-11-24 08:37 UTC"}
+          "twelfth": "twelfth zoo, held out from everything decided by 2026-11-24 08:37 UTC",
+          "thirteenth": "thirteenth zoo, held out from the collapse limit pre-registered with it"}
 
 #: attacks that need more epochs than --epochs to reach a high ASR (name → epochs); see the results note.
 #: vgg11-lf-t3: 2 epochs at 10 % poison gave ASR 79.9 % (at 5 %: 37 %); vgg11-wanet-t7 was given 4 from the start,
 #: by analogy (the VGG models learn a trigger more slowly), not after a weak 2-epoch run; vgg11-badnets-t4 likewise.
 #: wanet-t2: 2 epochs gave ASR 88.1 % and ACC 3.4 points below clean (both flagged); given 3 before any defense ran.
 #: wanet-t6 was given 3 from the start, by analogy with wanet-t2; wanet-t9, wanet-t3, vgg11-wanet-t1 and
-#: vgg11-wanet-t5 likewise (3, 3, 4 and 4); in the eleventh zoo wanet-t7 (3) and vgg11-lf-t8 (4, as vgg11-lf-t3 needed).
+#: vgg11-wanet-t5 likewise (3, 3, 4 and 4); in the eleventh zoo wanet-t7 (3) and vgg11-lf-t8 (4, as vgg11-lf-t3 needed);
+#: in the thirteenth, wanet-t5 (3) and vgg11-badnets-t3 (4, as vgg11-badnets-t4), from the start.
 EPOCHS: dict[str, int] = {"vgg11-lf-t3": 4, "vgg11-wanet-t7": 4, "vgg11-badnets-t4": 4, "wanet-t2": 3, "wanet-t6": 3,
                           "wanet-t9": 3, "vgg11-wanet-t1": 4, "wanet-t3": 3, "vgg11-wanet-t5": 4, "wanet-t7": 3,
-                          "vgg11-lf-t8": 4}
+                          "vgg11-lf-t8": 4, "wanet-t5": 3, "vgg11-badnets-t3": 4}
 
 ASR_MIN = 0.90
 ACC_DROP_MAX = 0.03
