@@ -179,7 +179,7 @@ TWELFTH: dict[str, dict[str, Any]] = {
     "badnets-t6": {**PREACT, "attack": "badnets", "attack_kwargs": {"size": 3, "target": 6}},
     "vgg11-blended-t1": {**VGG, "attack": "blended", "attack_kwargs": {"alpha": 0.2, "target": 1}},
 }
-#: A thirteenth zoo, defined on 2026-11-24 at 09:28 UTC, after the twelfth zoo's OTBR results were read and before
+#: A thirteenth zoo, defined on 2026-11-24 at 09:26 UTC, after the twelfth zoo's OTBR results were read and before
 #: any of its own models was trained; committed before training. **Pre-registered:** the collapse guard's limit 0.62
 #: replaces 0.70 as OTBR's default (``otbr.selection.COLLAPSE_LIMIT``; the lean and everything else unchanged) if,
 #: on these four models, its mean DER gap to the oracle is lower than the shipped rule's and its worst gap no higher
