@@ -39,7 +39,7 @@ HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth")
 COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_acc", "auto_asr", "auto_der", "oracle", "oracle_acc",
            "oracle_asr", "oracle_der", "gap", "gap_no_guard"]
 SUMMARY = ["group", "n", "mean_gap", "worst_gap", "auto_is_oracle", "auto_removes", "mean_gap_no_guard",
-           "worst_gap_no_guard"]
+           "worst_gap_no_guard", "mean_gap_fixed", "worst_gap_fixed"]
 #: the rule's own family, re-scored over every stored row: collapse limits (percent; ``None``: no guard) × leans
 #: (estimated-DER points); the shipped pair is 70 × 6.5
 FAMILY_LIMITS: tuple[float | None, ...] = (40.0, 50.0, 55.0, 60.0, 62.0, 65.0, 70.0, 75.0, 80.0, 90.0, None)
@@ -76,7 +76,9 @@ def shipped_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "gap": round(o["der"] - auto["der"], 2),
                     # the same suspect and estimates without the collapse guard (the stratified rule before it)
                     "gap_no_guard": round(o["der"] - guarded_pick(m["candidates"], None,
-                                                                  100 * m.get("lean", 0.0))["der"], 2)})
+                                                                  100 * m.get("lean", 0.0))["der"], 2),
+                    # the published fixed γ = 5 %
+                    "gap_fixed": None if not m.get("fixed") else round(o["der"] - m["fixed"]["der"], 2)})
     return out
 
 
@@ -99,7 +101,8 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "worst_gap": round(max(gaps), 2), "auto_is_oracle": sum(r["auto"] == r["oracle"] for r in g),
                         "auto_removes": sum(r["auto_asr"] <= REMOVED for r in g),
                         "mean_gap_no_guard": round(statistics.fmean(loose), 2),
-                        "worst_gap_no_guard": round(max(loose), 2)})
+                        "worst_gap_no_guard": round(max(loose), 2),
+                        **fixed_gaps([r.get("gap_fixed") for r in g])})
     return out
 
 
@@ -117,6 +120,18 @@ def family(models: list[dict[str, Any]], limits: tuple[float | None, ...] = FAMI
                         "auto_is_oracle": sum(g <= 1e-9 for g in gaps),
                         "shipped": limit == COLLAPSE_LIMIT and lean == 100 * OTBR_LEAN})
     return out
+
+
+def fixed_gaps(gaps: list[float | None]) -> dict[str, float | None]:
+    """Mean and worst gap of the published fixed γ = 5 % (``None`` unless every row stores it).
+
+    Example:
+        >>> fixed_gaps([1.0, 3.0]), fixed_gaps([1.0, None])["mean_gap_fixed"]
+        ({'mean_gap_fixed': 2.0, 'worst_gap_fixed': 3.0}, None)
+    """
+    if not gaps or any(v is None for v in gaps):
+        return {"mean_gap_fixed": None, "worst_gap_fixed": None}
+    return {"mean_gap_fixed": round(statistics.fmean(gaps), 2), "worst_gap_fixed": round(max(gaps), 2)}
 
 
 def clean_estimate(models: list[dict[str, Any]]) -> dict[str, Any]:
@@ -147,7 +162,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "The shipped rule: the stratified suspect with the collapse guard "
              f"({COLLAPSE_LIMIT:g} % synthetic disagreement), three synthetic sets, its lean; re-made from each "
              "row's stored estimates, which on rows run with the guard is the as-run choice. `*_no_guard`: the same "
-             "suspect and estimates without the guard (the stratified rule before it). `auto_removes`: models "
+             "suspect and estimates without the guard (the stratified rule before it); `*_fixed`: the published fixed γ = "
+             "5 %. `auto_removes`: models "
              f"on which the automatic choice leaves ≤ {REMOVED:g} % ASR. Issue 7's goal is a mean gap ≤ 1 and a "
              "worst ≤ 5 over all models (the first row); the other rows only say where the gap comes from.", "",
              "## Summary", "", markdown_table(p["summary"], SUMMARY), "",
