@@ -162,8 +162,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "The shipped rule: the stratified suspect with the collapse guard "
              f"({COLLAPSE_LIMIT:g} % synthetic disagreement), three synthetic sets, its lean; re-made from each "
              "row's stored estimates, which on rows run with the guard is the as-run choice. `*_no_guard`: the same "
-             "suspect and estimates without the guard (the stratified rule before it); `*_fixed`: the published fixed γ = "
-             "5 %. `auto_removes`: models "
+             "suspect and estimates without the guard (the stratified rule before it); `*_fixed`: the published "
+             "fixed γ = 5 %. `auto_removes`: models "
              f"on which the automatic choice leaves ≤ {REMOVED:g} % ASR. Issue 7's goal is a mean gap ≤ 1 and a "
              "worst ≤ 5 over all models (the first row); the other rows only say where the gap comes from.", "",
              "## Summary", "", markdown_table(p["summary"], SUMMARY), "",
