@@ -37,9 +37,11 @@ COLLAPSED = 20.0
 #: zoos held out from the shipped rule (defined after, or with the rule that adopted it)
 HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth")
 COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_acc", "auto_asr", "auto_der", "oracle", "oracle_acc",
-           "oracle_asr", "oracle_der", "gap", "gap_no_guard"]
+           "oracle_asr", "oracle_der", "gap", "gap_no_guard", "gap_limit_62"]
 SUMMARY = ["group", "n", "mean_gap", "worst_gap", "auto_is_oracle", "auto_removes", "mean_gap_no_guard",
-           "worst_gap_no_guard", "mean_gap_fixed", "worst_gap_fixed"]
+           "worst_gap_no_guard", "mean_gap_fixed", "worst_gap_fixed", "mean_gap_limit_62", "worst_gap_limit_62"]
+#: the collapse limit (percent) pre-registered against the shipped one with the thirteenth zoo (``zoo.py``)
+ALT_LIMIT = 62.0
 #: the rule's own family, re-scored over every stored row: collapse limits (percent; ``None``: no guard) × leans
 #: (estimated-DER points); the shipped pair is 70 × 6.5
 FAMILY_LIMITS: tuple[float | None, ...] = (40.0, 50.0, 55.0, 60.0, 62.0, 65.0, 70.0, 75.0, 80.0, 90.0, None)
@@ -77,6 +79,8 @@ def shipped_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     # the same suspect and estimates without the collapse guard (the stratified rule before it)
                     "gap_no_guard": round(o["der"] - guarded_pick(m["candidates"], None,
                                                                   100 * m.get("lean", 0.0))["der"], 2),
+                    # the same with the pre-registered alternative limit
+                    "gap_limit_62": round(o["der"] - guarded_choice(m, ALT_LIMIT)["der"], 2),
                     # the published fixed γ = 5 %
                     "gap_fixed": None if not m.get("fixed") else round(o["der"] - m["fixed"]["der"], 2)})
     return out
@@ -92,7 +96,10 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
               [r for r in held if r["zoo"] != HELD_OUT[-1]]),
              (f"some γ removes the backdoor (oracle ASR ≤ {REMOVED:g} %)", removable),
              (f"… and the oracle's model is not collapsed (ACC ≥ {COLLAPSED:g} %)", usable),
-             ("no γ removes it", [r for r in rows if r["oracle_asr"] > REMOVED]))
+             ("no γ removes it", [r for r in rows if r["oracle_asr"] > REMOVED]),
+             ("twelfth zoo", [r for r in rows if r["zoo"] == "twelfth"]),
+             ("thirteenth zoo (the pre-registered test of the limit 62 %)",
+              [r for r in rows if r["zoo"] == "thirteenth"]))
     out = []
     for label, g in parts:
         if g:
@@ -102,7 +109,8 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "auto_removes": sum(r["auto_asr"] <= REMOVED for r in g),
                         "mean_gap_no_guard": round(statistics.fmean(loose), 2),
                         "worst_gap_no_guard": round(max(loose), 2),
-                        **fixed_gaps([r.get("gap_fixed") for r in g])})
+                        **column_gaps([r.get("gap_fixed") for r in g], "fixed"),
+                        **column_gaps([r.get("gap_limit_62") for r in g], "limit_62")})
     return out
 
 
@@ -122,16 +130,16 @@ def family(models: list[dict[str, Any]], limits: tuple[float | None, ...] = FAMI
     return out
 
 
-def fixed_gaps(gaps: list[float | None]) -> dict[str, float | None]:
-    """Mean and worst gap of the published fixed γ = 5 % (``None`` unless every row stores it).
+def column_gaps(gaps: list[float | None], name: str) -> dict[str, float | None]:
+    """``mean_gap_NAME`` and ``worst_gap_NAME`` of one gap column (``None`` unless every row has it).
 
     Example:
-        >>> fixed_gaps([1.0, 3.0]), fixed_gaps([1.0, None])["mean_gap_fixed"]
+        >>> column_gaps([1.0, 3.0], "fixed"), column_gaps([1.0, None], "fixed")["mean_gap_fixed"]
         ({'mean_gap_fixed': 2.0, 'worst_gap_fixed': 3.0}, None)
     """
     if not gaps or any(v is None for v in gaps):
-        return {"mean_gap_fixed": None, "worst_gap_fixed": None}
-    return {"mean_gap_fixed": round(statistics.fmean(gaps), 2), "worst_gap_fixed": round(max(gaps), 2)}
+        return {f"mean_gap_{name}": None, f"worst_gap_{name}": None}
+    return {f"mean_gap_{name}": round(statistics.fmean(gaps), 2), f"worst_gap_{name}": round(max(gaps), 2)}
 
 
 def clean_estimate(models: list[dict[str, Any]]) -> dict[str, Any]:
@@ -163,7 +171,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              f"({COLLAPSE_LIMIT:g} % synthetic disagreement), three synthetic sets, its lean; re-made from each "
              "row's stored estimates, which on rows run with the guard is the as-run choice. `*_no_guard`: the same "
              "suspect and estimates without the guard (the stratified rule before it); `*_fixed`: the published "
-             "fixed γ = 5 %. `auto_removes`: models "
+             f"fixed γ = 5 %; `*_limit_62`: the collapse limit {ALT_LIMIT:g} % pre-registered with the thirteenth zoo. "
+             "`auto_removes`: models "
              f"on which the automatic choice leaves ≤ {REMOVED:g} % ASR. Issue 7's goal is a mean gap ≤ 1 and a "
              "worst ≤ 5 over all models (the first row); the other rows only say where the gap comes from.", "",
              "## Summary", "", markdown_table(p["summary"], SUMMARY), "",
