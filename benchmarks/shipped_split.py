@@ -97,6 +97,8 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              (f"some γ removes the backdoor (oracle ASR ≤ {REMOVED:g} %)", removable),
              (f"… and the oracle's model is not collapsed (ACC ≥ {COLLAPSED:g} %)", usable),
              ("no γ removes it", [r for r in rows if r["oracle_asr"] > REMOVED]),
+             ("the first eleven zoos (the rows before the twelfth)",
+              [r for r in rows if r["zoo"] not in ("twelfth", "thirteenth")]),
              ("twelfth zoo", [r for r in rows if r["zoo"] == "twelfth"]),
              ("thirteenth zoo (the pre-registered test of the limit 62 %)",
               [r for r in rows if r["zoo"] == "thirteenth"]))
