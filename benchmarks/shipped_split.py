@@ -35,7 +35,7 @@ REMOVED = 10.0
 #: clean accuracy (%) below which a candidate counts as collapsed: twice chance for ten classes
 COLLAPSED = 20.0
 #: zoos held out from the shipped rule (defined after, or with the rule that adopted it)
-HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth")
+HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth", "thirteenth")
 COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_acc", "auto_asr", "auto_der", "oracle", "oracle_acc",
            "oracle_asr", "oracle_der", "gap", "gap_no_guard", "gap_limit_62"]
 SUMMARY = ["group", "n", "mean_gap", "worst_gap", "auto_is_oracle", "auto_removes", "mean_gap_no_guard",
@@ -90,10 +90,11 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and worst gap, hits and cleaned models for all rows and for the ORACLE-defined groups."""
     removable = [r for r in rows if r["oracle_asr"] <= REMOVED]
     usable = [r for r in removable if r["oracle_acc"] >= COLLAPSED]
-    held = [r for r in rows if r["zoo"] in HELD_OUT]
-    parts = (("all", rows), (f"held out from the shipped rule ({HELD_OUT[0]} to {HELD_OUT[-1]})", held),
-             (f"held out from the shipped rule ({HELD_OUT[0]} to {HELD_OUT[-2]})",
-              [r for r in held if r["zoo"] != HELD_OUT[-1]]),
+    def held(last: int) -> list[dict[str, Any]]:
+        return [r for r in rows if r["zoo"] in HELD_OUT[:last]]
+
+    parts = (("all", rows),
+             *((f"held out from the shipped rule ({HELD_OUT[0]} to {HELD_OUT[k - 1]})", held(k)) for k in (5, 4, 3)),
              (f"some γ removes the backdoor (oracle ASR ≤ {REMOVED:g} %)", removable),
              (f"… and the oracle's model is not collapsed (ACC ≥ {COLLAPSED:g} %)", usable),
              ("no γ removes it", [r for r in rows if r["oracle_asr"] > REMOVED]),
