@@ -289,9 +289,10 @@ def averaged_gap(m: dict[str, Any], lean: float) -> float:
 COLLAPSE_LIMIT = 100 * GUARD
 
 
-def guarded_choice(m: dict[str, Any], limit: float = COLLAPSE_LIMIT) -> dict[str, Any] | None:
-    """The candidate the row's rule (its lean, its stored estimates) picks with the collapse guard; ``None`` for
-    rows whose clean term is not the synthetic disagreement (TSBD) or that do not store it."""
+def guarded_choice(m: dict[str, Any], limit: float | None = COLLAPSE_LIMIT) -> dict[str, Any] | None:
+    """The candidate the row's rule (its lean, its stored estimates) picks with the collapse guard (``limit`` in
+    percent; ``None``: without it); ``None`` for rows whose clean term is not the synthetic disagreement (TSBD) or
+    that do not store it."""
     rows = m["candidates"]
     if not str(m.get("clean_term", "")).startswith("synthetic") or any(
             r.get("clean_disagreement_est") is None for r in rows):

@@ -486,13 +486,7 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
     from otbr.fusion import fuse
     from otbr.nwc import NWCScores, nwc_scores
 
-    out = check_output(kw.get("output"), original, kw.get("force", False), others=[pruned])
-    if same_file(pruned, original):
-        raise OtbrError("PRUNED and ORIGINAL are the same file")
-    load_kw = dict(kw)
-    orig_net, meta = load_model_from_options(original, kw)
-    pruned_net, _ = load_model_from_options(pruned, load_kw)
-    same_architecture(pruned_net, orig_net, pruned, original)
+    out, pruned_net, orig_net, meta = pruned_and_original(pruned, original, kw)
     t0 = time.perf_counter()
     if scores:
         sc = NWCScores.from_csv(scores)
@@ -514,14 +508,23 @@ def fuse_cmd(pruned: str, original: str, scores: str | None, lam: float, variant
     finish(original, orig_net, meta, result, kw, out, _eval_sets(meta, kw))
 
 
-def same_architecture(pruned_net, orig_net, pruned: str, original: str) -> None:
-    """PRUNED must be a pruned copy of ORIGINAL: the same parameter names and shapes."""
+def pruned_and_original(pruned: str, original: str, kw: dict[str, Any]):
+    """``fuse``/``repair``: check -o (neither input may be overwritten), then load PRUNED and ORIGINAL with the
+    :func:`model_options` in ``kw`` (which it pops); PRUNED must be another file holding a pruned copy of ORIGINAL
+    (the same parameter names and shapes). Returns ``(out, pruned_net, orig_net, meta of ORIGINAL)``."""
     from otbr.models.io import state_mismatch
 
+    out = check_output(kw.get("output"), original, kw.get("force", False), others=[pruned])
+    if same_file(pruned, original):
+        raise OtbrError("PRUNED and ORIGINAL are the same file")
+    load_kw = dict(kw)
+    orig_net, meta = load_model_from_options(original, kw)
+    pruned_net, _ = load_model_from_options(pruned, load_kw)
     mismatch = state_mismatch(orig_net.net.state_dict(), pruned_net.net.state_dict())
     if mismatch:
         raise OtbrError(f"{pruned} is not a pruned copy of {original} ({mismatch}); pass the pruned model first, "
                         "then its original")
+    return out, pruned_net, orig_net, meta
 
 
 # -- otbr repair ------------------------------------------------------------------------------------------------
@@ -572,13 +575,7 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
     from otbr.defenses.base import DefenseResult
     from otbr.repair import repair
 
-    out = check_output(kw.get("output"), original, kw.get("force", False), others=[pruned])
-    if same_file(pruned, original):
-        raise OtbrError("PRUNED and ORIGINAL are the same file")
-    load_kw = dict(kw)
-    orig_net, meta = load_model_from_options(original, kw)
-    pruned_net, _ = load_model_from_options(pruned, load_kw)
-    same_architecture(pruned_net, orig_net, pruned, original)
+    out, pruned_net, orig_net, meta = pruned_and_original(pruned, original, kw)
     rr = repair(pruned_net, orig_net, input_shape=meta.input_shape, num_classes=meta.num_classes,
                 keep_suspect=keep_suspect, synthetic=synthetic, synthetic_steps=synthetic_steps, steps=steps,
                 batch_size=batch_size, lr=lr, time_budget=time_budget, seed=kw["seed"], progress=progress, check=check,
