@@ -166,6 +166,14 @@ def cases(unwritable: str) -> list[Case]:
         Case("existing output of `otbr train` without --force",
              ["train", "--data", "npz:tiny.npz", "--arch", "tinycnn", "--epochs", "1", "-o", "existing.safetensors"],
              []),
+        Case("an automatic-γ option beside a fixed γ", [*defend, "--gamma", "0.1", "--lean", "0.1", "-o",
+                                                       "out.safetensors"]),
+        Case("--clean-ratio beside --clean-count", ["defend", "ft", "model.safetensors", "--data", "npz:tiny.npz",
+                                                    "--clean-count", "8", "--clean-ratio", "0.5", "-o",
+                                                    "out.safetensors"]),
+        Case("evaluation options with --no-eval", [*defend, "--no-eval", "--poisoned", "poisoned-labels.npz", "-o",
+                                                   "out.safetensors"]),
+        Case("seed past 2^32", [*defend, "--seed", str(2**64), "-o", "out.safetensors"]),
     ]
 
 

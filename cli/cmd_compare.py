@@ -12,7 +12,7 @@ import click
 
 from otbr.errors import OtbrError
 
-from .common import FiniteFloatRange, format_table, parse_json_kwargs
+from .common import SEED, FiniteFloatRange, format_table, parse_json_kwargs
 
 
 @click.command("compare")
@@ -28,7 +28,7 @@ from .common import FiniteFloatRange, format_table, parse_json_kwargs
               help="Output folder (cells/ and compare.md/.csv/.json/.png); re-running resumes.")
 @click.option("--eval-limit", type=click.IntRange(1), help="Evaluate on the first N test images only.")
 @click.option("--set", "overrides", help='JSON of per-defense hyperparameters, e.g. \'{"ft": {"epochs": 5}}\'.')
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every defense and the clean subset.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of every defense and the clean subset.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG plot.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.pass_context

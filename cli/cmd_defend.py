@@ -23,6 +23,7 @@ from otbr.errors import OtbrError
 
 from .common import (
     FINITE,
+    SEED,
     AutoFraction,
     FiniteFloatRange,
     check_new_output,
@@ -35,6 +36,7 @@ from .common import (
     overwrites,
     parse_floats,
     pct,
+    refuse_moot,
     same_file,
 )
 
@@ -76,7 +78,7 @@ def output_options(fn: Callable) -> Callable:
                      help="Poisoned test set (.npz) for ASR/RA (default: rebuilt from the model's attack metadata)."),
         click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation."),
         click.option("--eval-limit", type=click.IntRange(1), help="Evaluate on the first N test images only."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed of the defense."),
+        click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the defense."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -269,11 +271,25 @@ def _progress(fn: Callable) -> Callable:
     return wrapper
 
 
+def _refuse_moot_shared(fn: Callable) -> Callable:
+    """Refuse the shared options the others make moot (evaluation options with --no-eval, a clean ratio beside a
+    clean count) before the command starts."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        no_eval = "with --no-eval" if kwargs.get("no_eval") else None
+        refuse_moot({"eval_data": no_eval, "poisoned": no_eval, "eval_limit": no_eval,
+                     **({"clean_ratio": "beside --clean-count"} if kwargs.get("clean_count") else {})})
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def defense_options(clean: bool = False) -> Callable[[Callable], Callable]:
     """The options every defense command shares: the clean-subset options (when ``clean``), the output
-    and evaluation options, the model options, and the global ``--progress`` flag."""
+    and evaluation options, the model options, and the global ``--progress`` flag; the shared options that the
+    others make moot are refused."""
     def deco(fn: Callable) -> Callable:
-        fn = _progress(fn)
+        fn = _refuse_moot_shared(_progress(fn))
         fn = model_options(fn)
         fn = output_options(fn)
         return clean_data_options(fn) if clean else fn
@@ -377,6 +393,12 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: fl
     """
     from otbr.defenses import create_defense
 
+    fixed = None if gamma == "auto" else "without --gamma auto"
+    no_fusion = ("with --variant prune (no fusion)" if variant == "prune" else
+                 "with --repair and a fixed --gamma (the repair replaces the fusion)" if repair_steps and fixed
+                 else None)
+    refuse_moot({"gamma_grid": fixed, "clean_scale": fixed, "lean": fixed, "selection_repeats": fixed,
+                 "suspect_rule": fixed, "collapse_limit": fixed, "lam": no_fusion, "solver": no_fusion})
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
     check_plot(plot, kw.get("force", False), [model, kw.get("output"), kw.get("report")], needed=sweep is not None)
     net, meta = load_model_from_options(model, kw)
@@ -425,7 +447,7 @@ def _otbr_sweep(defense, net, sets, gammas, plot: str | None, kw: dict[str, Any]
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--clean-ratio", default=0.05, show_default=True, type=FiniteFloatRange(0, 1, min_open=True))
 @click.option("--include-linear", is_flag=True, help="Also score hidden Linear layers.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Scores (.csv).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Histogram of the scores (.png).")
@@ -439,6 +461,9 @@ def nwc_cmd(model: str, mode: str, steps: int, data: str | None, data_root: str 
     from otbr.nwc import nwc_scores
     from otbr.report import plot_histogram
 
+    clean = "with --mode random (no data)" if mode == "random" else None
+    refuse_moot({"data": clean, "data_root": clean, "clean_ratio": clean,
+                 "steps": "with --mode clean (it unlearns the subset)" if mode == "clean" else None})
     if not output.endswith(".csv"):
         raise OtbrError(f"scores are written as .csv, got {output}")
     check_new_output(output, force, [model])

@@ -17,7 +17,7 @@ import click
 
 from otbr.errors import OtbrError
 
-from .common import FINITE, check_new_output, data_files
+from .common import FINITE, SEED, check_new_output, data_files
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _pct(v: float | None) -> str:
 @click.option("--lr", type=FINITE, default=0.01, show_default=True)
 @click.option("--no-augment", is_flag=True, help="turn off the random-crop augmentation")
 @click.option("--train-limit", type=click.IntRange(min=2), default=None, help="train on a random subset of N images")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …")
 @click.option("--poisoned-out", type=click.Path(dir_okay=False), default=None,
               help="also write the poisoned test set (.npz)")
@@ -137,7 +137,7 @@ def train(data: str, data_root: str | None, arch: str, width: int | None, arch_k
 @click.option("--attack-kwargs", default=None, help="JSON object of attack parameters")
 @click.option("--clean-model", type=click.Path(dir_okay=False), default=None,
               help="clean model on which a trojan attack optimises its patch")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="output .npz")
 @click.option("--force", is_flag=True, help="overwrite an existing output file")
 def poison(attack: str | None, model_path: str | None, data: str, data_root: str | None, split: str,

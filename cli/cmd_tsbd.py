@@ -30,7 +30,15 @@ from .cmd_defend import (
     finish,
     sweep_row,
 )
-from .common import FINITE, AutoFraction, FiniteFloatRange, check_plot, load_model_from_options, parse_floats
+from .common import (
+    FINITE,
+    AutoFraction,
+    FiniteFloatRange,
+    check_plot,
+    load_model_from_options,
+    parse_floats,
+    refuse_moot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,10 @@ def defend_tsbd(model: str, neuron_ratio: float | str, neuron_grid: str, weight_
     """
     from otbr.defenses.tsbd import TSBD
 
+    no_ft = "with --finetune none" if finetune == "none" else None
+    plain = no_ft or ("with --finetune vanilla" if finetune == "vanilla" else None)
+    refuse_moot({"neuron_grid": None if neuron_ratio == "auto" else "without --neuron-ratio auto",
+                 "ft_epochs": no_ft, "ft_lr": no_ft, "no_augment": no_ft, "r": plain, "alpha": plain})
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
     check_plot(plot, kw.get("force", False), [model, kw.get("output"), kw.get("report")], needed=sweep is not None)
     ratios = parse_floats(sweep, "--sweep") if sweep is not None else None

@@ -7,11 +7,12 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from otbr.errors import OtbrError
 
@@ -95,6 +96,28 @@ class AutoFraction(click.ParamType):
         if not 0.0 <= v <= 1.0:
             self.fail(f"{v:g} is not in the range 0<=x<=1 (or 'auto')", param, ctx)
         return v
+
+
+#: ``--seed``: a whole number every seeded generator of the toolkit accepts (numpy's and torch's, plus offsets)
+SEED = click.IntRange(0, 2**32 - 1)
+
+
+def refuse_moot(moot: Mapping[str, str | None]) -> None:
+    """A one-line error when an option given on the command line has no effect with the others given.
+
+    ``moot`` maps a parameter name to the reason it would be ignored, or to ``None`` where it is used. Options
+    left at their defaults are never refused. Call inside a command, before any work.
+
+    Example (``--lam`` refused when the variant does no fusion)::
+
+        refuse_moot({"lam": "with --variant prune (no fusion)" if variant == "prune" else None})
+    """
+    ctx = click.get_current_context()
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    for name, why in moot.items():
+        if why is not None and ctx.get_parameter_source(name) in given:
+            param = next(p for p in ctx.command.params if p.name == name)
+            raise OtbrError(f"{max(param.opts, key=len)} has no effect {why}; leave it out")
 
 
 def check_writable(path: str | Path, what: str = "-o") -> Path:

@@ -307,6 +307,36 @@ def test_image_folder_mixed_sizes_need_resize(tmp_path: Path) -> None:
     assert load_dataset(f"imagefolder:{tmp_path}", image_size=8).x.shape == (2, 3, 8, 8)
 
 
+def test_image_folder_refuses_decompression_bombs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PIL only warns between its pixel limit and twice it, and raises its own error beyond: both are one
+    OtbrError, checked before any pixel is decoded. (The limit is lowered so the test files stay tiny.)"""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    save(tmp_path / "a" / "ok.png", solid(10, 10, (0, 0, 0)))
+    assert load_dataset(f"imagefolder:{tmp_path}").x.shape == (1, 3, 10, 10)
+    for side, message in ((12, "over PIL's limit of 100"), (20, "decompression bomb")):
+        (tmp_path / "a" / "big.png").unlink(missing_ok=True)
+        save(tmp_path / "a" / "big.png", solid(side, side, (0, 0, 0)))
+        with pytest.raises(OtbrError, match=message):
+            load_dataset(f"imagefolder:{tmp_path}", image_size=10)
+
+
+def test_non_integer_labels_are_refused_not_truncated(tmp_path: Path) -> None:
+    """Float labels were cast (2.7 → class 2) and numeric strings parsed, silently."""
+    folder = tmp_path / "cifar-10-batches-py"
+    write_pickle(folder / "batches.meta", {b"label_names": [b"a"] * 10})
+    for labels in ([2.7], ["3"], np.array([True])):
+        write_pickle(folder / "test_batch", {b"data": np.zeros((1, 3072), np.uint8), b"labels": labels})
+        with pytest.raises(OtbrError, match="labels must be integers"):
+            read_cifar(folder, "test")
+    raw = tmp_path / "idx"
+    make_idx_split(raw, "test", 2, seed=0)
+    floats = np.array([1.0, 2.5], ">f4")
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">BBBB", 0, 0, 0x0D, 1) + struct.pack(">I", 2) + floats.tobytes()))
+    with pytest.raises(OtbrError, match="labels must be integers, got float32"):
+        load_dataset("fashion-mnist", "test", root=raw)
+
+
 # --------------------------------------------------------------------------- npz
 
 

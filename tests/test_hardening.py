@@ -676,3 +676,51 @@ def test_plot_paths_are_checked_before_any_work(files: dict[str, Path], tmp_path
                           "pass --sweep with it")
     assert existing.read_bytes() == b"keep"
     _no_outputs(files["out"].parent)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("defend", "otbr", "--gamma", "0.1", "--lean", "0.1"), "--lean has no effect without --gamma auto"),
+        (("defend", "otbr", "--gamma", "0.1", "--gamma-grid", "0.1,0.2"), "--gamma-grid has no effect"),
+        (("defend", "otbr", "--variant", "prune", "--lam", "0.3"), "--lam has no effect with --variant prune"),
+        (("defend", "otbr", "--gamma", "0.1", "--repair", "5", "--solver", "sinkhorn"),
+         "--solver has no effect with --repair and a fixed --gamma"),
+        (("defend", "otbr", "--no-eval", "--eval-limit", "10"), "--eval-limit has no effect with --no-eval"),
+        (("defend", "tsbd", "--data", "npz:DATA", "--clean-count", "8", "--clean-ratio", "0.5"),
+         "--clean-ratio has no effect beside --clean-count"),
+        (("defend", "tsbd", "--data", "npz:DATA", "--finetune", "vanilla", "--alpha", "0.5"),
+         "--alpha has no effect with --finetune vanilla"),
+        (("defend", "tsbd", "--data", "npz:DATA", "--finetune", "none", "--ft-epochs", "3"),
+         "--ft-epochs has no effect with --finetune none"),
+        (("defend", "tsbd", "--data", "npz:DATA", "--neuron-ratio", "0.1", "--neuron-grid", "0.1"),
+         "--neuron-grid has no effect without --neuron-ratio auto"),
+        (("defend", "ft", "--data", "npz:DATA", "--clean-count", "8", "--clean-ratio", "0.5"),
+         "--clean-ratio has no effect beside --clean-count"),
+        (("defend", "otbr", "--seed", str(2**64)), "is not in the range 0<=x<=4294967295"),
+    ],
+)
+def test_options_that_would_be_ignored_are_refused(files: dict[str, Path], args: tuple[str, ...],
+                                                   message: str) -> None:
+    """An option the rest of the command line makes moot used to be accepted and silently ignored (the run then
+    did something else than the user asked), and a seed past 2^64 ended in an unexpected error."""
+    args = tuple(a.replace("DATA", str(files["data"])) for a in args)
+    assert_one_line_error(cli(*args[:2], files["model"], *args[2:], "-o", files["out"]), message)
+    _no_outputs(files["out"].parent)
+
+
+def test_nwc_refuses_options_of_the_other_mode(files: dict[str, Path]) -> None:
+    out = files["out"].with_suffix(".csv")
+    assert_one_line_error(cli("nwc", files["model"], "--data", f"npz:{files['data']}", "-o", out),
+                          "--data has no effect with --mode random")
+    assert_one_line_error(cli("nwc", files["model"], "--mode", "clean", "--data", f"npz:{files['data']}",
+                              "--steps", "3", "-o", out), "--steps has no effect with --mode clean")
+    _no_outputs(files["out"].parent)
+
+
+def test_the_defaults_of_moot_options_are_not_refused(files: dict[str, Path]) -> None:
+    """Only options given on the command line are refused: a fixed γ with every selection option at its default
+    runs."""
+    res = cli("defend", "otbr", files["model"], "--gamma", "0.1", "--variant", "prune", "--steps", "2",
+              "--no-eval", "-o", files["out"])
+    assert res.exit_code == 0, res.output

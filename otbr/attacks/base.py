@@ -44,7 +44,7 @@ _CHUNK = 4096
 
 def _seeded(seed: int, stream: int = 0) -> torch.Generator:
     """A CPU generator for ``seed``; ``stream`` separates independent uses of one seed."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + stream)
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + stream) % 2**64)
 
 
 @dataclasses.dataclass

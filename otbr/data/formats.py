@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -227,13 +228,16 @@ def _decode(path: Path, mode: str | None, size: int | None) -> np.ndarray:
     """One image as uint8 HxWxC; ``mode=None`` keeps grayscale as L (C=1) and turns everything else into RGB."""
     try:
         with Image.open(path) as im:
+            if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # PIL only warns up to twice this
+                raise OtbrError(f"cannot read image {path}: {im.width}x{im.height} pixels is over PIL's limit of "
+                                f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
             if mode is None:
                 mode = "L" if im.mode in _GRAY_MODES else "RGB"
             im = im.convert(mode)
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
-    except OSError as exc:  # includes PIL.UnidentifiedImageError
+    except (OSError, Image.DecompressionBombError) as exc:  # OSError includes PIL.UnidentifiedImageError
         raise OtbrError(f"cannot read image {path}: {exc}") from exc
     return arr[:, :, None] if arr.ndim == 2 else arr
 
@@ -251,7 +255,8 @@ def load_images(paths: Sequence[Path], mode: str | None = "RGB", size: int | Non
     """
     if not paths:
         return torch.zeros(0, 1 if mode == "L" else 3, size or 0, size or 0, dtype=torch.uint8)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # _decode refuses those images itself
         arrays = list(pool.map(lambda p: _decode(p, mode, size), paths))
     if any(a.shape[2] == 3 for a in arrays):
         arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
@@ -335,7 +340,20 @@ def read_idx_dataset(directory: str | Path, split: str, classes: Sequence[str], 
     if labels.ndim != 1 or len(labels) != len(images):
         raise OtbrError(f"{files['labels']}: expected {len(images)} labels, got shape {labels.shape}")
     x = torch.from_numpy(images).unsqueeze(1)
-    return ImageDataset(x, torch.from_numpy(labels.astype(np.int64)), classes, name)
+    return ImageDataset(x, torch.from_numpy(integer_labels(labels, files["labels"])), classes, name)
+
+
+def integer_labels(labels: np.ndarray, source: str | Path) -> np.ndarray:
+    """``labels`` as int64 when they are integers already; a float, string or object label array is an error (a
+    cast would truncate 2.7 to 2 or parse "3" silently).
+
+    Example:
+        >>> integer_labels(np.array([1, 2], dtype=np.uint8), "f").dtype
+        dtype('int64')
+    """
+    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise OtbrError(f"{source}: labels must be integers, got {labels.dtype}")
+    return labels.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- CIFAR-10 / CIFAR-100
@@ -406,7 +424,7 @@ def read_cifar(directory: str | Path, split: str, fine: bool = False, name: str 
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
             raise OtbrError(f"{f}: expected uint8 N x 3072 data and N labels, got {data.dtype} {data.shape}")
         xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(labels.astype(np.int64))
+        ys.append(integer_labels(labels, f))
     raw_names = _get(unpickle_restricted(_require(meta, hint)), names_key, meta)
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
     x = torch.from_numpy(np.concatenate(xs))
