@@ -37,9 +37,14 @@ COLLAPSED = 20.0
 #: zoos held out from the shipped rule (defined after, or with the rule that adopted it)
 HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth", "thirteenth")
 COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_acc", "auto_asr", "auto_der", "oracle", "oracle_acc",
-           "oracle_asr", "oracle_der", "gap", "gap_no_guard", "gap_limit_62"]
+           "oracle_asr", "oracle_der", "gap", "gap_no_guard", "gap_limit_62", "deployable_oracle", "gap_deployable"]
 SUMMARY = ["group", "n", "mean_gap", "worst_gap", "auto_is_oracle", "auto_removes", "mean_gap_no_guard",
-           "worst_gap_no_guard", "mean_gap_fixed", "worst_gap_fixed", "mean_gap_limit_62", "worst_gap_limit_62"]
+           "worst_gap_no_guard", "mean_gap_fixed", "worst_gap_fixed", "mean_gap_limit_62", "worst_gap_limit_62",
+           "mean_gap_deployable", "worst_gap_deployable"]
+#: the second reading's oracle only takes candidates keeping at least this share of the original's clean accuracy:
+#: the DER oracle otherwise rewards a model no user would deploy (SIG-t8's at 24.6 %, VGG BadNets-t6's at 11.4 %).
+#: Half was named in the closing note of 2026-11-24 (session 19), before any gap was computed with it.
+DEPLOYABLE = 0.5
 #: the collapse limit (percent) pre-registered against the shipped one with the thirteenth zoo (``zoo.py``)
 ALT_LIMIT = 62.0
 #: the rule's own family, re-scored over every stored row: collapse limits (percent; ``None``: no guard) × leans
@@ -81,8 +86,25 @@ def shipped_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     # the same with the pre-registered alternative limit
                     "gap_limit_62": round(o["der"] - guarded_choice(m, ALT_LIMIT)["der"], 2),
                     # the published fixed γ = 5 %
-                    "gap_fixed": None if not m.get("fixed") else round(o["der"] - m["fixed"]["der"], 2)})
+                    "gap_fixed": None if not m.get("fixed") else round(o["der"] - m["fixed"]["der"], 2),
+                    **deployable_gap(m, auto["der"])})
     return out
+
+
+def deployable_gap(m: dict[str, Any], auto_der: float, share: float = DEPLOYABLE) -> dict[str, Any]:
+    """The second reading: the best DER among the candidates keeping ≥ ``share`` of the original's clean accuracy
+    (ORACLE), and the automatic choice's gap to it — negative where the choice is a candidate that oracle leaves out.
+    A row with no such candidate keeps the full oracle.
+
+    Example:
+        >>> m = {"original": {"acc": 90.0}, "oracle": {"value": 0.2, "der": 70.0},
+        ...      "candidates": [{"value": 0.02, "acc": 80.0, "der": 50.0}, {"value": 0.2, "acc": 20.0, "der": 70.0}]}
+        >>> deployable_gap(m, 45.0)
+        {'deployable_oracle': 0.02, 'gap_deployable': 5.0}
+    """
+    kept = [c for c in m["candidates"] if c["acc"] >= share * m["original"]["acc"]]
+    best = max(kept, key=lambda c: c["der"]) if kept else m["oracle"]
+    return {"deployable_oracle": best["value"], "gap_deployable": round(best["der"] - auto_der, 2)}
 
 
 def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -112,7 +134,8 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "mean_gap_no_guard": round(statistics.fmean(loose), 2),
                         "worst_gap_no_guard": round(max(loose), 2),
                         **column_gaps([r.get("gap_fixed") for r in g], "fixed"),
-                        **column_gaps([r.get("gap_limit_62") for r in g], "limit_62")})
+                        **column_gaps([r.get("gap_limit_62") for r in g], "limit_62"),
+                        **column_gaps([r.get("gap_deployable") for r in g], "deployable")})
     return out
 
 
@@ -173,7 +196,11 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              f"({COLLAPSE_LIMIT:g} % synthetic disagreement), three synthetic sets, its lean; re-made from each "
              "row's stored estimates, which on rows run with the guard is the as-run choice. `*_no_guard`: the same "
              "suspect and estimates without the guard (the stratified rule before it); `*_fixed`: the published "
-             f"fixed γ = 5 %; `*_limit_62`: the collapse limit {ALT_LIMIT:g} % pre-registered with the thirteenth zoo. "
+             f"fixed γ = 5 %; `*_limit_62`: the collapse limit {ALT_LIMIT:g} % pre-registered with the thirteenth zoo; "
+             f"`*_deployable`: a second reading of the gap, to the best DER among the candidates that keep at least "
+             f"{DEPLOYABLE:.0%} of the original's clean accuracy (`deployable_oracle`; the DER oracle otherwise "
+             "rewards a model no user would deploy; negative where the choice is one it leaves out) — ORACLE too, and "
+             "not the issue's measure. "
              "`auto_removes`: models "
              f"on which the automatic choice leaves ≤ {REMOVED:g} % ASR. Issue 7's goal is a mean gap ≤ 1 and a "
              "worst ≤ 5 over all models (the first row); the other rows only say where the gap comes from.", "",

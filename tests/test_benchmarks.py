@@ -243,6 +243,18 @@ def test_the_family_table_re_picks_every_row_under_each_limit_and_lean() -> None
     assert [k for k, r in cells.items() if r["shipped"]] == [(70.0, 6.5)]
 
 
+def test_the_deployable_reading_leaves_out_candidates_below_half_the_original_accuracy() -> None:
+    """The second reading's oracle skips a candidate at 44 % of a 90 % original (below half) and takes one at exactly
+    half; a choice it leaves out scores a negative gap; with no candidate kept the full oracle stands."""
+    split = pytest.importorskip("shipped_split")
+    m = {"original": {"acc": 90.0}, "oracle": {"value": 0.2, "der": 80.0},
+         "candidates": [{"value": 0.02, "acc": 88.0, "der": 50.0}, {"value": 0.1, "acc": 45.0, "der": 60.0},
+                        {"value": 0.2, "acc": 44.0, "der": 80.0}]}
+    assert split.deployable_gap(m, 50.0) == {"deployable_oracle": 0.1, "gap_deployable": 10.0}
+    assert split.deployable_gap(m, 80.0)["gap_deployable"] == -20.0
+    assert split.deployable_gap(m, 50.0, share=0.99) == {"deployable_oracle": 0.2, "gap_deployable": 30.0}
+
+
 def test_a_named_group_of_zoos_is_summarised_only_when_the_file_holds_all_of_them() -> None:
     """"held out … (ninth to eleventh)" must not appear for a file with only the ninth and tenth zoos (it would
     label eight models as twelve's group); "all" takes whatever two or more zoos the file holds."""
