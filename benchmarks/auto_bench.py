@@ -365,6 +365,9 @@ GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (m
           ("thirteenth zoo (held out; the pre-registered test of the collapse limit 0.62)", ("thirteenth",)),
           ("held out from the shipped OTBR rule (ninth to thirteenth)",
            ("ninth", "tenth", "eleventh", "twelfth", "thirteenth")),
+          ("fourteenth zoo (held out; the pre-registered removal reading)", ("fourteenth",)),
+          ("held out from the shipped OTBR rule (ninth to fourteenth)",
+           ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth")),
           ("all", tuple(ZOOS)))
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from auto_bench import COLLAPSE_LIMIT, guarded_choice, guarded_pick
 
 from otbr.report import ORACLE_NOTE, markdown_table, write_json
-from otbr.selection import OTBR_LEAN
+from otbr.selection import OTBR_LEAN, REMOVAL_DROP
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = "auto-otbr-stratified-fmnist,auto-otbr-stratified-guard-fmnist"
@@ -35,8 +35,9 @@ REMOVED = 10.0
 #: clean accuracy (%) below which a candidate counts as collapsed: twice chance for ten classes
 COLLAPSED = 20.0
 #: zoos held out from the shipped rule (defined after, or with the rule that adopted it)
-HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth", "thirteenth")
-COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_acc", "auto_asr", "auto_der", "oracle", "oracle_acc",
+HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth")
+COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_drop_est", "auto_acc", "auto_asr", "auto_der", "oracle",
+           "oracle_acc",
            "oracle_asr", "oracle_der", "gap", "gap_no_guard", "gap_limit_62", "deployable_oracle", "gap_deployable"]
 SUMMARY = ["group", "n", "mean_gap", "worst_gap", "auto_is_oracle", "auto_removes", "mean_gap_no_guard",
            "worst_gap_no_guard", "mean_gap_fixed", "worst_gap_fixed", "mean_gap_limit_62", "worst_gap_limit_62",
@@ -52,6 +53,7 @@ ALT_LIMIT = 62.0
 FAMILY_LIMITS: tuple[float | None, ...] = (40.0, 50.0, 55.0, 60.0, 62.0, 65.0, 70.0, 75.0, 80.0, 90.0, None)
 FAMILY_LEANS = (0.0, 3.5, 6.5, 10.0)
 FAMILY = ["collapse_limit", "lean", "mean_gap", "worst_gap", "auto_is_oracle", "shipped"]
+REMOVAL = ["group", "reading", "models", "removed", "kept"]
 
 
 def load_runs(stems: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -78,7 +80,8 @@ def shipped_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise ValueError(f"{m['zoo']}:{m['model']}: no stored synthetic disagreement to apply the guard to")
         o = m["oracle"]
         out.append({"zoo": m["zoo"], "model": m["model"], "target": m["target"], "suspect": m["suspected_target"],
-                    "auto": auto["value"], "auto_acc": auto["acc"], "auto_asr": auto["asr"], "auto_der": auto["der"],
+                    "auto": auto["value"], "auto_drop_est": auto["backdoor_drop_est"], "auto_acc": auto["acc"],
+                    "auto_asr": auto["asr"], "auto_der": auto["der"],
                     "oracle": o["value"], "oracle_acc": o["acc"], "oracle_asr": o["asr"], "oracle_der": o["der"],
                     "gap": round(o["der"] - auto["der"], 2),
                     # the same suspect and estimates without the collapse guard (the stratified rule before it)
@@ -115,15 +118,18 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [r for r in rows if r["zoo"] in HELD_OUT[:last]]
 
     parts = (("all", rows),
-             *((f"held out from the shipped rule ({HELD_OUT[0]} to {HELD_OUT[k - 1]})", held(k)) for k in (5, 4, 3)),
+             *((f"held out from the shipped rule ({HELD_OUT[0]} to {HELD_OUT[k - 1]})", held(k)) for k in (6, 5, 4, 3)),
              (f"some γ removes the backdoor (oracle ASR ≤ {REMOVED:g} %)", removable),
              (f"… and the oracle's model is not collapsed (ACC ≥ {COLLAPSED:g} %)", usable),
              ("no γ removes it", [r for r in rows if r["oracle_asr"] > REMOVED]),
              ("the first eleven zoos (the rows before the twelfth)",
-              [r for r in rows if r["zoo"] not in ("twelfth", "thirteenth")]),
+              [r for r in rows if r["zoo"] not in ("twelfth", "thirteenth", "fourteenth")]),
+             ("the first thirteen zoos (the rows before the fourteenth)",
+              [r for r in rows if r["zoo"] != "fourteenth"]),
              ("twelfth zoo", [r for r in rows if r["zoo"] == "twelfth"]),
              ("thirteenth zoo (the pre-registered test of the limit 62 %)",
-              [r for r in rows if r["zoo"] == "thirteenth"]))
+              [r for r in rows if r["zoo"] == "thirteenth"]),
+             ("fourteenth zoo", [r for r in rows if r["zoo"] == "fourteenth"]))
     out = []
     for label, g in parts:
         if g:
@@ -136,6 +142,27 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         **column_gaps([r.get("gap_fixed") for r in g], "fixed"),
                         **column_gaps([r.get("gap_limit_62") for r in g], "limit_62"),
                         **column_gaps([r.get("gap_deployable") for r in g], "deployable")})
+    return out
+
+
+def removal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's removal reading (:func:`otbr.selection.removal_evidence`: the chosen candidate's estimated
+    backdoor drop against :data:`~otbr.selection.REMOVAL_DROP`) against what happened (ORACLE: the choice's ASR ≤
+    ``REMOVED``), over all rows, the held-out zoos and the fourteenth zoo (defined with this reading pre-registered)."""
+    limit = 100 * REMOVAL_DROP
+    parts = (("all", rows), (f"held out ({HELD_OUT[0]} to {HELD_OUT[-1]})", [r for r in rows if r["zoo"] in HELD_OUT]),
+             ("the first thirteen zoos (seen when the reading was written)",
+              [r for r in rows if r["zoo"] != "fourteenth"]),
+             ("fourteenth zoo (held out from the reading)", [r for r in rows if r["zoo"] == "fourteenth"]))
+    out = []
+    for label, g in parts:
+        for reading, keep in ((f"drop ≥ {limit:g} %: probably removed", lambda r: r["auto_drop_est"] >= limit),
+                              (f"drop < {limit:g} %: not shown removed", lambda r: r["auto_drop_est"] < limit)):
+            sel = [r for r in g if keep(r)]
+            if g:
+                out.append({"group": label, "reading": reading, "models": len(sel),
+                            "removed": sum(r["auto_asr"] <= REMOVED for r in sel),
+                            "kept": sum(r["auto_asr"] > REMOVED for r in sel)})
     return out
 
 
@@ -212,8 +239,21 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                           f"{c['median_abs_error']} points, 90th percentile {c['p90_abs_error']}, mean error (real "
                           f"− estimate) {c['mean_error']:+}. `otbr defend otbr` quotes the first two beside its "
                           "estimate.")(p["clean_estimate"]) if p.get("clean_estimate") else "(not recorded)", "",
-             *family_lines(p), "## Per model (largest gap first)", "", markdown_table(rows, COLUMNS), ""]
+             *removal_lines(p), *family_lines(p), "## Per model (largest gap first)", "",
+             markdown_table(rows, COLUMNS), ""]
     path.write_text("\n".join(lines))
+
+
+def removal_lines(p: dict[str, Any]) -> list[str]:
+    """The Markdown section of :func:`removal` (none for payloads made before it)."""
+    if not p.get("removal"):
+        return []
+    return ["## The removal reading against what happened (ORACLE)", "",
+            "`otbr defend otbr` tells the user, with no data, whether its choice probably removed the backdoor: the "
+            f"chosen γ's estimated backdoor drop (`auto_drop_est`) against {100 * REMOVAL_DROP:g} % (one minus the "
+            f"{REMOVED:g} % ASR that counts as removed here; not fitted). `removed`/`kept`: the choice's real ASR "
+            f"≤ / > {REMOVED:g} % (ORACLE). The notes quote the first thirteen zoos' counts; the fourteenth zoo was "
+            "defined with this reading pre-registered.", "", markdown_table(p["removal"], REMOVAL), ""]
 
 
 def family_lines(p: dict[str, Any]) -> list[str]:
@@ -242,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     payload = {"command": "python benchmarks/shipped_split.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
                "runs": args.runs.split(","), "summary": groups(rows), "rows": rows,
-               "clean_estimate": clean_estimate(list(models.values())), "family": family(list(models.values())),
+               "clean_estimate": clean_estimate(list(models.values())), "removal": removal(rows),
+               "family": family(list(models.values())),
                "oracle_note": ORACLE_NOTE}
     out = RESULTS / f"{args.out}.json"
     write_json(out, payload)

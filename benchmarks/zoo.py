@@ -206,7 +206,9 @@ THIRTEENTH: dict[str, dict[str, Any]] = {
 #: **Pre-registered reading** of OTBR's removal evidence, the report's ``removal`` entry added the same day: the chosen
 #: γ's estimated backdoor drop against 90 % (one minus the issue's 10 % ASR criterion; over the 55 models of the
 #: first thirteen zoos, seen before this was written, the backdoor stayed on 20 of the 23 models below it and went on
-#: 21 of the 32 at or above it). The zoo's counts of both cases are reported as they come, whatever they are.
+#: 21 of the 32 at or above it — counted by hand; ``shipped_split.py`` counts 21 of 24 and 21 of 31, one model at
+#: 86.8 % having been miscounted; the 90 % itself is unchanged). The zoo's counts of both cases are reported as they
+#: come, whatever they are.
 #: Families: the ones the held-out zoos have least (low-frequency and warping triggers on PreAct-ResNet18, a patch of
 #: size 4, SIG, and two VGG models).
 FOURTEENTH: dict[str, dict[str, Any]] = {

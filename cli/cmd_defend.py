@@ -219,6 +219,9 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
             click.echo(f"warning: {auto['probe']['note']}")
         elif auto.get("suspect_check", {}).get("weak"):
             click.echo(f"warning: {auto['suspect_check']['note']}")
+        removal = auto.get("removal")
+        if removal:
+            click.echo(f"{'removal evidence' if removal['likely_removed'] else 'warning'}: {removal['note']}")
     click.echo(f"{result.method}: {result.timings.get('total', 0.0):.1f} s; data used by the defense: "
                f"{result.data_used}")
     if kw.get("report"):

@@ -142,6 +142,40 @@ SUSPECT_WEAK = ("the trigger reverse-engineered toward the suspected class {susp
                 "backdoor — check the result with a little clean data if you can")
 
 
+#: The removal reading of OTBR's report (:func:`removal_evidence`): the chosen candidate's estimated backdoor drop
+#: (the probe's relative fall toward the suspect) at or above which the backdoor reads as probably removed. One minus
+#: the 10 % ASR that counts as "removed" in the benchmarks — not fitted. Over the 55 Fashion-MNIST zoo models of the
+#: first thirteen zoos (``benchmarks/results/auto-otbr-shipped-split-fmnist.md``, removal section; ORACLE: it reads
+#: their ASR) the backdoor stayed on 21 of the 24 choices below it and went on 21 of the 31 at or above it.
+REMOVAL_DROP = 0.9
+#: those counts, quoted by the report's notes: (removed, models) below and at or above :data:`REMOVAL_DROP`
+REMOVAL_RECORD = {"below": (3, 24), "above": (21, 31)}
+
+
+def removal_evidence(drop: float, suspect: int, limit: float = REMOVAL_DROP) -> dict[str, Any]:
+    """What the chosen candidate's estimated backdoor drop (a fraction) says about whether the backdoor is gone: a
+    report entry with the reading (``likely_removed``) and a note that quotes the zoo record behind it. A reading for
+    the user, not part of the choice.
+
+    Example:
+        >>> removal_evidence(0.35, 4)["likely_removed"], removal_evidence(0.97, 4)["likely_removed"]
+        (False, True)
+    """
+    removed, n = REMOVAL_RECORD["above" if drop >= limit else "below"]
+    if drop >= limit:
+        note = (f"the trigger reverse-engineered toward class {suspect} lost {drop:.0%} of its effect at the chosen "
+                f"setting (≥ {limit:.0%}): the backdoor is probably gone if class {suspect} is its target — on the "
+                f"Fashion-MNIST zoo models such choices removed it {removed} times in {n}; blended, low-frequency "
+                "and SIG triggers, which a small patch does not imitate, kept theirs")
+    else:
+        note = (f"the trigger reverse-engineered toward class {suspect} lost only {max(drop, 0.0):.0%} of its effect "
+                f"at the chosen setting (below {limit:.0%}): nothing says the backdoor is gone — on the Fashion-MNIST "
+                f"zoo models it stayed after {n - removed} of {n} such choices. Treat the model as still backdoored "
+                "unless a little clean data says otherwise")
+    return {"estimated_drop": round(float(drop), 4), "limit": limit, "likely_removed": bool(drop >= limit),
+            "note": note}
+
+
 def suspect_check(rate_original: float, suspect: int) -> dict[str, Any]:
     """Whether the probe toward ``suspect`` is weak on the original (:data:`SUSPECT_WEAK_RATE`), with a note.
 

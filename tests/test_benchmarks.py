@@ -312,6 +312,19 @@ def test_probe_payload_records_the_command_and_the_oracle_note() -> None:
     assert joined["models"] == stored["models"] and joined["command"] == stored["command"]
 
 
+def test_the_removal_record_quoted_by_the_report_is_the_committed_count() -> None:
+    """The report's removal note quotes REMOVAL_RECORD; it must be the committed split's count over the first thirteen
+    zoos (the models seen when the reading was written)."""
+    import json
+
+    from otbr.selection import REMOVAL_RECORD
+
+    split = pytest.importorskip("shipped_split")
+    stored = json.loads((split.RESULTS / "auto-otbr-shipped-split-fmnist.json").read_text())["removal"]
+    seen = {r["reading"].split(":")[0]: (r["removed"], r["models"]) for r in stored if "first thirteen" in r["group"]}
+    assert {"above" if "≥" in k else "below": v for k, v in seen.items()} == REMOVAL_RECORD
+
+
 def test_the_clean_estimate_error_quoted_by_the_cli_is_the_committed_measurement() -> None:
     """``otbr defend otbr`` quotes CLEAN_ESTIMATE_ERROR beside its estimate; it must be what the committed split
     measured, and TSBD (a measured clean term) gets no such line."""

@@ -503,6 +503,15 @@ def test_auto_needs_batchnorm_one_line() -> None:
 
 
 # -- command line -------------------------------------------------------------------------------------------------
+def test_the_removal_reading_quotes_the_record_on_its_side_of_the_limit() -> None:
+    low, high = selection.removal_evidence(-0.2, 6), selection.removal_evidence(0.9, 6)
+    below, above = selection.REMOVAL_RECORD["below"], selection.REMOVAL_RECORD["above"]
+    assert not low["likely_removed"] and "lost only 0%" in low["note"]
+    assert f"stayed after {below[1] - below[0]} of {below[1]}" in low["note"]
+    assert high["likely_removed"] and f"removed it {above[0]} times in {above[1]}" in high["note"]
+    assert "class 6" in high["note"] and high["limit"] == selection.REMOVAL_DROP
+
+
 def test_cli_prints_the_weak_suspect_warning(tmp_path: Path, monkeypatch) -> None:
     """With every probe counted weak, `otbr defend otbr` prints the warning (or, when the probe found nothing at
     all, that stronger warning instead) and the report carries it."""
@@ -536,6 +545,12 @@ def test_cli_auto_is_the_default_and_reported(tmp_path: Path) -> None:
     assert payload["config"]["gamma"] == "auto" and auto["candidates"]
     assert payload["config"]["suspect_rule"] == auto["suspect_rule"] == "stratified" and "stratified_scan" in auto
     assert payload["config"]["collapse_limit"] == auto["collapse_guard"]["limit"] == COLLAPSE_LIMIT
+    chosen = next(c for c in auto["candidates"] if c["value"] == auto["chosen"])
+    removal = auto["removal"]  # the chosen candidate's own drop, read against REMOVAL_DROP, and said on screen
+    assert removal["estimated_drop"] == round(chosen["backdoor_drop"], 4)
+    assert removal["likely_removed"] is (chosen["backdoor_drop"] >= selection.REMOVAL_DROP)
+    prefix = "removal evidence: " if removal["likely_removed"] else "warning: "
+    assert prefix + removal["note"] in res.output.splitlines()
     rep = CliRunner().invoke(main, ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16", "--no-eval",
                                     "--selection-repeats", "1", "-o", str(tmp_path / "o2.safetensors")])
     assert rep.exit_code == 0, rep.output

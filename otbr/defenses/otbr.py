@@ -54,6 +54,7 @@ from otbr.selection import (
     SYNTHETIC_CLEAN_SCALE,
     Choice,
     choose_for_repeats,
+    removal_evidence,
     require_batchnorm,
 )
 from otbr.synthesis import synthesize
@@ -292,6 +293,9 @@ class OTBR(Defense):
         if auto is not None:
             info["auto"] = auto
             est = {c["value"]: c["estimated_der"] for c in auto["candidates"]}
+            if self.repair_steps == 0:  # (the repair replaces the fused candidate; it runs its own check)
+                drop = next(c["backdoor_drop"] for c in auto["candidates"] if c["value"] == gamma)
+                auto["removal"] = removal_evidence(drop, auto["suspected_target"])
             if (auto.get("collapse_guard") or {}).get("all_out"):
                 note = (f"every γ's fused model disagrees with the original on more than "
                         f"{100 * self.collapse_limit:g} % of the synthetic inputs (collapse guard): the smallest, "
