@@ -61,9 +61,11 @@ def clean_tensors(data: Any, model: nn.Module | None = None) -> tuple[torch.Tens
         x, y = data.x, data.y
     elif isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
-    elif isinstance(data, Iterable):
+    elif isinstance(data, Iterable) and not isinstance(data, str | bytes):
         xs, ys = [], []
         for batch in data:
+            if not (isinstance(batch, tuple | list) and len(batch) >= 2 and all(torch.is_tensor(t) for t in batch[:2])):
+                raise OtbrError(f"clean data batches must be (images, labels) tensor pairs, got {type(batch).__name__}")
             xs.append(batch[0])
             ys.append(batch[1])
         if not xs:
@@ -71,6 +73,8 @@ def clean_tensors(data: Any, model: nn.Module | None = None) -> tuple[torch.Tens
         x, y = torch.cat(xs), torch.cat(ys)
     else:
         raise OtbrError(f"cannot read clean data of type {type(data).__name__}; pass a dataset or (x, y)")
+    if x.ndim != 4 or y.ndim != 1:
+        raise OtbrError(f"clean data: need NCHW images and one label each, got {tuple(x.shape)}, {tuple(y.shape)}")
     if model is not None and len(x) and len(x) == len(y):
         check_fits(model, x, y)
     if len(x) != len(y) or len(y) < 2:

@@ -123,6 +123,13 @@ def test_data_dependent_defense_refuses_without_data(name):
     defense = create_defense(name, progress=False, **TINY.get(name, {}))
     with pytest.raises(OtbrError, match="clean data"):
         defense.run(_tiny(), None)
+    # what is not a clean subset is one error, for every data-dependent defense alike (TSBD included: it now reads
+    # its subset through the same clean_tensors); a string used to end in an IndexError, a 3-D batch deep in a layer
+    for bad, message in (("not data", "of type str"), ([1, 2], "tensor pairs"),
+                         ([(torch.zeros(4, 8, 8), torch.zeros(4))], "NCHW"),
+                         ((torch.zeros(4, 1, 8, 8), torch.zeros(4, 1)), "NCHW")):
+        with pytest.raises(OtbrError, match=message):
+            defense.run(_tiny(), bad)
 
 
 def test_bad_hyperparameters_are_refused():

@@ -62,7 +62,6 @@ from otbr.activeness import FinetuneReport
 from otbr.activeness import finetune as finetune_loop
 from otbr.defenses.base import Defense, DefenseResult, check_auto_fraction, check_range, register_defense
 from otbr.errors import OtbrError
-from otbr.finetune import check_fits
 from otbr.layers import scored_layers
 from otbr.models.normalize import unwrap
 from otbr.models.registry import output_classes
@@ -233,24 +232,12 @@ class TSBD(Defense):
 
     # -- pieces ---------------------------------------------------------------------------------------
     def _data(self, model: nn.Module, data: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """Float images in [0, 1] and labels from an ImageDataset or an ``(x, y)`` pair, and a description; they must
-        fit ``model`` (:func:`otbr.finetune.check_fits`)."""
-        self._require_data(data)
-        name = None
-        if hasattr(data, "x") and hasattr(data, "y"):
-            x, y, name = data.x, data.y, getattr(data, "name", None)
-        elif isinstance(data, tuple | list) and len(data) >= 2 and all(torch.is_tensor(t) for t in data[:2]):
-            x, y = data[0], data[1]
-        else:
-            raise OtbrError("TSBD data must be an ImageDataset or an (images, labels) tensor pair")
-        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-            raise OtbrError(f"TSBD data: need NCHW images and one label each, got {tuple(x.shape)}, {tuple(y.shape)}")
-        if len(y) < 2:
-            raise OtbrError(f"TSBD needs at least 2 clean images, got {len(y)}")
-        check_fits(model, x, y)
-        x = as_float(x)
+        """Float images in [0, 1], labels and a description of the clean subset (read and checked against ``model``
+        by :meth:`Defense._clean_data`, as every data-dependent defense reads it)."""
+        x, y = self._clean_data(model, data)
+        name = getattr(data, "name", None)
         desc = f"clean subset: {len(y)} images" + (f" of {name}" if name and name != "dataset" else "")
-        return x, y.long(), desc
+        return as_float(x), y, desc
 
     def _stage1_scores(self, ref: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[NWCScores, dict[str, Any]]:
         """Clean unlearning of a copy of ``ref``; NWC scores and per-sub-weight changes."""
