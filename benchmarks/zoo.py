@@ -210,15 +210,20 @@ THIRTEENTH: dict[str, dict[str, Any]] = {
 #: 86.8 % having been miscounted; the 90 % itself is unchanged). The zoo's counts of both cases are reported as they
 #: come, whatever they are.
 #: Families: the ones the held-out zoos have least (low-frequency and warping triggers on PreAct-ResNet18, a patch of
-#: size 4, SIG, and two VGG models).
+#: size 4, SIG, and two VGG models). Two entries were replaced after training, before any defense ran (below).
 FOURTEENTH: dict[str, dict[str, Any]] = {
     "lf-t6": {**PREACT, "attack": "lf", "attack_kwargs": {"target": 6}},
     "wanet-t1": {**PREACT, "attack": "wanet", "attack_kwargs": {"strength": 0.5, "target": 1}},
     "badnets-t0": {**PREACT, "attack": "badnets", "attack_kwargs": {"size": 4, "target": 0}},
-    "sig-t9": {**PREACT, "attack": "sig", "attack_kwargs": {"target": 9}},
+    "sig-t3": {**PREACT, "attack": "sig", "attack_kwargs": {"target": 3}},
     "vgg11-wanet-t3": {**VGG, "attack": "wanet", "attack_kwargs": {"strength": 0.5, "target": 3}},
-    "vgg11-sig-t5": {**VGG, "attack": "sig", "attack_kwargs": {"target": 5}},
+    "vgg11-lf-t0": {**VGG, "attack": "lf", "attack_kwargs": {"target": 0}},
 }
+# (sig-t9 and vgg11-sig-t5 were the first two SIG entries: their backdoors stayed weak — sig-t9 ASR 52.0 % after 2
+# epochs and 37.9 % after 3, vgg11-sig-t5 29.8 % after 4 and 29.3 % after 6; SIG is clean-label here, and the
+# footwear classes 5 and 9 are told apart without the signal. Replaced by sig-t3 and vgg11-lf-t0 before any defense
+# ran; their files were not kept. vgg11-lf-t0 came out weak too, ASR 44.8 % after its 4 epochs; it is kept as it is,
+# as the second zoo's vgg11-sig-t2 was at 37.9 %: a held-out model is not re-drawn until it suits.)
 
 #: zoo name → (entries, seed, results file stem)
 ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
@@ -271,11 +276,11 @@ TITLES = {"second": "second zoo: other triggers, targets and seed",
 #: wanet-t6 was given 3 from the start, by analogy with wanet-t2; wanet-t9, wanet-t3, vgg11-wanet-t1 and
 #: vgg11-wanet-t5 likewise (3, 3, 4 and 4); in the eleventh zoo wanet-t7 (3) and vgg11-lf-t8 (4, as vgg11-lf-t3 needed);
 #: in the thirteenth, wanet-t5 (3) and vgg11-badnets-t3 (4, as vgg11-badnets-t4), from the start; in the fourteenth,
-#: wanet-t1 (3), vgg11-wanet-t3 (4) and vgg11-sig-t5 (4, by analogy with the other VGG models), from the start.
+#: wanet-t1 (3), vgg11-wanet-t3 (4) and vgg11-lf-t0 (4, as the other VGG LF models), from the start.
 EPOCHS: dict[str, int] = {"vgg11-lf-t3": 4, "vgg11-wanet-t7": 4, "vgg11-badnets-t4": 4, "wanet-t2": 3, "wanet-t6": 3,
                           "wanet-t9": 3, "vgg11-wanet-t1": 4, "wanet-t3": 3, "vgg11-wanet-t5": 4, "wanet-t7": 3,
                           "vgg11-lf-t8": 4, "wanet-t5": 3, "vgg11-badnets-t3": 4, "wanet-t1": 3, "vgg11-wanet-t3": 4,
-                          "vgg11-sig-t5": 4}
+                          "vgg11-lf-t0": 4}
 
 ASR_MIN = 0.90
 ACC_DROP_MAX = 0.03
