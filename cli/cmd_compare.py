@@ -12,7 +12,7 @@ import click
 
 from otbr.errors import OtbrError
 
-from .common import SEED, FiniteFloatRange, format_table, parse_json_kwargs
+from .common import SEED, FiniteFloatRange, format_table, parse_json_kwargs, refuse_moot
 
 
 @click.command("compare")
@@ -49,6 +49,12 @@ def compare(ctx: click.Context, models: tuple[str, ...], defenses: str, data: st
     extra = parse_json_kwargs(overrides, "--set")
     if any(not isinstance(v, dict) for v in extra.values()):
         raise OtbrError('--set must map defense names to objects, e.g. {"ft": {"epochs": 5}}')
+    from otbr.defenses import list_defenses
+
+    known = list_defenses()
+    free = ("when every defense named is data-free" if all(n in known and known[n].needs == "none" for n in names)
+            else None)
+    refuse_moot({"data": free, "clean_ratio": free})
     progress = bool((ctx.find_root().obj or {}).get("progress", False))
     res = run_compare(list(models), names, out_dir=out_dir, data=data, data_root=data_root, clean_ratio=clean_ratio,
                       workers=workers, eval_limit=eval_limit, seed=seed, overrides=extra, progress=progress,

@@ -718,6 +718,14 @@ def test_nwc_refuses_options_of_the_other_mode(files: dict[str, Path]) -> None:
     _no_outputs(files["out"].parent)
 
 
+def test_compare_refuses_clean_data_options_with_only_data_free_defenses(files: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    assert_one_line_error(cli("compare", files["model"], "--defenses", "otbr,clp", "--data", f"npz:{files['data']}",
+                              "--out", out), "--data has no effect when every defense named is data-free")
+    assert not out.exists()
+
+
 def test_the_defaults_of_moot_options_are_not_refused(files: dict[str, Path]) -> None:
     """Only options given on the command line are refused: a fixed γ with every selection option at its default
     runs."""
