@@ -211,6 +211,10 @@ THIRTEENTH: dict[str, dict[str, Any]] = {
 #: come, whatever they are.
 #: Families: the ones the held-out zoos have least (low-frequency and warping triggers on PreAct-ResNet18, a patch of
 #: size 4, SIG, and two VGG models). Two entries were replaced after training, before any defense ran (below).
+#: **Outcome** (2026-11-24, ``auto_bench.py --repeats 3 --zoo fourteenth``, merged into
+#: ``auto-otbr-stratified-guard-fmnist``; the removal section of ``auto-otbr-shipped-split-fmnist.md``): OTBR gaps 4.55,
+#: 2.47, 0, 4.63, 5.53, 1.41 (mean 3.10, worst 5.53); the removal reading was right on 5 of 6 (BadNets-t0 above the
+#: line and cleaned; LF-t6, SIG-t3, VGG LF-t0, VGG WaNet-t3 below and backdoored; WaNet-t1 below yet cleaned).
 FOURTEENTH: dict[str, dict[str, Any]] = {
     "lf-t6": {**PREACT, "attack": "lf", "attack_kwargs": {"target": 6}},
     "wanet-t1": {**PREACT, "attack": "wanet", "attack_kwargs": {"strength": 0.5, "target": 1}},
