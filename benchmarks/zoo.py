@@ -228,6 +228,23 @@ FOURTEENTH: dict[str, dict[str, Any]] = {
 # footwear classes 5 and 9 are told apart without the signal. Replaced by sig-t3 and vgg11-lf-t0 before any defense
 # ran; their files were not kept. vgg11-lf-t0 came out weak too, ASR 44.8 % after its 4 epochs; it is kept as it is,
 # as the second zoo's vgg11-sig-t2 was at 37.9 %: a held-out model is not re-drawn until it suits.)
+#: A fifteenth zoo, defined on 2026-11-24 at 12:18 UTC, after the fourteenth zoo's repair results were read, and
+#: committed before any of its models was trained. Held out from everything decided by then. **Pre-registered:** the
+#: repair's backdoor check flags a class other than the suspect that the pruning suppressed and the repair made easier
+#: to trigger when it also ends 0.15 (instead of 0.25) above its rate on the original (``otbr.repair.backdoor_check``);
+#: the stricter margin becomes the default if, on this zoo's repairs at the shipped choice (``repair_bench.py --zoo
+#: fifteenth``), re-scored from their stored check rates (``benchmarks/repair_check_rescore.py``), no model's DER is
+#: lower than under 0.25. Where 0.15 comes from: re-scored over the 45 stored repair runs (the GPU run, the two
+#: held-out files), it flips only the fourteenth zoo's WaNet-t1 (a revived backdoor, DER 39.55, to its pruned model,
+#: DER 76.19) — seen before this rule was written, so not evidence for it; 0.10 flips the same, 0 also throws away the
+#: main LF model's good repair. Otherwise the margin stays 0.25. The zoo also measures the shipped selections held out.
+#: Families: WaNet (where the wrong suspects with removable backdoors live), a patch, a low-frequency trigger, and VGG.
+FIFTEENTH: dict[str, dict[str, Any]] = {
+    "wanet-t0": {**PREACT, "attack": "wanet", "attack_kwargs": {"strength": 0.5, "target": 0}},
+    "badnets-t8": {**PREACT, "attack": "badnets", "attack_kwargs": {"size": 3, "target": 8}},
+    "lf-t4": {**PREACT, "attack": "lf", "attack_kwargs": {"target": 4}},
+    "vgg11-wanet-t6": {**VGG, "attack": "wanet", "attack_kwargs": {"strength": 0.5, "target": 6}},
+}
 
 #: zoo name → (entries, seed, results file stem)
 ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
@@ -245,20 +262,22 @@ ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
     "twelfth": (TWELFTH, 11, "zoo12-fmnist"),
     "thirteenth": (THIRTEENTH, 12, "zoo13-fmnist"),
     "fourteenth": (FOURTEENTH, 13, "zoo14-fmnist"),
+    "fifteenth": (FIFTEENTH, 14, "zoo15-fmnist"),
 }
 #: zoo name → default model folder and the --zoo/--epochs arguments that made its committed results
 FOLDERS = {"main": "benchmarks/zoo", "second": "benchmarks/zoo2", "third": "benchmarks/zoo3",
            "fourth": "benchmarks/zoo4", "fifth": "benchmarks/zoo5",
            "sixth": "benchmarks/zoo6", "seventh": "benchmarks/zoo7", "eighth": "benchmarks/zoo8",
            "ninth": "benchmarks/zoo9", "tenth": "benchmarks/zoo10", "eleventh": "benchmarks/zoo11",
-           "twelfth": "benchmarks/zoo12", "thirteenth": "benchmarks/zoo13", "fourteenth": "benchmarks/zoo14"}
+           "twelfth": "benchmarks/zoo12", "thirteenth": "benchmarks/zoo13", "fourteenth": "benchmarks/zoo14",
+           "fifteenth": "benchmarks/zoo15"}
 MADE_WITH = {"main": "", "second": " --zoo second --epochs 2", "third": " --zoo third --epochs 2",
              "fourth": " --zoo fourth --epochs 2", "fifth": " --zoo fifth --epochs 2",
              "sixth": " --zoo sixth --epochs 2", "seventh": " --zoo seventh --epochs 2",
              "eighth": " --zoo eighth --epochs 2", "ninth": " --zoo ninth --epochs 2",
              "tenth": " --zoo tenth --epochs 2", "eleventh": " --zoo eleventh --epochs 2",
              "twelfth": " --zoo twelfth --epochs 2", "thirteenth": " --zoo thirteenth --epochs 2",
-             "fourteenth": " --zoo fourteenth --epochs 2"}
+             "fourteenth": " --zoo fourteenth --epochs 2", "fifteenth": " --zoo fifteenth --epochs 2"}
 TITLES = {"second": "second zoo: other triggers, targets and seed",
           "third": "third zoo, held out: defined before the automatic-γ calibration was tested on it",
           "fourth": "fourth zoo, held out from the rule changes made after the third zoo's results",
@@ -271,7 +290,8 @@ TITLES = {"second": "second zoo: other triggers, targets and seed",
           "eleventh": "eleventh zoo, held out like the tenth (more attack families)",
           "twelfth": "twelfth zoo, held out from everything decided by 2026-11-24 08:37 UTC",
           "thirteenth": "thirteenth zoo, held out from the collapse limit pre-registered with it",
-          "fourteenth": "fourteenth zoo, held out from everything decided by 2026-11-24 11:15 UTC"}
+          "fourteenth": "fourteenth zoo, held out from everything decided by 2026-11-24 11:15 UTC",
+          "fifteenth": "fifteenth zoo, held out from the repair-check margin pre-registered with it"}
 
 #: attacks that need more epochs than --epochs to reach a high ASR (name → epochs); see the results note.
 #: vgg11-lf-t3: 2 epochs at 10 % poison gave ASR 79.9 % (at 5 %: 37 %); vgg11-wanet-t7 was given 4 from the start,
@@ -280,11 +300,12 @@ TITLES = {"second": "second zoo: other triggers, targets and seed",
 #: wanet-t6 was given 3 from the start, by analogy with wanet-t2; wanet-t9, wanet-t3, vgg11-wanet-t1 and
 #: vgg11-wanet-t5 likewise (3, 3, 4 and 4); in the eleventh zoo wanet-t7 (3) and vgg11-lf-t8 (4, as vgg11-lf-t3 needed);
 #: in the thirteenth, wanet-t5 (3) and vgg11-badnets-t3 (4, as vgg11-badnets-t4), from the start; in the fourteenth,
-#: wanet-t1 (3), vgg11-wanet-t3 (4) and vgg11-lf-t0 (4, as the other VGG LF models), from the start.
+#: wanet-t1 (3), vgg11-wanet-t3 (4) and vgg11-lf-t0 (4, as the other VGG LF models), from the start; in the
+#: fifteenth, wanet-t0 (3) and vgg11-wanet-t6 (4), from the start.
 EPOCHS: dict[str, int] = {"vgg11-lf-t3": 4, "vgg11-wanet-t7": 4, "vgg11-badnets-t4": 4, "wanet-t2": 3, "wanet-t6": 3,
                           "wanet-t9": 3, "vgg11-wanet-t1": 4, "wanet-t3": 3, "vgg11-wanet-t5": 4, "wanet-t7": 3,
                           "vgg11-lf-t8": 4, "wanet-t5": 3, "vgg11-badnets-t3": 4, "wanet-t1": 3, "vgg11-wanet-t3": 4,
-                          "vgg11-lf-t0": 4}
+                          "vgg11-lf-t0": 4, "wanet-t0": 3, "vgg11-wanet-t6": 4}
 
 ASR_MIN = 0.90
 ACC_DROP_MAX = 0.03
