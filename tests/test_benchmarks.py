@@ -312,6 +312,18 @@ def test_probe_payload_records_the_command_and_the_oracle_note() -> None:
     assert joined["models"] == stored["models"] and joined["command"] == stored["command"]
 
 
+def test_the_check_rescoring_gives_back_the_stored_flags_and_a_margin_flips_to_the_pruned_model() -> None:
+    """At the shipped margin the re-scoring must agree with every stored check (else it is not the check); a margin
+    that flags returns the stored pruned model's row, a reverted repair stays as it was run."""
+    rescore = pytest.importorskip("repair_check_rescore")
+    rows = rescore.model_rows(rescore.FILES.split(","))
+    assert rows and all(rescore.flags(r["check"], rescore.SHIPPED) == r["check"]["flagged"] for r in rows)
+    check = {"tolerance": 0.25, "suspect": [8], "rate_original": [0.34], "rate_before": [0.0], "rate_after": [0.53]}
+    row = {"check": check, "reverted": False, "repair": {"der": 40.0}, "prune": {"der": 76.0}}
+    assert rescore.outcome(row, 0.25) is row["repair"] and rescore.outcome(row, 0.15) is row["prune"]
+    assert rescore.outcome({**row, "reverted": True}, 0.15) is row["repair"]
+
+
 def test_the_removal_record_quoted_by_the_report_is_the_committed_count() -> None:
     """The report's removal note quotes REMOVAL_RECORD; it must be the committed split's count over the first thirteen
     zoos (the models seen when the reading was written)."""
