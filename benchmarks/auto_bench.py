@@ -368,6 +368,9 @@ GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (m
           ("fourteenth zoo (held out; the pre-registered removal reading)", ("fourteenth",)),
           ("held out from the shipped OTBR rule (ninth to fourteenth)",
            ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth")),
+          ("fifteenth zoo (held out; the pre-registered repair-check margin)", ("fifteenth",)),
+          ("held out from the shipped OTBR rule (ninth to fifteenth)",
+           ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth")),
           ("all", tuple(ZOOS)))
 
 
