@@ -293,8 +293,8 @@ class OTBR(Defense):
         if auto is not None:
             info["auto"] = auto
             est = {c["value"]: c["estimated_der"] for c in auto["candidates"]}
-            if self.repair_steps == 0:  # (the repair replaces the fused candidate; it runs its own check)
-                drop = next(c["backdoor_drop"] for c in auto["candidates"] if c["value"] == gamma)
+            drop = next(c for c in auto["candidates"] if c["value"] == gamma).get("backdoor_drop")
+            if self.repair_steps == 0 and drop is not None:  # (a repair replaces the fused candidate: own check)
                 auto["removal"] = removal_evidence(drop, auto["suspected_target"])
             if (auto.get("collapse_guard") or {}).get("all_out"):
                 note = (f"every γ's fused model disagrees with the original on more than "
