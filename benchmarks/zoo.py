@@ -238,6 +238,10 @@ FOURTEENTH: dict[str, dict[str, Any]] = {
 #: held-out files), it flips only the fourteenth zoo's WaNet-t1 (a revived backdoor, DER 39.55, to its pruned model,
 #: DER 76.19) — seen before this rule was written, so not evidence for it; 0.10 flips the same, 0 also throws away the
 #: main LF model's good repair. Otherwise the margin stays 0.25. The zoo also measures the shipped selections held out.
+#: **Outcome** (2026-11-24, ``repair_bench.py --zoo fifteenth --append``, ``repair_check_rescore.py``): no outcome of
+#: the four repairs changes under 0.15, so none is worse: the rule is met and 0.15 is ``otbr.repair.EASY_MARGIN``.
+#: OTBR's gaps here: 27.78 (WaNet-t0, a wrong suspect), 2.65, 2.83, 0 (BadNets-t8, LF-t4, VGG WaNet-t6); TSBD's:
+#: 0, 0, 1.12, 1.55 in the same order.
 #: Families: WaNet (where the wrong suspects with removable backdoors live), a patch, a low-frequency trigger, and VGG.
 FIFTEENTH: dict[str, dict[str, Any]] = {
     "wanet-t0": {**PREACT, "attack": "wanet", "attack_kwargs": {"strength": 0.5, "target": 0}},

@@ -133,6 +133,16 @@ class RepairResult:
     distilled: nn.Module | None = None
 
 
+#: :func:`backdoor_check`'s easy-class margin: a class other than the suspect is flagged only when it also ends this
+#: far above its rate on the original. 0.25 (the tolerance) until 2026-11-24; 0.15 was pre-registered with the
+#: fifteenth zoo after the fourteenth's WaNet-t1 (wrong suspect 8, target 1: rate 0.34 original → 0.00 pruned → 0.53
+#: repaired, a revived backdoor of 86.5 % ASR that 0.25 let pass) and adopted because it met that rule: re-scored over
+#: the fifteenth zoo's repairs (``benchmarks/results/repair-check-rescore-fmnist.md``) no outcome changed, so none got
+#: worse. Over the 49 stored repair runs it flips only WaNet-t1 (to its pruned model, DER 39.55 → 76.19); 0 would also
+#: throw away the main LF model's good repair (DER 95.35 → 65.71).
+EASY_MARGIN = 0.15
+
+
 def backdoor_check(
     before: nn.Module,
     after: nn.Module,
@@ -144,6 +154,7 @@ def backdoor_check(
     suspect: int | Sequence[int] | None = None,
     rate_original: torch.Tensor | None = None,
     tolerance: float = 0.25,
+    margin: float = EASY_MARGIN,
     budget: float = 0.05,
     steps: int = SCAN_STEPS,
     per_class: int = SCAN_PER_CLASS,
@@ -168,14 +179,16 @@ def backdoor_check(
     taken for a revived backdoor — in ``benchmarks/results/repair-fmnist.md`` this false alarm threw away two
     good repairs before the rule was added (so that file's models are not held out for it).
 
-    With ``original`` and ``suspect`` (the class the repair guards), a class other than the suspect is flagged
-    only if it also ends ``tolerance`` or more *above* its rate on the original: the distillation imitates the
-    original, so getting back the original's own ease of triggering a class is clean recovery, except for the
-    suspected target, whose ease is the backdoor. Pruning that hurt a naturally easy class (shirt) lowers its
-    rate, and the repair restores it — flagged before this rule, it threw away two repairs with ASR 0 (WaNet, LF
+    With ``original`` and ``suspect`` (the class the repair guards), a class other than the suspect is flagged only
+    if it also ends ``margin`` (:data:`EASY_MARGIN`) or more *above* its rate on the original: the distillation
+    imitates the original, so getting back the original's own ease of triggering a class is clean recovery, except
+    for the suspected target, whose ease is the backdoor. Pruning that hurt a naturally easy class (shirt) lowers
+    its rate, and the repair restores it — flagged before this rule, it threw away two repairs with ASR 0 (WaNet, LF
     of the main zoo, development models for this rule); a backdoor revived under a wrong suspect still shows
-    (Trojan: target 0.56 original → 0.00 pruned → 1.00 distilled, suspect 6). ``suspect`` may name several
-    classes; ``rate_original`` is the original's scan when already run (same sources, budget and steps).
+    (Trojan: target 0.56 original → 0.00 pruned → 1.00 distilled, suspect 6), and with the margin of 0.15 (not the
+    tolerance, as until 2026-11-24) so does one that ends only a little above the original's rate (WaNet-t1 of the
+    fourteenth zoo: 0.34 → 0.00 → 0.53). ``suspect`` may name several classes; ``rate_original`` is the original's
+    scan when already run (same sources, budget and steps).
 
     Example:
         >>> from otbr.models import create_model
@@ -204,11 +217,12 @@ def backdoor_check(
     out["rate_after"] = [round(float(v), 4) for v in rate_after]
     if original is not None and suspect is not None:
         suspects = [int(suspect)] if isinstance(suspect, int) else sorted({int(c) for c in suspect})
-        beyond = rate_after - rate_original >= tolerance - 1e-9  # easier than even the original
+        beyond = rate_after - rate_original >= margin - 1e-9  # easier than even the original
         beyond[suspects] = True
         watched &= beyond
-        out["signal"] += (f"; a class other than the suspect(s) {suspects} also only when it ends the tolerance "
+        out["signal"] += (f"; a class other than the suspect(s) {suspects} also only when it ends {margin:g} "
                           "above its rate on the original")
+        out["margin"] = margin
         out["suspect"] = suspects[0] if len(suspects) == 1 else suspects
     out["flagged"] = [c for c in range(num_classes) if float(rise[c]) >= tolerance - 1e-9 and bool(watched[c])]
     return out

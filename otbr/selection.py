@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 SYNTHETIC_CLEAN_SCALE = 0.7
 
 #: How far that estimate was from the real relative loss of clean accuracy, in points: median and 90th percentile of
-#: the absolute error over the 305 candidates of the 61 zoo models (ORACLE measurement on their clean test sets;
+#: the absolute error over the 325 candidates of the 65 zoo models (ORACLE measurement on their clean test sets;
 #: the scale above was fitted on 11 of them). ``python benchmarks/shipped_split.py``,
 #: ``benchmarks/results/auto-otbr-shipped-split-fmnist.md``; ``otbr defend otbr`` quotes it beside its estimate.
 CLEAN_ESTIMATE_ERROR = {"median": 5.1, "p90": 16.8}

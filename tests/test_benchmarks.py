@@ -317,7 +317,11 @@ def test_the_check_rescoring_gives_back_the_stored_flags_and_a_margin_flips_to_t
     that flags returns the stored pruned model's row, a reverted repair stays as it was run."""
     rescore = pytest.importorskip("repair_check_rescore")
     rows = rescore.model_rows(rescore.FILES.split(","))
-    assert rows and all(rescore.flags(r["check"], rescore.SHIPPED) == r["check"]["flagged"] for r in rows)
+    assert rows and all(rescore.flags(r["check"], r["check"].get("margin", rescore.AS_RUN_DEFAULT))
+                        == r["check"]["flagged"] for r in rows)
+    from otbr.repair import EASY_MARGIN
+
+    assert EASY_MARGIN == rescore.PRE_REGISTERED  # the adopted default is the margin the fifteenth zoo tested
     check = {"tolerance": 0.25, "suspect": [8], "rate_original": [0.34], "rate_before": [0.0], "rate_after": [0.53]}
     row = {"check": check, "reverted": False, "repair": {"der": 40.0}, "prune": {"der": 76.0}}
     assert rescore.outcome(row, 0.25) is row["repair"] and rescore.outcome(row, 0.15) is row["prune"]

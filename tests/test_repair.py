@@ -97,7 +97,7 @@ def test_backdoor_check_flags_a_rise_only(pruned_pair) -> None:
 
 
 def test_backdoor_check_with_a_suspect_lets_a_class_return_to_the_original_level(monkeypatch) -> None:
-    """With the suspect known, a non-suspect class is flagged only when it ends the tolerance above its rate on
+    """With the suspect known, a non-suspect class is flagged only when it ends EASY_MARGIN above its rate on
     the original. Scans replaced by the rates measured on two main-zoo models (GPU development run): LF's class 6
     (0.69 → 0.38 → 0.72: pruning hurt a naturally easy class, the repair restored it) must pass; Trojan's real
     target 0 under the wrong suspect 6 (0.56 → 0.00 → 1.00) must be flagged; the suspect itself is flagged on any
@@ -117,6 +117,11 @@ def test_backdoor_check_with_a_suspect_lets_a_class_return_to_the_original_level
     table[id(after)] = [0.5, 0.0, 0.72]  # the real target back to near the original's level, not above
     assert backdoor_check(before, after, x, ref, 3, original=orig, suspect=0)["flagged"] == [0]
     assert backdoor_check(before, after, x, ref, 3, original=orig, suspect=1)["flagged"] == []
+    # WaNet-t1 of the fourteenth zoo (wrong suspect 8, target 1): 0.34 → 0.00 → 0.53 was a revived backdoor (86.5 %
+    # ASR) that the old margin (the tolerance, 0.25) let pass; the adopted EASY_MARGIN (0.15) flags it
+    table.update({id(orig): [0.34, 0.0, 0.69], id(before): [0.0, 0.0, 0.38], id(after): [0.53, 0.0, 0.72]})
+    assert backdoor_check(before, after, x, ref, 3, original=orig, suspect=1)["flagged"] == [0]
+    assert backdoor_check(before, after, x, ref, 3, original=orig, suspect=1, margin=0.25)["flagged"] == []
 
 
 def test_scan_guard_rescues_a_wrong_suspect(pruned_pair) -> None:
