@@ -235,7 +235,8 @@ def neuron_weight_change(
         include_linear: with ``layers=None``, also score ``Linear`` layers.
 
     Returns:
-        ``{layer name: float64 CPU tensor of shape (out_features,)}`` in definition order.
+        ``{layer name: float64 CPU tensor of shape (out_features,)}`` in definition order. A non-finite change
+        (a diverged unlearning) is an :class:`OtbrError`.
 
     Example:
         >>> import copy
@@ -255,6 +256,10 @@ def neuron_weight_change(
             raise OtbrError(f"layer {name!r}: weight shapes differ {tuple(wb.shape)} vs {tuple(wa.shape)}")
         diff = wa.detach().to(torch.float64) - wb.detach().to(wa.device, torch.float64)
         out[name] = diff.abs().flatten(1).sum(1).cpu()
+    bad = [name for name, v in out.items() if not bool(torch.isfinite(v).all())]
+    if bad:  # a NaN would sort first and be pruned as the most changed neuron
+        raise OtbrError(f"unlearning diverged (non-finite weight changes in {', '.join(bad[:3])}); "
+                        "lower its learning rate")
     return out
 
 
@@ -365,9 +370,4 @@ def nwc_scores(
         24
     """
     res = unlearn(model, mode, **unlearn_kwargs)
-    changes = neuron_weight_change(model, res.model, layers, include_linear)
-    bad = [name for name, v in changes.items() if not bool(torch.isfinite(v).all())]
-    if bad:  # a NaN would sort first and be pruned as the most changed neuron
-        raise OtbrError(f"{mode} unlearning diverged (non-finite weight changes in {', '.join(bad[:3])}); "
-                        "lower its learning rate")
-    return NWCScores(changes, mode, res)
+    return NWCScores(neuron_weight_change(model, res.model, layers, include_linear), mode, res)

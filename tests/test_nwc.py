@@ -158,3 +158,10 @@ def test_diverged_unlearning_is_an_error_not_a_ranking() -> None:
     with pytest.raises(OtbrError, match="diverged"):
         nwc_scores(_tiny(), input_shape=(1, 8, 8), num_classes=4, steps=2, batch_size=8, lr=float("nan"),
                    progress=False)
+    # OTBR and TSBD score through neuron_weight_change directly: the check lives there, so they get it too
+    net = _tiny()
+    broken = copy.deepcopy(net)
+    with torch.no_grad():
+        next(broken.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(OtbrError, match="diverged"):
+        neuron_weight_change(net, broken)
