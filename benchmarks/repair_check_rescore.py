@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from otbr.repair import check_flags
 from otbr.report import ORACLE_NOTE, markdown_table, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,23 +42,19 @@ SUMMARY = ["runs", "margin", "models", "mean_der", "mean_acc_loss", "above_10", 
 
 
 def flags(check: dict[str, Any], margin: float) -> list[int]:
-    """The classes ``backdoor_check`` flags on its stored rates with this easy-class margin (its tolerance kept).
+    """The classes ``backdoor_check`` flags on its stored rates with this easy-class margin (its tolerance kept):
+    :func:`otbr.repair.check_flags`, the check's own decision.
 
     Example:
-        >>> c = {"tolerance": 0.25, "suspect": 8, "rate_original": [0.34, 0.6], "rate_before": [0.0, 0.1],
-        ...      "rate_after": [0.53, 0.9]}
+        >>> c = {"tolerance": 0.25, "suspect": 2, "rate_original": [0.34, 0.6, 0.0], "rate_before": [0.0, 0.1, 0.0],
+        ...      "rate_after": [0.53, 0.9, 0.0]}
         >>> flags(c, 0.25), flags(c, 0.15)
         ([1], [0, 1])
     """
-    tol, eps = check["tolerance"], 1e-9
     sus = check.get("suspect")
-    suspects = set() if sus is None else {sus} if isinstance(sus, int) else set(sus)
-    out = []
-    for c, (o, b, a) in enumerate(zip(check["rate_original"], check["rate_before"], check["rate_after"], strict=True)):
-        suppressed, rose = o - b >= tol - eps, a - b >= tol - eps
-        if suppressed and rose and (c in suspects or a - o >= margin - eps):
-            out.append(c)
-    return out
+    return check_flags(check["rate_before"], check["rate_after"], tolerance=check["tolerance"],
+                       rate_original=check["rate_original"],
+                       suspects=[] if sus is None else [sus] if isinstance(sus, int) else sus, margin=margin)
 
 
 def model_rows(files: list[str]) -> list[dict[str, Any]]:

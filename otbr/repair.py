@@ -202,30 +202,55 @@ def backdoor_check(
     kw = {"budget": budget, "steps": steps, "per_class": per_class}
     rate_before = target_scan(before, synthetic, reference, num_classes, **kw)
     rate_after = target_scan(after, synthetic, reference, num_classes, **kw)
-    rise = rate_after - rate_before
     out: dict[str, Any] = {"signal": "target_scan rise (trigger success per class, pruned → repaired)",
                            "tolerance": tolerance, "budget": budget, "steps": steps, "per_class": per_class}
-    watched = torch.ones(num_classes, dtype=torch.bool)
+    suspects = None
     if original is not None:
         if rate_original is None:
             rate_original = target_scan(original, synthetic, reference, num_classes, **kw)
-        watched = rate_original - rate_before >= tolerance - 1e-9
         out["signal"] += ", only classes the pruning suppressed (original → pruned fell by the tolerance)"
         out["rate_original"] = [round(float(v), 4) for v in rate_original]
-        out["suppressed"] = [c for c in range(num_classes) if bool(watched[c])]
+        out["suppressed"] = [c for c in range(num_classes)
+                             if float(rate_original[c] - rate_before[c]) >= tolerance - 1e-9]
     out["rate_before"] = [round(float(v), 4) for v in rate_before]
     out["rate_after"] = [round(float(v), 4) for v in rate_after]
     if original is not None and suspect is not None:
         suspects = [int(suspect)] if isinstance(suspect, int) else sorted({int(c) for c in suspect})
-        beyond = rate_after - rate_original >= margin - 1e-9  # easier than even the original
-        beyond[suspects] = True
-        watched &= beyond
         out["signal"] += (f"; a class other than the suspect(s) {suspects} also only when it ends {margin:g} "
                           "above its rate on the original")
         out["margin"] = margin
         out["suspect"] = suspects[0] if len(suspects) == 1 else suspects
-    out["flagged"] = [c for c in range(num_classes) if float(rise[c]) >= tolerance - 1e-9 and bool(watched[c])]
+    out["flagged"] = check_flags(rate_before, rate_after, tolerance=tolerance,
+                                 rate_original=rate_original if original is not None else None,
+                                 suspects=suspects, margin=margin)
     return out
+
+
+def check_flags(rate_before: Sequence[float] | torch.Tensor, rate_after: Sequence[float] | torch.Tensor, *,
+                tolerance: float, rate_original: Sequence[float] | torch.Tensor | None = None,
+                suspects: Sequence[int] | None = None, margin: float = EASY_MARGIN) -> list[int]:
+    """:func:`backdoor_check`'s decision on its three scans' per-class rates: the classes that rose by ``tolerance``
+    — with ``rate_original``, only those the pruning suppressed (fell by ``tolerance`` from the original); with
+    ``suspects`` too, a class other than them only when it also ends ``margin`` above the original. Pure, so that
+    stored rates can be re-scored (``benchmarks/repair_check_rescore.py``).
+
+    Example (the fourteenth zoo's WaNet-t1: its target, here class 0, revived under the wrong suspect 1):
+        >>> check_flags([0.0, 0.0], [0.53, 0.0], tolerance=0.25, rate_original=[0.34, 0.0], suspects=[1])
+        [0]
+        >>> check_flags([0.0, 0.0], [0.53, 0.0], tolerance=0.25, rate_original=[0.34, 0.0], suspects=[1], margin=0.25)
+        []
+    """
+    before = torch.as_tensor(rate_before, dtype=torch.float64)
+    after = torch.as_tensor(rate_after, dtype=torch.float64)
+    watched = torch.ones(len(before), dtype=torch.bool)
+    if rate_original is not None:
+        original = torch.as_tensor(rate_original, dtype=torch.float64)
+        watched = original - before >= tolerance - 1e-9
+        if suspects is not None:
+            beyond = after - original >= margin - 1e-9  # easier than even the original
+            beyond[list(suspects)] = True
+            watched &= beyond
+    return [c for c in range(len(before)) if float(after[c] - before[c]) >= tolerance - 1e-9 and bool(watched[c])]
 
 
 def guarded_kept(syn: Synthetic, guarded: Sequence[int],

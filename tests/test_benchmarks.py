@@ -322,7 +322,8 @@ def test_the_check_rescoring_gives_back_the_stored_flags_and_a_margin_flips_to_t
     from otbr.repair import EASY_MARGIN
 
     assert EASY_MARGIN == rescore.PRE_REGISTERED  # the adopted default is the margin the fifteenth zoo tested
-    check = {"tolerance": 0.25, "suspect": [8], "rate_original": [0.34], "rate_before": [0.0], "rate_after": [0.53]}
+    check = {"tolerance": 0.25, "suspect": [1], "rate_original": [0.34, 0.0], "rate_before": [0.0, 0.0],
+             "rate_after": [0.53, 0.0]}
     row = {"check": check, "reverted": False, "repair": {"der": 40.0}, "prune": {"der": 76.0}}
     assert rescore.outcome(row, 0.25) is row["repair"] and rescore.outcome(row, 0.15) is row["prune"]
     assert rescore.outcome({**row, "reverted": True}, 0.15) is row["repair"]
