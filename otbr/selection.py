@@ -544,14 +544,16 @@ def target_scan(
 
 def stratified_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.Tensor, num_classes: int, *,
                     kind: str = "patch", budget: float = 0.05, per_source: int = 8, steps: int = 50, lr: float = 0.1,
-                    seed: int = 0) -> torch.Tensor:
+                    seed: int = 0, grid: int = 4) -> torch.Tensor:
     """Rates ``R[c, s]``: how often the universal trigger toward c sends class-s synthetic inputs to c.
 
-    One trigger per target class (a patch of area ``budget``, or with ``kind="blend"`` a whole-image blend of
-    weight ``budget``), each optimised on ``per_source`` inputs of *every* other class (the classes ``reference``
-    gives them), all targets in one batch. Where :func:`target_scan` pools the sources, this keeps them apart: a
-    backdoor trigger works from every source class, while a natural neighbour (shirt next to T-shirt, pullover
-    and coat) is reached from a few. ``R[c, c]`` and sources with no synthetic input are NaN.
+    One trigger per target class (a patch of area ``budget``; with ``kind="blend"`` a whole-image blend of weight
+    ``budget``; with ``kind="warp"`` a smooth displacement field of at most ``budget`` pixels, bicubic-upsampled
+    from a ``grid``×``grid`` control grid, the form of a warping trigger such as WaNet's), each optimised on
+    ``per_source`` inputs of *every* other class (the classes ``reference`` gives them), all targets in one batch.
+    Where :func:`target_scan` pools the sources, this keeps them apart: a backdoor trigger works from every source
+    class, while a natural neighbour (shirt next to T-shirt, pullover and coat) is reached from a few. ``R[c, c]``
+    and sources with no synthetic input are NaN.
 
     Example:
         >>> from otbr.models import create_model
@@ -561,8 +563,8 @@ def stratified_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: 
     """
     from otbr.device import model_device
 
-    if kind not in ("patch", "blend"):
-        raise ValueError(f"stratified_scan: kind must be patch or blend, got {kind!r}")
+    if kind not in ("patch", "blend", "warp"):
+        raise ValueError(f"stratified_scan: kind must be patch, blend or warp, got {kind!r}")
     device = model_device(model)
     gen = torch.Generator().manual_seed(seed)
     src, tgt, cell = [], [], []
@@ -578,20 +580,46 @@ def stratified_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: 
         return torch.full((num_classes, num_classes), float("nan"), dtype=torch.float64)
     x, y, where = torch.cat(src).to(device), torch.cat(tgt).to(device), torch.cat(cell)
     shape = tuple(synthetic.shape[1:])
-    a = torch.full((num_classes, 1, *shape[1:]), -2.0, device=device, requires_grad=True)
-    pz = torch.zeros((num_classes, *shape), device=device, requires_grad=True)
+    if kind == "warp":
+        apply, params = _warp_triggers(x, y, num_classes, budget, grid)
+    else:
+        a = torch.full((num_classes, 1, *shape[1:]), -2.0, device=device, requires_grad=True)
+        pz = torch.zeros((num_classes, *shape), device=device, requires_grad=True)
+        params = [a, pz] if kind == "patch" else [pz]
 
-    def apply() -> torch.Tensor:
-        if kind == "patch":
-            m = patch_masks(a, budget)
-        else:
-            m = torch.full((num_classes, 1, *shape[1:]), budget, device=device)
-        return (1 - m[y]) * x + m[y] * torch.sigmoid(pz)[y]
+        def apply() -> torch.Tensor:
+            if kind == "patch":
+                m = patch_masks(a, budget)
+            else:
+                m = torch.full((num_classes, 1, *shape[1:]), budget, device=device)
+            return (1 - m[y]) * x + m[y] * torch.sigmoid(pz)[y]
 
-    hit = _fit_triggers(model, apply, y, [a, pz] if kind == "patch" else [pz], steps=steps, lr=lr)
+    hit = _fit_triggers(model, apply, y, params, steps=steps, lr=lr)
     sums = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, where, hit)
     counts = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, where, torch.ones_like(hit))
     return (sums / counts).view(num_classes, num_classes)  # 0/0 → NaN on the diagonal and for missing sources
+
+
+def _warp_triggers(x: torch.Tensor, y: torch.Tensor, num_classes: int, pixels: float,
+                   grid: int) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:
+    """One learnable warp per class for :func:`stratified_scan`: a ``grid``×``grid`` control grid, bicubic-upsampled
+    to the image and bounded by ``pixels`` through a tanh (after the upsampling, which can overshoot), applied with
+    ``grid_sample`` (border padding); input i is warped by its label's field. Returns the function that warps ``x``
+    and its parameters."""
+    h, w = x.shape[-2:]
+    ctrl = torch.zeros((num_classes, 2, grid, grid), device=x.device, requires_grad=True)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device),
+                            indexing="ij")
+    identity = torch.stack((xs, ys), dim=-1)[None]
+    unit = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=x.device)  # one pixel, normalised
+
+    def apply() -> torch.Tensor:
+        field = pixels * torch.tanh(torch.nn.functional.interpolate(ctrl, size=(h, w), mode="bicubic",
+                                                                    align_corners=True)).permute(0, 2, 3, 1)
+        return torch.nn.functional.grid_sample(x, (identity + field * unit)[y].clamp(-1, 1), mode="bilinear",
+                                               padding_mode="border", align_corners=True)
+
+    return apply, [ctrl]
 
 
 def class_scores(rates: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -416,7 +416,23 @@ def test_stratified_scan_reaches_the_target_from_most_sources_and_leaves_the_mod
     assert float(torch.nanmedian(r[0])) >= 0.5, r[0].tolist()
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     with pytest.raises(ValueError, match="kind"):
-        stratified_scan(net, xt[:8], ref[:8], CLASSES, kind="warp")
+        stratified_scan(net, xt[:8], ref[:8], CLASSES, kind="ring")
+
+
+def test_warp_scan_moves_pixels_by_at_most_its_budget() -> None:
+    """The warp form's field is bounded: on a horizontal ramp (value = column / (w − 1)), however large the control
+    grid's logits, a warp of at most 1.5 pixels changes no value by more than 1.5 / (w − 1); with no displacement
+    the image comes back unchanged."""
+    from otbr.selection import _warp_triggers
+
+    w = 12
+    ramp = torch.linspace(0, 1, w).expand(3, 1, w, w).clone()
+    apply, (ctrl,) = _warp_triggers(ramp, torch.tensor([0, 1, 1]), 2, 1.5, 4)
+    assert torch.allclose(apply(), ramp, atol=1e-6)
+    with torch.no_grad():
+        ctrl.copy_(torch.randn(ctrl.shape, generator=torch.Generator().manual_seed(0)) * 50)
+    moved = (apply() - ramp).abs()
+    assert float(moved.max()) <= 1.5 / (w - 1) + 1e-5 and float(moved.max()) > 0.5 / (w - 1)
 
 
 def test_synthesis_matches_bn_statistics_and_stays_in_range(backdoored) -> None:
