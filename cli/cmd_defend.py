@@ -363,10 +363,11 @@ def defend() -> None:
 @click.option("--selection-repeats", default=3, show_default=True, type=click.IntRange(1),
               help="--gamma auto: average the estimates over this many synthetic sets (seeds); the report gives "
                    "each set's lone choice and how many agree. Costs that many times the selection's time.")
-@click.option("--suspect-rule", type=click.Choice(["scan", "stratified"]), default=None,
+@click.option("--suspect-rule", type=click.Choice(["scan", "stratified", "warp"]), default=None,
               help="--gamma auto: how the suspected target is named. scan: the class one small patch reaches most "
                    "often from the pooled other-class inversions; stratified: the class it reaches from the most "
-                   "source classes (median over sources). Default: stratified.")
+                   "source classes (median over sources); warp: stratified, unless one class alone is reached by a "
+                   "1-pixel universal warp from nearly every source class. Default: stratified.")
 @click.option("--collapse-limit", type=FiniteFloatRange(0, 1, min_open=True), default=None,
               help="--gamma auto: the collapse guard; γ whose fused model disagrees with the original on more than "
                    "this share of the inverted inputs are not chosen (unless all do: then the smallest). 1 turns "

@@ -124,8 +124,15 @@ SUSPECT_WEAK_RATE = 0.9
 #: How the data-free selection names its suspected target: ``"scan"`` (this module's default and TSBD's), the class
 #: one small patch reaches most often from the pooled other-class synthetic inputs (:func:`target_scan`);
 #: ``"stratified"`` (OTBR's default, ``otbr.defenses.otbr.SUSPECT_RULE``; :func:`stratified_suspects`), the class a
-#: small patch reaches from the most source classes.
-SUSPECT_RULES = ("scan", "stratified")
+#: small patch reaches from the most source classes; ``"warp"``, the stratified suspect unless one class alone is
+#: reached by a small universal warp from nearly every source class (:func:`warp_override`).
+SUSPECT_RULES = ("scan", "stratified", "warp")
+
+#: The warp override (suspect rule ``"warp"``, :func:`warp_override`): the largest displacement of the warp scan,
+#: in pixels, and the median over source classes at or above which one class alone overrides the patch suspect.
+#: Set after a pilot on four zoo models and before the 65-model probe (``benchmarks/warp_scan_explore.py``).
+WARP_PIXELS = 1.0
+WARP_DECISIVE = 0.9
 
 #: The collapse guard (:func:`within_collapse_limit`): OTBR candidates whose synthetic clean disagreement (the
 #: share of the other classes' BN-inverted inputs on which they no longer agree with the original) is above this
@@ -675,6 +682,28 @@ def stratified_suspects(original: torch.nn.Module, pools: Sequence[torch.Tensor]
     return own, joint, [rounded(s) for s in scores], rounded(avg)
 
 
+def warp_override(original: torch.nn.Module, synthetic: torch.Tensor, reference: torch.Tensor, num_classes: int, *,
+                  pixels: float = WARP_PIXELS, decisive: float = WARP_DECISIVE, seed: int = 0) -> dict[str, Any]:
+    """The warp scan of the ``"warp"`` suspect rule: :func:`stratified_scan` with a warp of at most ``pixels``
+    pixels; if exactly one class's median over source classes reaches ``decisive``, it is ``"override"`` (else
+    ``None``). A warp keeps an image's content, so it reaches a natural neighbour (shirt from T-shirt) only as far as
+    a one-pixel shift can, while a model trained on a warping trigger (WaNet) answers it from every source — where
+    a patch scan names the neighbour. Returns the per-class median (rounded), the settings and the override.
+
+    Example:
+        >>> from otbr.models import create_model
+        >>> net = create_model("tinycnn", num_classes=3, in_channels=1).eval()
+        >>> x = torch.rand(12, 1, 8, 8)
+        >>> sorted(warp_override(net, x, net(x).argmax(1), 3))
+        ['decisive', 'median', 'override', 'pixels']
+    """
+    median = class_scores(stratified_scan(original, synthetic, reference, num_classes, kind="warp", budget=pixels,
+                                          seed=seed))["median"]
+    top = [c for c in range(num_classes) if float(torch.nan_to_num(median[c])) >= decisive]
+    return {"median": [None if v != v else round(float(v), 4) for v in median], "pixels": pixels,
+            "decisive": decisive, "override": top[0] if len(top) == 1 else None}
+
+
 def averaged_suspect(scores: Sequence[Mapping[str, torch.Tensor]]) -> tuple[int, dict[str, torch.Tensor]]:
     """The stratified rule over several sets' :func:`class_scores`: their median and mean averaged (NaN ignored),
     then the median's arg-max, ties broken by the mean. Returns the suspect and the averaged scores.
@@ -733,6 +762,16 @@ def require_batchnorm(model: torch.nn.Module, option: str, example: str) -> None
     if not bn_layers(model):
         raise OtbrError(f"{option}='auto' inverts the model's BatchNorm statistics and this model has none; "
                         f"pass a fixed {option} (e.g. {example})")
+
+
+def _overridden(suspect: int, warp: Mapping[str, Any]) -> int:
+    """``suspect``, unless :func:`warp_override` found one decisive class (logged when it changes the suspect)."""
+    if warp["override"] is None or warp["override"] == suspect:
+        return suspect
+    log.info("warp override: class %d is reached by a %g-pixel warp from nearly every source class (median %.2f); "
+             "suspect %d → %d", warp["override"], warp["pixels"], warp["median"][warp["override"]], suspect,
+             warp["override"])
+    return int(warp["override"])
 
 
 def _scan_suspect(scan: torch.Tensor, preds: Mapping[float, torch.Tensor], ref: torch.Tensor,
@@ -829,7 +868,8 @@ def choose_for(
     on ≥ 90 % of the sources — a backdoor needs only a small trigger (the idea of Neural Cleanse's norm).
     Without ``clean_drop`` the clean term is the disagreement on the other classes' synthetic inputs times
     ``clean_scale`` (module docstring). With ``suspect_rule="stratified"`` the probe's suspect comes from
-    :func:`stratified_suspects` instead of :func:`target_scan` (:data:`SUSPECT_RULES`). ``collapse_limit``: the
+    :func:`stratified_suspects` instead of :func:`target_scan` (:data:`SUSPECT_RULES`); with ``"warp"``, from
+    there unless :func:`warp_override` names one class. ``collapse_limit``: the
     collapse guard (:func:`choose`). Several synthetic sets: :func:`choose_for_repeats`.
     """
     from otbr.metrics import predict
@@ -844,9 +884,12 @@ def choose_for(
     pool, pool_ref = synthetic, ref
     if probe_images is not None:
         pool, pool_ref = probe_images, predict(original, probe_images)
-    if probe and suspect_rule == "stratified":
+    if probe and suspect_rule in ("stratified", "warp"):
         (suspect,), _, (extra["stratified_scan"],), _ = stratified_suspects(original, [pool], [pool_ref], num_classes,
                                                                             budget=probe_budget)
+        if suspect_rule == "warp":
+            extra["warp_scan"] = warp_override(original, pool, pool_ref, num_classes)
+            suspect = _overridden(suspect, extra["warp_scan"])
     elif probe:
         scan = target_scan(original, pool, pool_ref, num_classes, budget=probe_budget)
         suspect = _scan_suspect(scan, preds, ref, num_classes)
@@ -896,7 +939,8 @@ def choose_for_repeats(
     ``repeat_agreement`` is the share of sets whose lone choice is the averaged one, a measure of how sure the
     choice is. One set gives exactly :func:`choose_for`. ``suspect_rule`` (:data:`SUSPECT_RULES`): with
     ``"stratified"`` each set's suspect and the joint one come from :func:`stratified_suspects` (scores averaged
-    over the sets) instead of the averaged :func:`target_scan`. ``collapse_limit`` (the collapse guard,
+    over the sets) instead of the averaged :func:`target_scan`; with ``"warp"``, the first set's
+    :func:`warp_override`, when it names a class, replaces them all. ``collapse_limit`` (the collapse guard,
     :func:`choose`) applies to the averaged disagreement, and to each set's lone choice.
 
     Example:
@@ -918,11 +962,15 @@ def choose_for_repeats(
     refs = [predict(original, x) for x in sets]
     preds = [{v: predict(m, x) for v, m in candidates.items()} for x in sets]
     scan_extra: dict[str, Any]
-    if suspect_rule == "stratified":
+    if suspect_rule in ("stratified", "warp"):
         own, suspect, per_set_scores, avg_scores = stratified_suspects(original, sets, refs, num_classes,
                                                                        budget=probe_budget)
         set_scans: list[dict[str, Any]] = [{"stratified_scan": sc} for sc in per_set_scores]
         scan_extra = {"stratified_scan": avg_scores}
+        if suspect_rule == "warp":  # the first set's warp scan; an override holds for every set's suspect
+            scan_extra["warp_scan"] = warp_override(original, sets[0], refs[0], num_classes)
+            own = [_overridden(c, scan_extra["warp_scan"]) for c in own]
+            suspect = _overridden(suspect, scan_extra["warp_scan"])
     else:
         scans = [target_scan(original, x, r, num_classes, budget=probe_budget, seed=i)
                  for i, (x, r) in enumerate(zip(sets, refs, strict=True))]
@@ -970,7 +1018,8 @@ def choose_for_repeats(
              "suspect_rule": suspect_rule, **scan_extra, "repeats": repeats, "repeat_agreement": agreement,
              "probe": repeats[0]["probe_at_suspect"],
              "suspect_check": suspect_check(repeats[0]["probe_at_suspect"]["rate_original"], suspect)}
-    source = "stratified patch scan" if suspect_rule == "stratified" else "target scan"
+    source = {"stratified": "stratified patch scan", "warp": "stratified patch scan (or the first set's decisive warp "
+              "scan)"}.get(suspect_rule, "target scan")
     signal = per_set[0].signal + f"; each term averaged over {len(sets)} synthetic sets (seeds), the suspect from " \
                                  f"their averaged {source}"
     return Choice(value=float(best["value"]), suspect=suspect, candidates=rows, signal=signal, extra=extra)

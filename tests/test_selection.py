@@ -295,6 +295,47 @@ def test_stratified_rule_averages_median_and_mean_over_the_sets_and_probes_its_s
     assert "suspect_rule" not in OTBR(input_shape=(1, 8, 8), gamma=0.05, suspect_rule="stratified").config()
 
 
+def test_warp_rule_overrides_the_patch_suspect_only_when_one_class_alone_is_decisive(monkeypatch) -> None:
+    """``suspect_rule="warp"``: the patch scan names class 1 in every set; the first set's warp scan (and only
+    that set's) reaches class 3 from every source. Asserted: class 3 becomes the joint suspect and every set's own,
+    the probe goes only toward 3, the report keeps the warp medians and the override. With two decisive classes, or
+    none at the threshold (0.85 < 0.9), the patch suspect stands."""
+    net = tiny_net().eval()
+    cand = copy.deepcopy(net)
+    nan = float("nan")
+    warp_row: dict[int, float] = {3: 1.0}
+    warps: list[int] = []
+
+    def rates(*a, seed=0, kind="patch", **k) -> torch.Tensor:
+        r = torch.zeros(CLASSES, CLASSES, dtype=torch.float64)
+        if kind == "warp":
+            warps.append(seed)
+            for c, v in warp_row.items():
+                r[c, :] = v
+        else:
+            r[1, :] = 1.0
+        return r.fill_diagonal_(nan)
+
+    monkeypatch.setattr(selection, "stratified_scan", rates)
+    probed: list[int] = []
+    monkeypatch.setattr(selection, "reverse_trigger",
+                        lambda m, src, target, **k: probed.append(target) or (torch.zeros(1, 1, SIDE, SIDE),) * 2)
+    monkeypatch.setattr(selection, "trigger_rate", lambda *a, **k: 1.0)
+    sets = [torch.rand(30, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    c = choose_for_repeats(net, {0.1: cand}, sets, CLASSES, probe_steps=1, suspect_rule="warp")
+    assert c.suspect == 3 and [r["suspect"] for r in c.extra["repeats"]] == [3, 3, 3] and set(probed) == {3}
+    assert warps == [0] and c.extra["warp_scan"]["override"] == 3 and c.extra["warp_scan"]["median"][3] == 1.0
+    assert c.extra["stratified_scan"]["median"][1] == 1.0  # the patch scan is still reported
+    one = choose_for(net, {0.1: cand}, sets[0], CLASSES, probe_steps=1, suspect_rule="warp")
+    assert one.suspect == 3 and one.extra["warp_scan"]["override"] == 3
+    for row in ({3: 1.0, 2: 0.95}, {3: 0.85}):
+        warp_row.clear()
+        warp_row.update(row)
+        c = choose_for_repeats(net, {0.1: cand}, sets, CLASSES, probe_steps=1, suspect_rule="warp")
+        assert c.suspect == 1 and c.extra["warp_scan"]["override"] is None
+    assert OTBR(input_shape=(1, 8, 8), suspect_rule="warp").config()["suspect_rule"] == "warp"
+
+
 def test_collapse_guard_leaves_out_candidates_that_disagree_with_the_original_on_most_inputs() -> None:
     """0.3 loses the suspect's agreement entirely (backdoor drop 1) but disagrees on 3 of 4 other inputs: the
     unguarded rule takes it (estimated DER (1 + 1 − 0.7·0.75) / 2 ≈ 0.74 against 0.2's (1 + 0.5 − 0.7·0.25) / 2
