@@ -373,6 +373,9 @@ GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (m
           ("fifteenth zoo (held out; the pre-registered repair-check margin)", ("fifteenth",)),
           ("held out from the shipped OTBR rule (ninth to fifteenth)",
            ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth")),
+          ("sixteenth zoo (held out; the pre-registered warp override)", ("sixteenth",)),
+          ("held out from the shipped OTBR rule (ninth to sixteenth)",
+           ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth")),
           ("all", tuple(ZOOS)))
 
 

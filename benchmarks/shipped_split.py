@@ -35,7 +35,9 @@ REMOVED = 10.0
 #: clean accuracy (%) below which a candidate counts as collapsed: twice chance for ten classes
 COLLAPSED = 20.0
 #: zoos held out from the shipped rule (defined after, or with the rule that adopted it)
-HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth")
+HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth")
+#: zoos after the thirteenth (the last one seen when the removal reading was written)
+LATER = ("fourteenth", "fifteenth", "sixteenth")
 COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_drop_est", "auto_acc", "auto_asr", "auto_der", "oracle",
            "oracle_acc",
            "oracle_asr", "oracle_der", "gap", "gap_no_guard", "gap_limit_62", "deployable_oracle", "gap_deployable"]
@@ -121,19 +123,20 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     parts = (("all", rows),
              *((f"held out from the shipped rule ({HELD_OUT[0]} to {HELD_OUT[k - 1]})", held(k))
-               for k in (7, 6, 5, 4, 3)),
+               for k in (8, 7, 6, 5, 4, 3)),
              (f"some γ removes the backdoor (oracle ASR ≤ {REMOVED:g} %)", removable),
              (f"… and the oracle's model is not collapsed (ACC ≥ {COLLAPSED:g} %)", usable),
              ("no γ removes it", [r for r in rows if r["oracle_asr"] > REMOVED]),
              ("the first eleven zoos (the rows before the twelfth)",
-              [r for r in rows if r["zoo"] not in ("twelfth", "thirteenth", "fourteenth", "fifteenth")]),
-             ("the first thirteen zoos (the rows before the fourteenth)",
-              [r for r in rows if r["zoo"] not in ("fourteenth", "fifteenth")]),
+              [r for r in rows if r["zoo"] not in ("twelfth", "thirteenth", *LATER)]),
+             ("the first thirteen zoos (the rows before the fourteenth)", [r for r in rows if r["zoo"] not in LATER]),
              ("twelfth zoo", [r for r in rows if r["zoo"] == "twelfth"]),
              ("thirteenth zoo (the pre-registered test of the limit 62 %)",
               [r for r in rows if r["zoo"] == "thirteenth"]),
              ("fourteenth zoo", [r for r in rows if r["zoo"] == "fourteenth"]),
-             ("fifteenth zoo", [r for r in rows if r["zoo"] == "fifteenth"]))
+             ("fifteenth zoo", [r for r in rows if r["zoo"] == "fifteenth"]),
+             ("sixteenth zoo (the pre-registered test of the warp override)",
+              [r for r in rows if r["zoo"] == "sixteenth"]))
     out = []
     for label, g in parts:
         if g:
@@ -157,9 +160,8 @@ def removal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     last = [z for z in HELD_OUT if any(r["zoo"] == z for r in rows)][-1:] or ["-"]
     parts = (("all", rows), (f"held out ({HELD_OUT[0]} to {last[0]})", [r for r in rows if r["zoo"] in HELD_OUT]),
              ("the first thirteen zoos (seen when the reading was written)",
-              [r for r in rows if r["zoo"] not in ("fourteenth", "fifteenth")]),
-             ("fourteenth zoo (held out from the reading)", [r for r in rows if r["zoo"] == "fourteenth"]),
-             ("fifteenth zoo (held out from the reading)", [r for r in rows if r["zoo"] == "fifteenth"]))
+              [r for r in rows if r["zoo"] not in LATER]),
+             *((f"{z} zoo (held out from the reading)", [r for r in rows if r["zoo"] == z]) for z in LATER))
     out = []
     for label, g in parts:
         for reading, keep in ((f"drop ≥ {limit:g} %: probably removed", lambda r: r["auto_drop_est"] >= limit),

@@ -199,6 +199,11 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
                    + ("" if margin is None or moved else f", {100 * margin:.2f} points ahead of the next candidate")
                    + f", suspected target class {auto['suspected_target']}; no poisoned data used — candidates in "
                    "the report)")
+        warp = auto.get("warp_scan") or {}
+        if warp.get("override") is not None and warp["override"] != warp.get("patch_suspect"):
+            click.echo(f"suspect from the warp scan: class {warp['override']} is reached by a {warp['pixels']:g}-pixel "
+                       f"warp from nearly every source class (median {warp['median'][warp['override']]:.2f}); the "
+                       f"patch scan named class {warp['patch_suspect']}")
         cost = clean_cost_line(auto)
         if cost:
             click.echo(cost)

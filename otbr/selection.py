@@ -764,13 +764,15 @@ def require_batchnorm(model: torch.nn.Module, option: str, example: str) -> None
                         f"pass a fixed {option} (e.g. {example})")
 
 
-def _overridden(suspect: int, warp: Mapping[str, Any]) -> int:
-    """``suspect``, unless :func:`warp_override` found one decisive class (logged when it changes the suspect)."""
+def _overridden(suspect: int, warp: Mapping[str, Any], *, report: bool = True) -> int:
+    """``suspect``, unless :func:`warp_override` found one decisive class (logged, with ``report``, when that
+    changes the suspect)."""
     if warp["override"] is None or warp["override"] == suspect:
         return suspect
-    log.info("warp override: class %d is reached by a %g-pixel warp from nearly every source class (median %.2f); "
-             "suspect %d → %d", warp["override"], warp["pixels"], warp["median"][warp["override"]], suspect,
-             warp["override"])
+    if report:
+        log.info("warp override: class %d is reached by a %g-pixel warp from nearly every source class (median "
+                 "%.2f); suspect %d → %d", warp["override"], warp["pixels"], warp["median"][warp["override"]],
+                 suspect, warp["override"])
     return int(warp["override"])
 
 
@@ -888,7 +890,7 @@ def choose_for(
         (suspect,), _, (extra["stratified_scan"],), _ = stratified_suspects(original, [pool], [pool_ref], num_classes,
                                                                             budget=probe_budget)
         if suspect_rule == "warp":
-            extra["warp_scan"] = warp_override(original, pool, pool_ref, num_classes)
+            extra["warp_scan"] = {**warp_override(original, pool, pool_ref, num_classes), "patch_suspect": suspect}
             suspect = _overridden(suspect, extra["warp_scan"])
     elif probe:
         scan = target_scan(original, pool, pool_ref, num_classes, budget=probe_budget)
@@ -968,8 +970,9 @@ def choose_for_repeats(
         set_scans: list[dict[str, Any]] = [{"stratified_scan": sc} for sc in per_set_scores]
         scan_extra = {"stratified_scan": avg_scores}
         if suspect_rule == "warp":  # the first set's warp scan; an override holds for every set's suspect
-            scan_extra["warp_scan"] = warp_override(original, sets[0], refs[0], num_classes)
-            own = [_overridden(c, scan_extra["warp_scan"]) for c in own]
+            scan_extra["warp_scan"] = {**warp_override(original, sets[0], refs[0], num_classes),
+                                       "patch_suspect": suspect}
+            own = [_overridden(c, scan_extra["warp_scan"], report=False) for c in own]
             suspect = _overridden(suspect, scan_extra["warp_scan"])
     else:
         scans = [target_scan(original, x, r, num_classes, budget=probe_budget, seed=i)

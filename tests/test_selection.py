@@ -325,6 +325,7 @@ def test_warp_rule_overrides_the_patch_suspect_only_when_one_class_alone_is_deci
     c = choose_for_repeats(net, {0.1: cand}, sets, CLASSES, probe_steps=1, suspect_rule="warp")
     assert c.suspect == 3 and [r["suspect"] for r in c.extra["repeats"]] == [3, 3, 3] and set(probed) == {3}
     assert warps == [0] and c.extra["warp_scan"]["override"] == 3 and c.extra["warp_scan"]["median"][3] == 1.0
+    assert c.extra["warp_scan"]["patch_suspect"] == 1
     assert c.extra["stratified_scan"]["median"][1] == 1.0  # the patch scan is still reported
     one = choose_for(net, {0.1: cand}, sets[0], CLASSES, probe_steps=1, suspect_rule="warp")
     assert one.suspect == 3 and one.extra["warp_scan"]["override"] == 3
@@ -585,6 +586,37 @@ def test_cli_prints_the_weak_suspect_warning(tmp_path: Path, monkeypatch) -> Non
     assert auto["suspect_check"]["weak"] is True
     expected = "found no trigger" if auto["probe"]["found"] is False else "may be a naturally easy class"
     assert any(line.startswith("warning:") and expected in line for line in res.output.splitlines())
+
+
+def test_cli_says_when_the_warp_scan_overrides_the_patch_suspect(tmp_path: Path, monkeypatch) -> None:
+    """``--suspect-rule warp``: when the warp scan names one class (forced here to the class after the patch
+    suspect), the report's suspect is that class and the screen says so, naming the patch scan's class too; with
+    no override, no such line."""
+    from otbr.cli.main import main
+
+    model, _ = make_tiny_files(tmp_path, 40)
+    real = selection.warp_override
+    forced: dict[str, int] = {}
+
+    def fake(*a, **k):
+        out = real(*a, **k)
+        out["override"] = forced.get("class")
+        return out
+
+    monkeypatch.setattr(selection, "warp_override", fake)
+    args = ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16", "--no-eval", "--selection-repeats",
+            "1", "--suspect-rule", "warp"]
+    plain = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "a.safetensors"), "--report", str(tmp_path / "a")])
+    assert plain.exit_code == 0, plain.output
+    patch = json.loads((tmp_path / "a").read_text())["info"]["auto"]["suspected_target"]
+    assert "suspect from the warp scan" not in plain.output
+    forced["class"] = (patch + 1) % CLASSES
+    res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "b.safetensors"), "--report", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    auto = json.loads((tmp_path / "b").read_text())["info"]["auto"]
+    assert auto["suspected_target"] == forced["class"] and auto["warp_scan"]["patch_suspect"] == patch
+    assert f"suspect from the warp scan: class {forced['class']} is reached" in res.output
+    assert f"the patch scan named class {patch}" in res.output
 
 
 def test_cli_auto_is_the_default_and_reported(tmp_path: Path) -> None:
