@@ -29,7 +29,7 @@ from otbr.report import ORACLE_NOTE, markdown_table, write_json
 from otbr.selection import OTBR_LEAN, REMOVAL_DROP
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNS = "auto-otbr-stratified-fmnist,auto-otbr-stratified-guard-fmnist"
+RUNS = "auto-otbr-stratified-fmnist,auto-otbr-stratified-guard-fmnist,auto-otbr-warp-guard-fmnist"
 #: ASR (%) at or below which a model counts as cleaned (the issue's "no attack left above 10 % ASR")
 REMOVED = 10.0
 #: clean accuracy (%) below which a candidate counts as collapsed: twice chance for ten classes

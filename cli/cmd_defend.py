@@ -372,7 +372,7 @@ def defend() -> None:
               help="--gamma auto: how the suspected target is named. scan: the class one small patch reaches most "
                    "often from the pooled other-class inversions; stratified: the class it reaches from the most "
                    "source classes (median over sources); warp: stratified, unless one class alone is reached by a "
-                   "1-pixel universal warp from nearly every source class. Default: stratified.")
+                   "1-pixel universal warp from nearly every source class. Default: warp.")
 @click.option("--collapse-limit", type=FiniteFloatRange(0, 1, min_open=True), default=None,
               help="--gamma auto: the collapse guard; γ whose fused model disagrees with the original on more than "
                    "this share of the inverted inputs are not chosen (unless all do: then the smallest). 1 turns "

@@ -75,10 +75,10 @@ log = logging.getLogger(__name__)
 SYNTHETIC_CLEAN_SCALE = 0.7
 
 #: How far that estimate was from the real relative loss of clean accuracy, in points: median and 90th percentile of
-#: the absolute error over the 325 candidates of the 65 zoo models (ORACLE measurement on their clean test sets;
-#: the scale above was fitted on 11 of them). ``python benchmarks/shipped_split.py``,
+#: the absolute error over the 350 candidates of the 70 zoo models, under the shipped suspect rule (ORACLE measurement
+#: on their clean test sets; the scale above was fitted on 11 of them). ``python benchmarks/shipped_split.py``,
 #: ``benchmarks/results/auto-otbr-shipped-split-fmnist.md``; ``otbr defend otbr`` quotes it beside its estimate.
-CLEAN_ESTIMATE_ERROR = {"median": 5.1, "p90": 16.8}
+CLEAN_ESTIMATE_ERROR = {"median": 5.3, "p90": 16.7}
 
 #: OTBR's lean toward pruning (estimated-DER units, fractions): among the candidates whose estimated DER is within
 #: this of the best, the largest γ is taken. Under-pruning leaves the backdoor (ASR 50–66 % at the zoo's near-ties)
@@ -123,8 +123,8 @@ SUSPECT_WEAK_RATE = 0.9
 
 #: How the data-free selection names its suspected target: ``"scan"`` (this module's default and TSBD's), the class
 #: one small patch reaches most often from the pooled other-class synthetic inputs (:func:`target_scan`);
-#: ``"stratified"`` (OTBR's default, ``otbr.defenses.otbr.SUSPECT_RULE``; :func:`stratified_suspects`), the class a
-#: small patch reaches from the most source classes; ``"warp"``, the stratified suspect unless one class alone is
+#: ``"stratified"`` (:func:`stratified_suspects`), the class a small patch reaches from the most source classes;
+#: ``"warp"`` (OTBR's default, ``otbr.defenses.otbr.SUSPECT_RULE``), the stratified suspect unless one class alone is
 #: reached by a small universal warp from nearly every source class (:func:`warp_override`).
 SUSPECT_RULES = ("scan", "stratified", "warp")
 
@@ -153,10 +153,11 @@ SUSPECT_WEAK = ("the trigger reverse-engineered toward the suspected class {susp
 #: (the probe's relative fall toward the suspect) at or above which the backdoor reads as probably removed. One minus
 #: the 10 % ASR that counts as "removed" in the benchmarks — not fitted. Over the 55 Fashion-MNIST zoo models of the
 #: first thirteen zoos (``benchmarks/results/auto-otbr-shipped-split-fmnist.md``, removal section; ORACLE: it reads
-#: their ASR) the backdoor stayed on 21 of the 24 choices below it and went on 21 of the 31 at or above it.
+#: their ASR) the backdoor stayed on 21 of the 24 choices below it and went on 21 of the 31 at or above it when the
+#: line was set; under the shipped suspect rule since (the warp override), 20 of 22 and 22 of 33.
 REMOVAL_DROP = 0.9
 #: those counts, quoted by the report's notes: (removed, models) below and at or above :data:`REMOVAL_DROP`
-REMOVAL_RECORD = {"below": (3, 24), "above": (21, 31)}
+REMOVAL_RECORD = {"below": (2, 22), "above": (22, 33)}
 
 
 def removal_evidence(drop: float, suspect: int, limit: float = REMOVAL_DROP) -> dict[str, Any]:

@@ -290,7 +290,7 @@ def test_stratified_rule_averages_median_and_mean_over_the_sets_and_probes_its_s
         choose_for_repeats(net, {0.1: cand}, sets, CLASSES, suspect_rule="vote")
     with pytest.raises(OtbrError, match="suspect_rule"):
         OTBR(input_shape=(1, 8, 8), suspect_rule="vote")
-    assert OTBR(input_shape=(1, 8, 8)).config()["suspect_rule"] == "stratified"  # the default
+    assert OTBR(input_shape=(1, 8, 8)).config()["suspect_rule"] == "warp"  # the default
     assert "suspect_rule" not in OTBR(input_shape=(1, 8, 8), suspect_rule="scan").config()  # earlier cells' keys
     assert "suspect_rule" not in OTBR(input_shape=(1, 8, 8), gamma=0.05, suspect_rule="stratified").config()
 
@@ -632,7 +632,8 @@ def test_cli_auto_is_the_default_and_reported(tmp_path: Path) -> None:
     payload = json.loads(report.read_text())
     auto = payload["info"]["auto"]
     assert payload["config"]["gamma"] == "auto" and auto["candidates"]
-    assert payload["config"]["suspect_rule"] == auto["suspect_rule"] == "stratified" and "stratified_scan" in auto
+    assert payload["config"]["suspect_rule"] == auto["suspect_rule"] == "warp" and "stratified_scan" in auto
+    assert "warp_scan" in auto and auto["warp_scan"]["pixels"] == selection.WARP_PIXELS
     assert payload["config"]["collapse_limit"] == auto["collapse_guard"]["limit"] == COLLAPSE_LIMIT
     chosen = next(c for c in auto["candidates"] if c["value"] == auto["chosen"])
     removal = auto["removal"]  # the chosen candidate's own drop, read against REMOVAL_DROP, and said on screen

@@ -68,8 +68,14 @@ GAMMA_GRID = (0.02, 0.05, 0.1, 0.15, 0.2)
 #: models mean DER gap 3.72 averaged vs 4.76 for one set, worst 18.49 vs 28.06, held-out fourth zoo 2.23 both
 #: (``benchmarks/results/auto-otbr-repeats3-fmnist.md``). Triples the selection's time.
 SELECTION_REPEATS = 3
-#: How the automatic γ names the suspected target (:data:`otbr.selection.SUSPECT_RULES`): ``"stratified"``, with
-#: the collapse guard (``collapse_limit``, :data:`otbr.selection.COLLAPSE_LIMIT`). History: on 2026-11-24
+#: How the automatic γ names the suspected target (:data:`otbr.selection.SUSPECT_RULES`): ``"warp"`` (the
+#: stratified suspect unless a 1-pixel universal warp reaches one class alone from nearly every source class), with
+#: the collapse guard (``collapse_limit``, :data:`otbr.selection.COLLAPSE_LIMIT`). ``"warp"`` since 2026-11-24
+#: 15:50 UTC, by the rule pre-registered with the sixteenth zoo (``benchmarks/zoo.py``): over the 65 models of the
+#: first fifteen zoos the override fixed 7 wrong suspects (all WaNet) and broke none
+#: (``benchmarks/results/warp-scan-explore-fmnist.md``), and on the sixteenth zoo it named the target on 4 of 5 models
+#: (stratified: 3) with no gap larger (``auto-otbr-warp-guard-fmnist.md``). Over the 70 models: mean DER gap 3.23 →
+#: 2.83, worst 37.01 both (``auto-otbr-warp-split-fmnist.md``). History before it: on 2026-11-24
 #: ``"stratified"`` met the rule written before its run (over the first 31 zoo models, mean DER gap 4.18 → 3.29,
 #: worst 36.91 → 31.15; ``benchmarks/results/auto-otbr-stratified-fmnist.md``) and was the default for a few hours;
 #: the eighth zoo, defined with a rule to revert it, then gave over the two zoos held out from the signal (seventh
@@ -80,7 +86,7 @@ SELECTION_REPEATS = 3
 #: the default once the guard was built into the selector. Over all 39 zoo models, re-scored from the stored
 #: estimates: 1.72 / 11.20 against the scan's 4.33 / 36.91 (3.36 / 36.91 for the scan with the guard). A tenth zoo,
 #: trained after the switch and run as shipped, scored 0.28 / 1.12 (``auto-otbr-stratified-guard-fmnist.md``).
-SUSPECT_RULE = "stratified"
+SUSPECT_RULE = "warp"
 
 
 @register_defense
@@ -106,7 +112,8 @@ class OTBR(Defense):
             moved, mean DER 87.62 from the lighter γ against 86.67 from the leaned one,
             ``benchmarks/results/repair-lean-cpu-fmnist.md``).
         suspect_rule: for ``gamma="auto"``, how the suspected target is named (:data:`otbr.selection.SUSPECT_RULES`):
-            ``"stratified"`` (default, :data:`SUSPECT_RULE`; :func:`otbr.selection.stratified_suspects`) or
+            ``"warp"`` (default, :data:`SUSPECT_RULE`; :func:`otbr.selection.warp_override`), ``"stratified"``
+            (:func:`otbr.selection.stratified_suspects`) or
             ``"scan"`` (:func:`otbr.selection.target_scan`; worse on blended triggers). Listed in :meth:`config`
             only with ``gamma="auto"`` and a rule other than ``"scan"``.
         collapse_limit: for ``gamma="auto"``, the collapse guard: γ whose fused candidate disagrees with the
