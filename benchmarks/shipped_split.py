@@ -3,13 +3,15 @@
 The DER gap to the oracle mixes two kinds of model. Where some γ of the grid removes the backdoor (the ORACLE
 choice leaves ≤ 10 % ASR), the gap says how close the data-free choice came to a working defense. Where none does,
 every candidate keeps the backdoor and the gap only measures how much clean accuracy the choice spent failing.
-This script reads stored automatic-γ runs (no model is run), applies the shipped rule to each row — the stratified
-suspect's stored estimates with the collapse guard, :func:`auto_bench.guarded_choice`, which on rows run with the
-guard is the as-run choice — and splits the gaps that way. The split reads the oracle's ASR: the groups are
+This script reads stored automatic-γ runs (no model is run; a later file's row replaces an earlier one, so the warp
+override's re-runs replace the stratified rows of the models it changes), applies the shipped rule to each row — the
+stored estimates toward the row's suspect with the collapse guard, :func:`auto_bench.guarded_choice`, which on rows
+run with the guard is the as-run choice — and splits the gaps that way. The split reads the oracle's ASR: the groups are
 ORACLE-defined, for reading only; nothing is chosen from them.
 
 Usage:
-    python benchmarks/shipped_split.py [--runs auto-otbr-stratified-fmnist,auto-otbr-stratified-guard-fmnist]
+    python benchmarks/shipped_split.py [--runs auto-otbr-stratified-fmnist,auto-otbr-stratified-guard-fmnist,...]
+        [--out STEM]   # --runs without the warp file: the stratified rule alone (auto-otbr-stratified-split-fmnist)
 
 Writes ``benchmarks/results/auto-otbr-shipped-split-fmnist.{md,json}``.
 """
