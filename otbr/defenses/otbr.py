@@ -14,7 +14,8 @@ The published method gives no rule to choose γ without poisoned data. With
 ``gamma_grid`` from one unlearning run and keeps the one with the highest
 *estimated* DER, computed without any data from BatchNorm-inverted synthetic
 inputs (:mod:`otbr.selection`; by default the suspected target comes from the
-stratified patch scan and candidates that no longer agree with the original on
+stratified patch scan, or from a 1-pixel warp scan that reaches one class alone
+from nearly every source class, and candidates that no longer agree with the original on
 most of those inputs are not chosen, the collapse guard); the report lists
 every candidate's numbers.
 :func:`sweep` yields the pruned and fused model for every γ so that evaluation
