@@ -262,7 +262,7 @@ FIFTEENTH: dict[str, dict[str, Any]] = {
 #: **Outcome** (2026-11-24, ``auto_bench.py --repeats 3 --zoo sixteenth --suspect-rule warp``, and without the override
 #: on VGG WaNet-t2, the one model whose suspect it changed): (a) met on the 65 models (7 fixed, none broken,
 #: ``warp-scan-explore-fmnist.md``); (b) met — targets named 4 of 5 against 3, gaps 0, 0, 1.05, 0, 2.85 under both
-#: rules. ``otbr.defenses.otbr.SUSPECT_RULE`` is ``"warp"`` since. TSBD's gaps here: ``auto-tsbd-fmnist.md``.
+#: rules. ``otbr.defenses.otbr.SUSPECT_RULE`` is ``"warp"`` since. TSBD's gaps here: 2.33, 2.83, 0, 0, 20.37 (SIG-t1).
 SIXTEENTH: dict[str, dict[str, Any]] = {
     "wanet-k6-t4": {**PREACT, "attack": "wanet", "attack_kwargs": {"k": 6, "strength": 0.5, "target": 4}},
     "vgg11-wanet-t2": {**VGG, "attack": "wanet", "attack_kwargs": {"strength": 0.5, "target": 2}},
