@@ -49,7 +49,7 @@ from zoo import FOLDERS
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, environment, markdown_table
-from otbr.selection import class_scores, stratified_scan
+from otbr.selection import class_scores, decisive_class, stratified_scan
 from otbr.synthesis import synthesize
 
 log = logging.getLogger("warp_scan_explore")
@@ -65,14 +65,15 @@ def shipped_suspects() -> dict[tuple[str, str], int]:
 
 
 def override(median: list[float], shipped: int, decisive: float) -> int:
-    """The warp override: the one class whose warp median reaches ``decisive``, else ``shipped``.
+    """The warp override: the one class whose warp median reaches ``decisive``
+    (:func:`otbr.selection.decisive_class`, the selection's own decision), else ``shipped``.
 
     Example:
         >>> override([1.0, 0.0, 0.2], 2, 0.9), override([1.0, 0.95, 0.0], 2, 0.9), override([0.5, 0.0], 1, 0.9)
         (0, 2, 1)
     """
-    top = [c for c, v in enumerate(median) if v is not None and v >= decisive]
-    return top[0] if len(top) == 1 else shipped
+    found = decisive_class(median, decisive)
+    return shipped if found is None else found
 
 
 def explore(zoo: str, name: str, *, pixels: float, shipped: int | None, seed: int = 0) -> dict[str, Any]:

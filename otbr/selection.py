@@ -683,26 +683,40 @@ def stratified_suspects(original: torch.nn.Module, pools: Sequence[torch.Tensor]
     return own, joint, [rounded(s) for s in scores], rounded(avg)
 
 
+def decisive_class(median: Sequence[float | None] | torch.Tensor, decisive: float = WARP_DECISIVE) -> int | None:
+    """The warp override's decision on per-class medians: the one class at or above ``decisive``, else ``None``
+    (none, or several; a missing or NaN median counts as below). Pure, so stored medians can be re-scored
+    (``benchmarks/warp_scan_explore.py``).
+
+    Example:
+        >>> decisive_class([1.0, 0.0, 0.2]), decisive_class([1.0, 0.95, 0.0]), decisive_class([0.5, None])
+        (0, None, None)
+    """
+    top = [c for c, v in enumerate(median) if v is not None and float(v) >= decisive]  # NaN >= x is False
+    return top[0] if len(top) == 1 else None
+
+
 def warp_override(original: torch.nn.Module, synthetic: torch.Tensor, reference: torch.Tensor, num_classes: int, *,
-                  pixels: float = WARP_PIXELS, decisive: float = WARP_DECISIVE, seed: int = 0) -> dict[str, Any]:
+                  patch_suspect: int, pixels: float = WARP_PIXELS, decisive: float = WARP_DECISIVE,
+                  seed: int = 0) -> dict[str, Any]:
     """The warp scan of the ``"warp"`` suspect rule: :func:`stratified_scan` with a warp of at most ``pixels``
     pixels; if exactly one class's median over source classes reaches ``decisive``, it is ``"override"`` (else
     ``None``). A warp keeps an image's content, so it reaches a natural neighbour (shirt from T-shirt) only as far as
     a one-pixel shift can, while a model trained on a warping trigger (WaNet) answers it from every source — where
-    a patch scan names the neighbour. Returns the per-class median (rounded), the settings and the override.
+    a patch scan names the neighbour. Returns the per-class median (rounded), the settings, the override
+    (:func:`decisive_class`) and ``patch_suspect``, the suspect it would replace (for the report).
 
     Example:
         >>> from otbr.models import create_model
         >>> net = create_model("tinycnn", num_classes=3, in_channels=1).eval()
         >>> x = torch.rand(12, 1, 8, 8)
-        >>> sorted(warp_override(net, x, net(x).argmax(1), 3))
-        ['decisive', 'median', 'override', 'pixels']
+        >>> sorted(warp_override(net, x, net(x).argmax(1), 3, patch_suspect=0))
+        ['decisive', 'median', 'override', 'patch_suspect', 'pixels']
     """
     median = class_scores(stratified_scan(original, synthetic, reference, num_classes, kind="warp", budget=pixels,
                                           seed=seed))["median"]
-    top = [c for c in range(num_classes) if float(torch.nan_to_num(median[c])) >= decisive]
     return {"median": [None if v != v else round(float(v), 4) for v in median], "pixels": pixels,
-            "decisive": decisive, "override": top[0] if len(top) == 1 else None}
+            "decisive": decisive, "override": decisive_class(median, decisive), "patch_suspect": patch_suspect}
 
 
 def averaged_suspect(scores: Sequence[Mapping[str, torch.Tensor]]) -> tuple[int, dict[str, torch.Tensor]]:
@@ -891,7 +905,7 @@ def choose_for(
         (suspect,), _, (extra["stratified_scan"],), _ = stratified_suspects(original, [pool], [pool_ref], num_classes,
                                                                             budget=probe_budget)
         if suspect_rule == "warp":
-            extra["warp_scan"] = {**warp_override(original, pool, pool_ref, num_classes), "patch_suspect": suspect}
+            extra["warp_scan"] = warp_override(original, pool, pool_ref, num_classes, patch_suspect=suspect)
             suspect = _overridden(suspect, extra["warp_scan"])
     elif probe:
         scan = target_scan(original, pool, pool_ref, num_classes, budget=probe_budget)
@@ -971,8 +985,7 @@ def choose_for_repeats(
         set_scans: list[dict[str, Any]] = [{"stratified_scan": sc} for sc in per_set_scores]
         scan_extra = {"stratified_scan": avg_scores}
         if suspect_rule == "warp":  # the first set's warp scan; an override holds for every set's suspect
-            scan_extra["warp_scan"] = {**warp_override(original, sets[0], refs[0], num_classes),
-                                       "patch_suspect": suspect}
+            scan_extra["warp_scan"] = warp_override(original, sets[0], refs[0], num_classes, patch_suspect=suspect)
             own = [_overridden(c, scan_extra["warp_scan"], report=False) for c in own]
             suspect = _overridden(suspect, scan_extra["warp_scan"])
     else:
