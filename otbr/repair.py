@@ -210,8 +210,7 @@ def backdoor_check(
             rate_original = target_scan(original, synthetic, reference, num_classes, **kw)
         out["signal"] += ", only classes the pruning suppressed (original → pruned fell by the tolerance)"
         out["rate_original"] = [round(float(v), 4) for v in rate_original]
-        out["suppressed"] = [c for c in range(num_classes)
-                             if float(rate_original[c] - rate_before[c]) >= tolerance - 1e-9]
+        out["suppressed"] = suppressed_classes(rate_original, rate_before, tolerance).nonzero().flatten().tolist()
     out["rate_before"] = [round(float(v), 4) for v in rate_before]
     out["rate_after"] = [round(float(v), 4) for v in rate_after]
     if original is not None and suspect is not None:
@@ -224,6 +223,19 @@ def backdoor_check(
                                  rate_original=rate_original if original is not None else None,
                                  suspects=suspects, margin=margin)
     return out
+
+
+def suppressed_classes(rate_original: Sequence[float] | torch.Tensor, rate_before: Sequence[float] | torch.Tensor,
+                       tolerance: float) -> torch.Tensor:
+    """Per class, whether the pruning suppressed it: its trigger rate fell by ``tolerance`` from the original to
+    the pruned model (the classes :func:`backdoor_check` watches).
+
+    Example:
+        >>> suppressed_classes([0.34, 0.1], [0.0, 0.0], 0.25).tolist()
+        [True, False]
+    """
+    original = torch.as_tensor(rate_original, dtype=torch.float64)
+    return original - torch.as_tensor(rate_before, dtype=torch.float64) >= tolerance - 1e-9
 
 
 def check_flags(rate_before: Sequence[float] | torch.Tensor, rate_after: Sequence[float] | torch.Tensor, *,
@@ -245,7 +257,7 @@ def check_flags(rate_before: Sequence[float] | torch.Tensor, rate_after: Sequenc
     watched = torch.ones(len(before), dtype=torch.bool)
     if rate_original is not None:
         original = torch.as_tensor(rate_original, dtype=torch.float64)
-        watched = original - before >= tolerance - 1e-9
+        watched = suppressed_classes(original, before, tolerance)
         if suspects is not None:
             beyond = after - original >= margin - 1e-9  # easier than even the original
             beyond[list(suspects)] = True
