@@ -108,6 +108,45 @@ def run_probe(ap: argparse.ArgumentParser, argv: list[str] | None, stem: str, sc
     return 0
 
 
+def run_models(ap: argparse.ArgumentParser, argv: list[str] | None, stem: str, script: str,
+               render: Callable[[dict[str, Any], Path], None],
+               explore: Callable[[argparse.Namespace, str, str], dict[str, Any]],
+               fields: Callable[[argparse.Namespace, list[dict[str, Any]]], dict[str, Any]],
+               results: Path | None = None) -> int:
+    """A scan probe's ``main`` after its own options: ``explore(args, zoo, name)`` on each ``--models`` spec, the
+    result saved after every model; or, with ``--merge``, the named parts joined; or ``--render``.
+
+    ``fields(args, rows)`` gives the payload's own keys (its settings, its summary; it may re-score the rows). On a
+    merge, every option stored in the first part under its own name (``threads``, a probe's settings) takes the
+    stored value, and the first part's reading is kept.
+    """
+    from otbr.report import environment
+
+    out_options(ap, stem)
+    args = ap.parse_args(argv)
+    path = (results or Path(__file__).resolve().parent / "results") / f"{args.out}.json"
+    if start(args, path, render):
+        return 0
+
+    def payload(command: str, rows: list[dict[str, Any]], kept: dict[str, Any]) -> dict[str, Any]:
+        return {"command": command, **fields(args, rows), "models": rows, "environment": environment(),
+                "oracle_note": ORACLE_NOTE, **kept}
+
+    if args.merge:
+        command, rows, first = merged(path.parent, args.merge)
+        for k in set(vars(args)) & set(first) - {"models"}:
+            setattr(args, k, first[k])
+        save(path, payload(command, rows, {k: first[k] for k in ("reading",) if k in first}), render)
+        return 0
+    specs = model_specs(ap, args.models)
+    command = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows: list[dict[str, Any]] = []
+    for zoo, name in specs:
+        rows.append(explore(args, zoo, name))
+        save(path, payload(command, rows, {}), render)
+    return 0
+
+
 def stored_rows_build(ap: argparse.ArgumentParser, probe: Callable[[str, str, dict[str, Any]], dict[str, Any]]
                       ) -> Callable[[argparse.Namespace], list[dict[str, Any]]]:
     """A :func:`run_probe` ``build`` that runs ``probe(zoo, name, row)`` on each ``--models`` spec with the shipped

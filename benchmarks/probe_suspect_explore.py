@@ -47,13 +47,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from explore_cli import merged, model_specs, out_options, parser, save, start
+from explore_cli import parser, run_models
 from scan_explore import SUMMARY_COLUMNS, signal_order, summary
 from zoo import FOLDERS
 
 from otbr.metrics import predict
 from otbr.models import load_model
-from otbr.report import ORACLE_NOTE, environment, markdown_table
+from otbr.report import ORACLE_NOTE, markdown_table
 from otbr.selection import reverse_trigger, target_scan, trigger_rate
 from otbr.synthesis import synthesize
 
@@ -118,31 +118,12 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def payload(command: str, threads: int, top: int, rows: list[dict[str, Any]], **kept: Any) -> dict[str, Any]:
-    return {"command": command, "threads": threads, "top": top, "models": rows, "summary": summary(rows),
-            "environment": environment(), "oracle_note": ORACLE_NOTE, **kept}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--top", type=int, default=3, help="scan classes whose probe is run (default 3)")
-    out_options(ap, STEM)
-    args = ap.parse_args(argv)
-    path = RESULTS / f"{args.out}.json"
-    if start(args, path, write_markdown):
-        return 0
-    if args.merge:
-        command, rows, first = merged(RESULTS, args.merge)
-        save(path, payload(command, first["threads"], first["top"], rows,
-                           **{k: first[k] for k in ("reading",) if k in first}), write_markdown)
-        return 0
-    specs = model_specs(ap, args.models)
-    command = "python benchmarks/probe_suspect_explore.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    rows: list[dict[str, Any]] = []
-    for zoo, name in specs:
-        rows.append(explore(zoo, name, top=args.top))
-        save(path, payload(command, args.threads, args.top, rows), write_markdown)
-    return 0
+    return run_models(ap, argv, STEM, "probe_suspect_explore.py", write_markdown,
+                      lambda args, zoo, name: explore(zoo, name, top=args.top),
+                      lambda args, rows: {"threads": args.threads, "top": args.top, "summary": summary(rows)})
 
 
 if __name__ == "__main__":

@@ -50,12 +50,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from explore_cli import merged, model_specs, out_options, parser, save, start
+from explore_cli import parser, run_models
 from zoo import FOLDERS
 
 from otbr.metrics import predict
 from otbr.models import load_model
-from otbr.report import ORACLE_NOTE, environment, markdown_table
+from otbr.report import ORACLE_NOTE, markdown_table
 from otbr.selection import argmax_tiebreak, class_scores, stratified_scan, target_scan
 from otbr.synthesis import synthesize
 
@@ -154,35 +154,18 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def payload(command: str, args: Any, rows: list[dict[str, Any]], **kept: Any) -> dict[str, Any]:
-    return {"command": command, "threads": args.threads, "alpha": args.alpha, "per_source": args.per_source,
-            "models": rows, "summary": summary(rows), "environment": environment(), "oracle_note": ORACLE_NOTE,
-            **kept}
+def fields(args: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    for r in rows:
+        score(r)
+    return {"threads": args.threads, "alpha": args.alpha, "per_source": args.per_source, "summary": summary(rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--alpha", type=float, default=0.1, help="blend weight of the blend scan (default 0.1)")
     ap.add_argument("--per-source", type=int, default=8, help="synthetic inputs per source class (default 8)")
-    out_options(ap, STEM)
-    args = ap.parse_args(argv)
-    path = RESULTS / f"{args.out}.json"
-    if start(args, path, write_markdown):
-        return 0
-    if args.merge:
-        command, rows, first = merged(RESULTS, args.merge)
-        for r in rows:
-            score(r)
-        args.threads = first["threads"]
-        save(path, payload(command, args, rows, **{k: first[k] for k in ("reading",) if k in first}), write_markdown)
-        return 0
-    specs = model_specs(ap, args.models)
-    command = "python benchmarks/scan_explore.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    rows: list[dict[str, Any]] = []
-    for zoo, name in specs:
-        rows.append(explore(zoo, name, alpha=args.alpha, per_source=args.per_source))
-        save(path, payload(command, args, rows), write_markdown)
-    return 0
+    return run_models(ap, argv, STEM, "scan_explore.py", write_markdown,
+                      lambda args, zoo, name: explore(zoo, name, alpha=args.alpha, per_source=args.per_source), fields)
 
 
 if __name__ == "__main__":

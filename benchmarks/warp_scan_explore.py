@@ -43,12 +43,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from explore_cli import merged, model_specs, out_options, parser, save, start
+from explore_cli import parser, run_models
 from zoo import FOLDERS
 
 from otbr.metrics import predict
 from otbr.models import load_model
-from otbr.report import ORACLE_NOTE, environment, markdown_table
+from otbr.report import ORACLE_NOTE, markdown_table
 from otbr.selection import class_scores, decisive_class, stratified_scan
 from otbr.synthesis import synthesize
 
@@ -128,36 +128,20 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def payload(command: str, args: Any, rows: list[dict[str, Any]], **kept: Any) -> dict[str, Any]:
+def fields(args: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in rows:
         score(r, args.decisive)
-    return {"command": command, "threads": args.threads, "pixels": args.pixels, "decisive": args.decisive,
-            "models": rows, "summary": summary(rows), "environment": environment(), "oracle_note": ORACLE_NOTE,
-            **kept}
+    return {"threads": args.threads, "pixels": args.pixels, "decisive": args.decisive, "summary": summary(rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--pixels", type=float, default=1.0, help="largest displacement of the warp (default 1)")
     ap.add_argument("--decisive", type=float, default=0.9, help="warp median that overrides (default 0.9)")
-    out_options(ap, STEM)
-    args = ap.parse_args(argv)
-    path = RESULTS / f"{args.out}.json"
-    if start(args, path, write_markdown):
-        return 0
-    if args.merge:
-        command, rows, first = merged(RESULTS, args.merge)
-        args.threads = first["threads"]
-        save(path, payload(command, args, rows, **{k: first[k] for k in ("reading",) if k in first}), write_markdown)
-        return 0
-    specs = model_specs(ap, args.models)
     suspects = shipped_suspects()
-    command = "python benchmarks/warp_scan_explore.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    rows: list[dict[str, Any]] = []
-    for zoo, name in specs:
-        rows.append(explore(zoo, name, pixels=args.pixels, shipped=suspects.get((zoo, name))))
-        save(path, payload(command, args, rows), write_markdown)
-    return 0
+    return run_models(ap, argv, STEM, "warp_scan_explore.py", write_markdown,
+                      lambda args, zoo, name: explore(zoo, name, pixels=args.pixels,
+                                                      shipped=suspects.get((zoo, name))), fields)
 
 
 if __name__ == "__main__":

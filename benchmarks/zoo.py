@@ -272,6 +272,20 @@ SIXTEENTH: dict[str, dict[str, Any]] = {
 }
 # (sig-t1 came out weak, ASR 88.4 % with ACC 80.2 % after its 2 epochs; kept as it is, as vgg11-lf-t0 was: a held-out
 # model is not re-drawn until it suits.)
+#: A seventeenth zoo, defined on 2026-11-24 at 19:36 UTC with the sinusoid scan's rule
+#: (``benchmarks/sine_scan_explore.py``), before that scan's first committed run and before any of these models was
+#: trained. SIG is where the data-free suspect fails (all 8 SIG models of the first sixteen zoos get a wrong suspect);
+#: the scan uses SIG's *published* amplitude and frequencies 1 to 12, and the zoo models were all made with SIG's
+#: published frequency 6 (one with 4) and amplitude 40/255, so this zoo varies both: frequency 8, frequency 5, and
+#: amplitude 30/255; with a BadNets model as the control (a stripe must not name a wrong class there).
+#: **Pre-registered:** the sinusoid class (:func:`otbr.selection.sine_class`) holds up here if it names the target on at
+#: least two of the three SIG models and names no class other than the target on any of the four.
+SEVENTEENTH: dict[str, dict[str, Any]] = {
+    "sig-f8-t3": {**PREACT, "attack": "sig", "attack_kwargs": {"frequency": 8, "target": 3}},
+    "sig-f5-t0": {**PREACT, "attack": "sig", "attack_kwargs": {"frequency": 5, "target": 0}},
+    "sig-d30-t4": {**PREACT, "attack": "sig", "attack_kwargs": {"delta": 30 / 255, "target": 4}},
+    "badnets-s4-t7": {**PREACT, "attack": "badnets", "attack_kwargs": {"size": 4, "target": 7}},
+}
 
 #: zoo name → (entries, seed, results file stem)
 ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
@@ -291,6 +305,7 @@ ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
     "fourteenth": (FOURTEENTH, 13, "zoo14-fmnist"),
     "fifteenth": (FIFTEENTH, 14, "zoo15-fmnist"),
     "sixteenth": (SIXTEENTH, 15, "zoo16-fmnist"),
+    "seventeenth": (SEVENTEENTH, 16, "zoo17-fmnist"),
 }
 #: zoo name → default model folder and the --zoo/--epochs arguments that made its committed results
 FOLDERS = {"main": "benchmarks/zoo", "second": "benchmarks/zoo2", "third": "benchmarks/zoo3",
@@ -298,7 +313,8 @@ FOLDERS = {"main": "benchmarks/zoo", "second": "benchmarks/zoo2", "third": "benc
            "sixth": "benchmarks/zoo6", "seventh": "benchmarks/zoo7", "eighth": "benchmarks/zoo8",
            "ninth": "benchmarks/zoo9", "tenth": "benchmarks/zoo10", "eleventh": "benchmarks/zoo11",
            "twelfth": "benchmarks/zoo12", "thirteenth": "benchmarks/zoo13", "fourteenth": "benchmarks/zoo14",
-           "fifteenth": "benchmarks/zoo15", "sixteenth": "benchmarks/zoo16"}
+           "fifteenth": "benchmarks/zoo15", "sixteenth": "benchmarks/zoo16",
+           "seventeenth": "benchmarks/zoo17"}
 MADE_WITH = {"main": "", "second": " --zoo second --epochs 2", "third": " --zoo third --epochs 2",
              "fourth": " --zoo fourth --epochs 2", "fifth": " --zoo fifth --epochs 2",
              "sixth": " --zoo sixth --epochs 2", "seventh": " --zoo seventh --epochs 2",
@@ -306,7 +322,7 @@ MADE_WITH = {"main": "", "second": " --zoo second --epochs 2", "third": " --zoo 
              "tenth": " --zoo tenth --epochs 2", "eleventh": " --zoo eleventh --epochs 2",
              "twelfth": " --zoo twelfth --epochs 2", "thirteenth": " --zoo thirteenth --epochs 2",
              "fourteenth": " --zoo fourteenth --epochs 2", "fifteenth": " --zoo fifteenth --epochs 2",
-             "sixteenth": " --zoo sixteenth --epochs 2"}
+             "sixteenth": " --zoo sixteenth --epochs 2", "seventeenth": " --zoo seventeenth --epochs 2"}
 TITLES = {"second": "second zoo: other triggers, targets and seed",
           "third": "third zoo, held out: defined before the automatic-γ calibration was tested on it",
           "fourth": "fourth zoo, held out from the rule changes made after the third zoo's results",
@@ -321,7 +337,8 @@ TITLES = {"second": "second zoo: other triggers, targets and seed",
           "thirteenth": "thirteenth zoo, held out from the collapse limit pre-registered with it",
           "fourteenth": "fourteenth zoo, held out from everything decided by 2026-11-24 11:15 UTC",
           "fifteenth": "fifteenth zoo, held out from the repair-check margin pre-registered with it",
-          "sixteenth": "sixteenth zoo, held out from the warp override pre-registered with it"}
+          "sixteenth": "sixteenth zoo, held out from the warp override pre-registered with it",
+          "seventeenth": "seventeenth zoo, held out from the sinusoid scan pre-registered with it"}
 
 #: attacks that need more epochs than --epochs to reach a high ASR (name → epochs); see the results note.
 #: vgg11-lf-t3: 2 epochs at 10 % poison gave ASR 79.9 % (at 5 %: 37 %); vgg11-wanet-t7 was given 4 from the start,

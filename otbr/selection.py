@@ -133,6 +133,10 @@ SUSPECT_RULES = ("scan", "stratified", "warp")
 #: Set after a pilot on four zoo models and before the 65-model probe (``benchmarks/warp_scan_explore.py``).
 WARP_PIXELS = 1.0
 WARP_DECISIVE = 0.9
+#: The sinusoid scan (:func:`sine_scan`, a DEVELOPMENT probe, not in any suspect rule): SIG's published amplitude
+#: (40/255), and the contrast that names a class (:func:`sine_class`), both fixed before its first committed run.
+SINE_AMPLITUDE = 40 / 255
+SINE_DECISIVE = 0.5
 
 #: The collapse guard (:func:`within_collapse_limit`): OTBR candidates whose synthetic clean disagreement (the
 #: share of the other classes' BN-inverted inputs on which they no longer agree with the original) is above this
@@ -717,6 +721,89 @@ def warp_override(original: torch.nn.Module, synthetic: torch.Tensor, reference:
                                           seed=seed))["median"]
     return {"median": [None if v != v else round(float(v), 4) for v in median], "pixels": pixels,
             "decisive": decisive, "override": decisive_class(median, decisive), "patch_suspect": patch_suspect}
+
+
+def source_rates(pred: torch.Tensor, reference: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``R[c, s]``: the share of the inputs of class s (by ``reference``) that ``pred`` sends to class c; the
+    diagonal and classes with no input are NaN (the layout :func:`stratified_scan` returns).
+
+    Example:
+        >>> source_rates(torch.tensor([1, 1, 0, 1]), torch.tensor([0, 0, 1, 1]), 2).tolist()
+        [[nan, 0.5], [1.0, nan]]
+    """
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    counts.index_put_((pred.cpu(), reference.cpu()), torch.ones(len(pred), dtype=torch.float64), accumulate=True)
+    rates = counts / torch.bincount(reference.cpu(), minlength=num_classes).double()  # 0/0 → NaN for empty sources
+    return rates.fill_diagonal_(float("nan"))
+
+
+def sine_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.Tensor, num_classes: int, *,
+              amplitude: float = SINE_AMPLITUDE, phases: int = 8, seed: int = 0) -> dict[str, Any]:
+    """How a sinusoidal stripe (SIG's trigger form) moves synthetic inputs, per class, against the same values in
+    shuffled order. No optimisation: every stripe ``amplitude·sin(2π·f·j/n + 2π·p/phases)`` along the columns and
+    along the rows, for each frequency f = 1 … n/2 − 2 and phase p, is added to all of ``synthetic`` (clamped to
+    [0, 1]); per class, the median over source classes of the share sent there (as :func:`class_scores`). The
+    control adds the same stripe values in a random order (``seed``), which keeps their size and loses their
+    frequency: a class every perturbation reaches (shirt) is reached by both, a class that answers the sinusoid
+    itself (a SIG target) by the stripe alone.
+
+    Returns, per class (rounded lists): ``"contrast"``, the largest (stripe − control) median over all stripes;
+    ``"rate"``, the largest stripe median; ``"at"``, the stripe of the largest contrast (axis, frequency, phase);
+    and the settings.
+
+    Example:
+        >>> from otbr.models import create_model
+        >>> net = create_model("tinycnn", num_classes=3, in_channels=1).eval()
+        >>> x = torch.rand(12, 1, 8, 8)
+        >>> r = sine_scan(net, x, net(x).argmax(1), 3)
+        >>> sorted(r), len(r["contrast"])
+        (['amplitude', 'at', 'contrast', 'frequencies', 'phases', 'rate'], 3)
+    """
+    import math
+
+    from otbr.device import model_device
+    from otbr.metrics import predict
+
+    device = model_device(model)
+    synthetic = synthetic.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    h, w = synthetic.shape[-2:]
+    contrast = torch.full((num_classes,), -1.0, dtype=torch.float64)
+    rate = torch.zeros(num_classes, dtype=torch.float64)
+    at: list[Any] = [None] * num_classes
+    freqs: dict[str, list[int]] = {}
+
+    def medians(pattern: torch.Tensor) -> torch.Tensor:
+        pred = predict(model, (synthetic + pattern.to(device)).clamp(0, 1))
+        return torch.nan_to_num(class_scores(source_rates(pred, reference, num_classes))["median"], nan=0.0)
+
+    for axis, n, shape in (("columns", w, (1, 1, 1, w)), ("rows", h, (1, 1, h, 1))):
+        j = torch.arange(n, dtype=torch.float64)
+        freqs[axis] = list(range(1, max(n // 2 - 1, 1)))
+        for f in freqs[axis]:
+            for p in range(phases):
+                stripe = (amplitude * torch.sin(2 * math.pi * (j * f / n + p / phases))).float()
+                shuffled = stripe[torch.randperm(n, generator=gen)]
+                on, off = medians(stripe.view(shape)), medians(shuffled.view(shape))
+                better = on - off > contrast
+                contrast = torch.where(better, on - off, contrast)
+                at = [[axis, f, p] if b else a for a, b in zip(at, better.tolist(), strict=True)]
+                rate = torch.maximum(rate, on)
+    return {"contrast": [round(float(v), 4) for v in contrast.clamp(min=0)], "rate": [round(float(v), 4) for v in rate],
+            "at": at, "amplitude": amplitude, "phases": phases, "frequencies": freqs}
+
+
+def sine_class(contrast: Sequence[float], decisive: float = SINE_DECISIVE) -> int | None:
+    """The class a :func:`sine_scan` names: the arg-max of its contrast when that is unique and at least
+    ``decisive``, else ``None``. Pure, so stored scans can be re-scored.
+
+    Example:
+        >>> sine_class([0.6, 0.2, 0.04]), sine_class([0.6, 0.6, 0.0]), sine_class([0.3, 0.1])
+        (0, None, None)
+    """
+    top = max(contrast)
+    tied = [c for c, v in enumerate(contrast) if v >= top - 1e-9]
+    return tied[0] if len(tied) == 1 and top >= decisive else None
 
 
 def averaged_suspect(scores: Sequence[Mapping[str, torch.Tensor]]) -> tuple[int, dict[str, torch.Tensor]]:

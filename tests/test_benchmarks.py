@@ -312,6 +312,33 @@ def test_probe_payload_records_the_command_and_the_oracle_note() -> None:
     assert joined["models"] == stored["models"] and joined["command"] == stored["command"]
 
 
+def test_run_models_saves_each_model_and_a_merge_takes_the_first_parts_settings(tmp_path: Path) -> None:
+    """The scan probes' shared ``main``: one row per ``--models`` spec with the run's settings; ``--merge`` joins
+    the parts' rows, takes the stored settings over the command line's defaults and keeps the first reading."""
+    import json
+
+    cli = pytest.importorskip("explore_cli")
+
+    def run(argv: list[str]) -> dict:
+        ap = cli.parser("doc")
+        ap.add_argument("--size", type=float, default=1.0)
+        assert cli.run_models(ap, argv, "probe", "p.py", lambda p, path: path.write_text(str(len(p["models"]))),
+                              lambda args, zoo, name: {"zoo": zoo, "model": name, "size": args.size},
+                              lambda args, rows: {"threads": args.threads, "size": args.size, "n": len(rows)},
+                              results=tmp_path) == 0
+        return json.loads((tmp_path / f"{argv[argv.index('--out') + 1]}.json").read_text())
+
+    a = run(["--models", "main:badnets,main:sig", "--size", "2", "--out", "a"])
+    assert [r["model"] for r in a["models"]] == ["badnets", "sig"] and a["size"] == 2.0 and a["n"] == 2
+    assert a["command"] == "python benchmarks/p.py --models main:badnets,main:sig --size 2 --out a"
+    assert (tmp_path / "a.md").read_text() == "2"
+    run(["--models", "fifth:lf-t2", "--size", "2", "--out", "b"])
+    (tmp_path / "a.json").write_text(json.dumps({**a, "reading": "kept"}))
+    joined = run(["--merge", "a,b", "--out", "ab"])
+    assert [r["model"] for r in joined["models"]] == ["badnets", "sig", "lf-t2"]
+    assert joined["size"] == 2.0 and joined["reading"] == "kept" and joined["command"].count(", then ") == 1
+
+
 def test_the_check_rescoring_gives_back_the_stored_flags_and_a_margin_flips_to_the_pruned_model() -> None:
     """At the shipped margin the re-scoring must agree with every stored check (else it is not the check); a margin
     that flags returns the stored pruned model's row, a reverted repair stays as it was run."""
