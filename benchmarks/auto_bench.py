@@ -143,7 +143,8 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
     if method == "otbr" and suspect_rule != "scan":
         out["suspect_rule"] = suspect_rule
         out["stratified_scan"] = info.get("stratified_scan")
-        out.update({k: info[k] for k in ("warp_scan", "sine_scan") if k in info})
+        if "warp_scan" in info:
+            out["warp_scan"] = info["warp_scan"]
     if method == "otbr" and collapse_limit is not None:
         out["collapse_limit"], out["collapse_guard"] = collapse_limit, info.get("collapse_guard")
     if "repeats" in info:  # each synthetic set's lone estimates (fractions) and choice, and their agreement

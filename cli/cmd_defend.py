@@ -204,11 +204,6 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
             click.echo(f"suspect from the warp scan: class {warp['override']} is reached by a {warp['pixels']:g}-pixel "
                        f"warp from nearly every source class (median {warp['median'][warp['override']]:.2f}); the "
                        f"patch scan named class {warp['patch_suspect']}")
-        sine = auto.get("sine_scan") or {}
-        if sine.get("override") is not None and sine["override"] != sine.get("suspect_before"):
-            click.echo(f"suspect from the sinusoid scan: class {sine['override']} is reached by a sinusoidal stripe "
-                       f"and not by its shuffled values (contrast {sine['contrast'][sine['override']]:.2f}); the patch "
-                       f"scan named class {sine['suspect_before']}")
         cost = clean_cost_line(auto)
         if cost:
             click.echo(cost)
@@ -373,14 +368,11 @@ def defend() -> None:
 @click.option("--selection-repeats", default=3, show_default=True, type=click.IntRange(1),
               help="--gamma auto: average the estimates over this many synthetic sets (seeds); the report gives "
                    "each set's lone choice and how many agree. Costs that many times the selection's time.")
-@click.option("--suspect-rule", type=click.Choice(["scan", "stratified", "warp", "sine"]), default=None,
+@click.option("--suspect-rule", type=click.Choice(["scan", "stratified", "warp"]), default=None,
               help="--gamma auto: how the suspected target is named. scan: the class one small patch reaches most "
                    "often from the pooled other-class inversions; stratified: the class it reaches from the most "
                    "source classes (median over sources); warp: stratified, unless one class alone is reached by a "
-                   "1-pixel universal warp from nearly every source class; sine (under test, not adopted): warp, "
-                   "then, when the warp names none, the class a sinusoidal stripe reaches and its shuffled values "
-                   "do not. "
-                   "Default: warp.")
+                   "1-pixel universal warp from nearly every source class. Default: warp.")
 @click.option("--collapse-limit", type=FiniteFloatRange(0, 1, min_open=True), default=None,
               help="--gamma auto: the collapse guard; γ whose fused model disagrees with the original on more than "
                    "this share of the inverted inputs are not chosen (unless all do: then the smallest). 1 turns "

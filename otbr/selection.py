@@ -126,16 +126,14 @@ SUSPECT_WEAK_RATE = 0.9
 #: ``"stratified"`` (:func:`stratified_suspects`), the class a small patch reaches from the most source classes;
 #: ``"warp"`` (OTBR's default, ``otbr.defenses.otbr.SUSPECT_RULE``), the stratified suspect unless one class alone is
 #: reached by a small universal warp from nearly every source class (:func:`warp_override`).
-#: ``"sine"`` (not adopted, a candidate under test), the warp rule, then, when the warp names no class, the class a
-#: sinusoidal stripe alone reaches (:func:`sine_override`).
-SUSPECT_RULES = ("scan", "stratified", "warp", "sine")
+SUSPECT_RULES = ("scan", "stratified", "warp")
 
 #: The warp override (suspect rule ``"warp"``, :func:`warp_override`): the largest displacement of the warp scan,
 #: in pixels, and the median over source classes at or above which one class alone overrides the patch suspect.
 #: Set after a pilot on four zoo models and before the 65-model probe (``benchmarks/warp_scan_explore.py``).
 WARP_PIXELS = 1.0
 WARP_DECISIVE = 0.9
-#: The sinusoid scan (:func:`sine_scan`; suspect rule ``"sine"``, not adopted): SIG's published amplitude
+#: The sinusoid scan (:func:`sine_scan`, a DEVELOPMENT probe, not in any suspect rule): SIG's published amplitude
 #: (40/255), and the contrast that names a class (:func:`sine_class`), both fixed before its first committed run.
 SINE_AMPLITUDE = 40 / 255
 SINE_DECISIVE = 0.5
@@ -808,22 +806,6 @@ def sine_class(contrast: Sequence[float], decisive: float = SINE_DECISIVE) -> in
     return tied[0] if len(tied) == 1 and top >= decisive else None
 
 
-def sine_override(original: torch.nn.Module, synthetic: torch.Tensor, reference: torch.Tensor, num_classes: int, *,
-                  suspect: int, decisive: float = SINE_DECISIVE, seed: int = 0) -> dict[str, Any]:
-    """The sinusoid scan of the ``"sine"`` suspect rule: :func:`sine_scan`'s record with ``"override"``, the class
-    :func:`sine_class` names (else ``None``), ``decisive`` and ``"suspect_before"``, the suspect it would replace.
-
-    Example:
-        >>> from otbr.models import create_model
-        >>> net = create_model("tinycnn", num_classes=3, in_channels=1).eval()
-        >>> x = torch.rand(12, 1, 8, 8)
-        >>> sorted(sine_override(net, x, net(x).argmax(1), 3, suspect=0))[-4:]
-        ['override', 'phases', 'rate', 'suspect_before']
-    """
-    scan = sine_scan(original, synthetic, reference, num_classes, seed=seed)
-    return {**scan, "decisive": decisive, "override": sine_class(scan["contrast"], decisive), "suspect_before": suspect}
-
-
 def averaged_suspect(scores: Sequence[Mapping[str, torch.Tensor]]) -> tuple[int, dict[str, torch.Tensor]]:
     """The stratified rule over several sets' :func:`class_scores`: their median and mean averaged (NaN ignored),
     then the median's arg-max, ties broken by the mean. Returns the suspect and the averaged scores.
@@ -884,38 +866,16 @@ def require_batchnorm(model: torch.nn.Module, option: str, example: str) -> None
                         f"pass a fixed {option} (e.g. {example})")
 
 
-def _overridden(suspect: int, scan: Mapping[str, Any], *, report: bool = True) -> int:
-    """``suspect``, unless :func:`warp_override` or :func:`sine_override` found one decisive class (logged, with
-    ``report``, when that changes the suspect)."""
-    found = scan["override"]
-    if found is None or found == suspect:
+def _overridden(suspect: int, warp: Mapping[str, Any], *, report: bool = True) -> int:
+    """``suspect``, unless :func:`warp_override` found one decisive class (logged, with ``report``, when that
+    changes the suspect)."""
+    if warp["override"] is None or warp["override"] == suspect:
         return suspect
-    if report and "pixels" in scan:
+    if report:
         log.info("warp override: class %d is reached by a %g-pixel warp from nearly every source class (median "
-                 "%.2f); suspect %d → %d", found, scan["pixels"], scan["median"][found], suspect, found)
-    elif report:
-        log.info("sinusoid override: class %d is reached by a sinusoidal stripe and not by its shuffled values "
-                 "(contrast %.2f); suspect %d → %d", found, scan["contrast"][found], suspect, found)
-    return int(found)
-
-
-def _scan_overrides(original: torch.nn.Module, synthetic: torch.Tensor, reference: torch.Tensor, num_classes: int,
-                    rule: str, suspect: int, extra: dict[str, Any]) -> Callable[[int, bool], int]:
-    """The overrides of the ``"warp"`` and ``"sine"`` rules on one synthetic set (their scans recorded in
-    ``extra``): the warp scan's class; for ``"sine"``, when the warp names none, the sinusoid scan's. Returns the
-    function that applies them to a suspect (``report``: log a change)."""
-    scans = [warp_override(original, synthetic, reference, num_classes, patch_suspect=suspect)]
-    extra["warp_scan"] = scans[0]
-    if rule == "sine" and scans[0]["override"] is None:
-        scans.append(sine_override(original, synthetic, reference, num_classes, suspect=suspect))
-        extra["sine_scan"] = scans[1]
-
-    def apply(c: int, report: bool) -> int:
-        for scan in scans:
-            c = _overridden(c, scan, report=report)
-        return c
-
-    return apply
+                 "%.2f); suspect %d → %d", warp["override"], warp["pixels"], warp["median"][warp["override"]],
+                 suspect, warp["override"])
+    return int(warp["override"])
 
 
 def _scan_suspect(scan: torch.Tensor, preds: Mapping[float, torch.Tensor], ref: torch.Tensor,
@@ -1013,8 +973,7 @@ def choose_for(
     Without ``clean_drop`` the clean term is the disagreement on the other classes' synthetic inputs times
     ``clean_scale`` (module docstring). With ``suspect_rule="stratified"`` the probe's suspect comes from
     :func:`stratified_suspects` instead of :func:`target_scan` (:data:`SUSPECT_RULES`); with ``"warp"``, from
-    there unless :func:`warp_override` names one class; with ``"sine"``, as ``"warp"``, then, when the warp names
-    none, :func:`sine_override`'s class. ``collapse_limit``: the
+    there unless :func:`warp_override` names one class. ``collapse_limit``: the
     collapse guard (:func:`choose`). Several synthetic sets: :func:`choose_for_repeats`.
     """
     from otbr.metrics import predict
@@ -1029,12 +988,12 @@ def choose_for(
     pool, pool_ref = synthetic, ref
     if probe_images is not None:
         pool, pool_ref = probe_images, predict(original, probe_images)
-    if probe and suspect_rule in ("stratified", "warp", "sine"):
+    if probe and suspect_rule in ("stratified", "warp"):
         (suspect,), _, (extra["stratified_scan"],), _ = stratified_suspects(original, [pool], [pool_ref], num_classes,
                                                                             budget=probe_budget)
-        if suspect_rule in ("warp", "sine"):
-            suspect = _scan_overrides(original, pool, pool_ref, num_classes, suspect_rule, suspect, extra)(suspect,
-                                                                                                        True)
+        if suspect_rule == "warp":
+            extra["warp_scan"] = warp_override(original, pool, pool_ref, num_classes, patch_suspect=suspect)
+            suspect = _overridden(suspect, extra["warp_scan"])
     elif probe:
         scan = target_scan(original, pool, pool_ref, num_classes, budget=probe_budget)
         suspect = _scan_suspect(scan, preds, ref, num_classes)
@@ -1085,8 +1044,7 @@ def choose_for_repeats(
     choice is. One set gives exactly :func:`choose_for`. ``suspect_rule`` (:data:`SUSPECT_RULES`): with
     ``"stratified"`` each set's suspect and the joint one come from :func:`stratified_suspects` (scores averaged
     over the sets) instead of the averaged :func:`target_scan`; with ``"warp"``, the first set's
-    :func:`warp_override`, when it names a class, replaces them all (with ``"sine"``, else the first set's
-    :func:`sine_override`). ``collapse_limit`` (the collapse guard,
+    :func:`warp_override`, when it names a class, replaces them all. ``collapse_limit`` (the collapse guard,
     :func:`choose`) applies to the averaged disagreement, and to each set's lone choice.
 
     Example:
@@ -1108,15 +1066,15 @@ def choose_for_repeats(
     refs = [predict(original, x) for x in sets]
     preds = [{v: predict(m, x) for v, m in candidates.items()} for x in sets]
     scan_extra: dict[str, Any]
-    if suspect_rule in ("stratified", "warp", "sine"):
+    if suspect_rule in ("stratified", "warp"):
         own, suspect, per_set_scores, avg_scores = stratified_suspects(original, sets, refs, num_classes,
                                                                        budget=probe_budget)
         set_scans: list[dict[str, Any]] = [{"stratified_scan": sc} for sc in per_set_scores]
         scan_extra = {"stratified_scan": avg_scores}
-        if suspect_rule in ("warp", "sine"):  # the first set's scans; an override holds for every set's suspect
-            override = _scan_overrides(original, sets[0], refs[0], num_classes, suspect_rule, suspect, scan_extra)
-            own = [override(c, False) for c in own]
-            suspect = override(suspect, True)
+        if suspect_rule == "warp":  # the first set's warp scan; an override holds for every set's suspect
+            scan_extra["warp_scan"] = warp_override(original, sets[0], refs[0], num_classes, patch_suspect=suspect)
+            own = [_overridden(c, scan_extra["warp_scan"], report=False) for c in own]
+            suspect = _overridden(suspect, scan_extra["warp_scan"])
     else:
         scans = [target_scan(original, x, r, num_classes, budget=probe_budget, seed=i)
                  for i, (x, r) in enumerate(zip(sets, refs, strict=True))]
@@ -1165,7 +1123,6 @@ def choose_for_repeats(
              "probe": repeats[0]["probe_at_suspect"],
              "suspect_check": suspect_check(repeats[0]["probe_at_suspect"]["rate_original"], suspect)}
     source = {"stratified": "stratified patch scan", "warp": "stratified patch scan (or the first set's decisive warp "
-              "scan)", "sine": "stratified patch scan (or the first set's decisive warp scan, else its sinusoid "
               "scan)"}.get(suspect_rule, "target scan")
     signal = per_set[0].signal + f"; each term averaged over {len(sets)} synthetic sets (seeds), the suspect from " \
                                  f"their averaged {source}"

@@ -337,49 +337,6 @@ def test_warp_rule_overrides_the_patch_suspect_only_when_one_class_alone_is_deci
     assert OTBR(input_shape=(1, 8, 8), suspect_rule="warp").config()["suspect_rule"] == "warp"
 
 
-def test_sine_rule_overrides_only_when_the_warp_names_no_class(monkeypatch) -> None:
-    """``suspect_rule="sine"``: the patch scan names class 1; with no decisive warp class, the first set's sinusoid
-    scan (run once) names class 2, which becomes every set's suspect and the probe's target, and the report keeps
-    the scan. A decisive warp class wins and the sinusoid scan is not run; a contrast below 0.5 leaves class 1."""
-    net = tiny_net().eval()
-    cand = copy.deepcopy(net)
-    warp_row: dict[int, float] = {}
-    contrast = [0.0, 0.1, 0.6, 0.0]
-    sines: list[int] = []
-
-    def rates(*a, seed=0, kind="patch", **k) -> torch.Tensor:
-        r = torch.zeros(CLASSES, CLASSES, dtype=torch.float64)
-        for c, v in (warp_row.items() if kind == "warp" else [(1, 1.0)]):
-            r[c, :] = v
-        return r.fill_diagonal_(float("nan"))
-
-    def sine(*a, seed=0, **k) -> dict:
-        sines.append(seed)
-        return {"contrast": list(contrast), "rate": [1.0] * CLASSES, "at": [None] * CLASSES}
-
-    monkeypatch.setattr(selection, "stratified_scan", rates)
-    monkeypatch.setattr(selection, "sine_scan", sine)
-    probed: list[int] = []
-    monkeypatch.setattr(selection, "reverse_trigger",
-                        lambda m, src, target, **k: probed.append(target) or (torch.zeros(1, 1, SIDE, SIDE),) * 2)
-    monkeypatch.setattr(selection, "trigger_rate", lambda *a, **k: 1.0)
-    sets = [torch.rand(30, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    c = choose_for_repeats(net, {0.1: cand}, sets, CLASSES, probe_steps=1, suspect_rule="sine")
-    assert c.suspect == 2 and [r["suspect"] for r in c.extra["repeats"]] == [2, 2, 2] and set(probed) == {2}
-    assert sines == [0] and c.extra["sine_scan"]["override"] == 2 and c.extra["sine_scan"]["suspect_before"] == 1
-    assert c.extra["warp_scan"]["override"] is None and c.extra["suspect_rule"] == "sine"
-    assert choose_for(net, {0.1: cand}, sets[0], CLASSES, probe_steps=1, suspect_rule="sine").suspect == 2
-    warp_row[3] = 1.0
-    sines.clear()
-    c = choose_for_repeats(net, {0.1: cand}, sets, CLASSES, probe_steps=1, suspect_rule="sine")
-    assert c.suspect == 3 and sines == [] and "sine_scan" not in c.extra
-    warp_row.clear()
-    contrast[2] = 0.4
-    c = choose_for_repeats(net, {0.1: cand}, sets, CLASSES, probe_steps=1, suspect_rule="sine")
-    assert c.suspect == 1 and c.extra["sine_scan"]["override"] is None
-    assert choose_for_repeats(net, {0.1: cand}, sets, CLASSES, probe_steps=1, suspect_rule="warp").suspect == 1
-
-
 def test_collapse_guard_leaves_out_candidates_that_disagree_with_the_original_on_most_inputs() -> None:
     """0.3 loses the suspect's agreement entirely (backdoor drop 1) but disagrees on 3 of 4 other inputs: the
     unguarded rule takes it (estimated DER (1 + 1 − 0.7·0.75) / 2 ≈ 0.74 against 0.2's (1 + 0.5 − 0.7·0.25) / 2
@@ -664,33 +621,6 @@ def test_cli_says_when_the_warp_scan_overrides_the_patch_suspect(tmp_path: Path,
     assert f"the patch scan named class {patch}" in res.output
 
 
-def test_cli_says_when_the_sinusoid_scan_overrides_the_patch_suspect(tmp_path: Path, monkeypatch) -> None:
-    """``--suspect-rule sine`` with no warp override (forced): the sinusoid scan's class (forced to the class after
-    the patch suspect) is the report's suspect, and the screen says so."""
-    from otbr.cli.main import main
-
-    model, _ = make_tiny_files(tmp_path, 40)
-    real_warp, real_sine = selection.warp_override, selection.sine_override
-    monkeypatch.setattr(selection, "warp_override", lambda *a, **k: {**real_warp(*a, **k), "override": None})
-
-    def fake(*a, **k):
-        out = real_sine(*a, **k)
-        out["override"] = (k["suspect"] + 1) % CLASSES
-        out["contrast"][out["override"]] = 1.0
-        return out
-
-    monkeypatch.setattr(selection, "sine_override", fake)
-    res = CliRunner().invoke(main, ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16", "--no-eval",
-                                    "--selection-repeats", "1", "--suspect-rule", "sine", "-o",
-                                    str(tmp_path / "b.safetensors"), "--report", str(tmp_path / "b")])
-    assert res.exit_code == 0, res.output
-    auto = json.loads((tmp_path / "b").read_text())["info"]["auto"]
-    patch = auto["sine_scan"]["suspect_before"]
-    assert auto["suspected_target"] == (patch + 1) % CLASSES and auto["suspect_rule"] == "sine"
-    assert f"suspect from the sinusoid scan: class {(patch + 1) % CLASSES} is reached" in res.output
-    assert f"the patch scan named class {patch}" in res.output
-
-
 def test_cli_auto_is_the_default_and_reported(tmp_path: Path) -> None:
     from otbr.cli.main import main
 
@@ -789,34 +719,3 @@ def test_a_suspect_with_no_synthetic_inputs_counts_no_drop_instead_of_nan() -> N
     assert all(r["estimated_der"] == r["estimated_der"] for r in c.candidates)  # no NaN
     assert "none of the synthetic inputs" in c.extra["note"]
     assert "note" not in choose(cands, ref, 3, suspect=0).extra
-
-
-class _SineReader(nn.Module):
-    """Class 0 by default; class 1 when the column profile carries sin(2π·3j/n) at phase 0 (a SIG-like backdoor);
-    class 2 for any image with enough spread (a catch-all every perturbation of that size reaches, as shirt)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[-1]
-        profile = x.mean(dim=(1, 2))
-        basis = torch.sin(2 * torch.pi * 3 * torch.arange(n, dtype=x.dtype) / n)
-        follows = ((profile - profile.mean(1, keepdim=True)) @ basis) / (n / 2)
-        spread = x.flatten(1).std(1)
-        return torch.stack([torch.zeros_like(follows), 100 * (follows - 0.1), 100 * (spread - 0.08)], 1)
-
-
-def test_the_sine_scan_names_the_class_that_answers_a_sinusoid_and_not_the_catch_all() -> None:
-    """The catch-all is reached by every stripe (its rate is 1) and equally by the shuffled control, so its contrast
-    stays 0; the class that answers the sinusoid is reached by the stripe alone."""
-    gen = torch.Generator().manual_seed(0)
-    x = (0.5 + 0.02 * torch.randn(40, 1, 28, 28, generator=gen)).clamp(0, 1)
-    model = _SineReader().eval()
-    ref = model(x).argmax(1)
-    assert (ref == 0).all()
-    scan = selection.sine_scan(model, x, ref, 3)
-    assert scan["rate"][1] == 1.0 and scan["rate"][2] == 1.0  # both reached by some stripe
-    assert scan["contrast"][1] == 1.0 and scan["contrast"][2] == 0.0
-    assert scan["at"][1] == ["columns", 3, 0]
-    assert selection.sine_class(scan["contrast"]) == 1
-    assert selection.sine_class([0.0, 0.4, 0.0]) is None  # below SINE_DECISIVE
-    rates = selection.source_rates(torch.tensor([2, 2, 1]), torch.tensor([0, 0, 1]), 3)
-    assert rates[2, 0] == 1.0 and rates[1, 1] != rates[1, 1] and rates[0, 2] != rates[0, 2]  # NaN: diagonal, empty

@@ -115,9 +115,8 @@ class OTBR(Defense):
             ``benchmarks/results/repair-lean-cpu-fmnist.md``).
         suspect_rule: for ``gamma="auto"``, how the suspected target is named (:data:`otbr.selection.SUSPECT_RULES`):
             ``"warp"`` (default, :data:`SUSPECT_RULE`; :func:`otbr.selection.warp_override`), ``"stratified"``
-            (:func:`otbr.selection.stratified_suspects`), ``"scan"`` (:func:`otbr.selection.target_scan`; worse on
-            blended triggers) or ``"sine"`` (the warp rule, then :func:`otbr.selection.sine_override`; under test,
-            not adopted). Listed in :meth:`config`
+            (:func:`otbr.selection.stratified_suspects`) or
+            ``"scan"`` (:func:`otbr.selection.target_scan`; worse on blended triggers). Listed in :meth:`config`
             only with ``gamma="auto"`` and a rule other than ``"scan"``.
         collapse_limit: for ``gamma="auto"``, the collapse guard: γ whose fused candidate disagrees with the
             original on more than this share of the other classes' synthetic inputs are not chosen, unless every
