@@ -719,3 +719,34 @@ def test_a_suspect_with_no_synthetic_inputs_counts_no_drop_instead_of_nan() -> N
     assert all(r["estimated_der"] == r["estimated_der"] for r in c.candidates)  # no NaN
     assert "none of the synthetic inputs" in c.extra["note"]
     assert "note" not in choose(cands, ref, 3, suspect=0).extra
+
+
+class _SineReader(nn.Module):
+    """Class 0 by default; class 1 when the column profile carries sin(2π·3j/n) at phase 0 (a SIG-like backdoor);
+    class 2 for any image with enough spread (a catch-all every perturbation of that size reaches, as shirt)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[-1]
+        profile = x.mean(dim=(1, 2))
+        basis = torch.sin(2 * torch.pi * 3 * torch.arange(n, dtype=x.dtype) / n)
+        follows = ((profile - profile.mean(1, keepdim=True)) @ basis) / (n / 2)
+        spread = x.flatten(1).std(1)
+        return torch.stack([torch.zeros_like(follows), 100 * (follows - 0.1), 100 * (spread - 0.08)], 1)
+
+
+def test_the_sine_scan_names_the_class_that_answers_a_sinusoid_and_not_the_catch_all() -> None:
+    """The catch-all is reached by every stripe (its rate is 1) and equally by the shuffled control, so its contrast
+    stays 0; the class that answers the sinusoid is reached by the stripe alone."""
+    gen = torch.Generator().manual_seed(0)
+    x = (0.5 + 0.02 * torch.randn(40, 1, 28, 28, generator=gen)).clamp(0, 1)
+    model = _SineReader().eval()
+    ref = model(x).argmax(1)
+    assert (ref == 0).all()
+    scan = selection.sine_scan(model, x, ref, 3)
+    assert scan["rate"][1] == 1.0 and scan["rate"][2] == 1.0  # both reached by some stripe
+    assert scan["contrast"][1] == 1.0 and scan["contrast"][2] == 0.0
+    assert scan["at"][1] == ["columns", 3, 0]
+    assert selection.sine_class(scan["contrast"]) == 1
+    assert selection.sine_class([0.0, 0.4, 0.0]) is None  # below SINE_DECISIVE
+    rates = selection.source_rates(torch.tensor([2, 2, 1]), torch.tensor([0, 0, 1]), 3)
+    assert rates[2, 0] == 1.0 and rates[1, 1] != rates[1, 1] and rates[0, 2] != rates[0, 2]  # NaN: diagonal, empty
