@@ -283,7 +283,8 @@ SIXTEENTH: dict[str, dict[str, Any]] = {
 #: **Outcome** (trained after the scan's 70 rows were read, before any defense; ``sine_scan_explore.py --models
 #: seventeenth:…``): **not met** — the scan names no class on any of the four (the SIG targets' contrasts 0.15, 0.42,
 #: 0.46, each below 0.5; SIG-f8-t3's largest is shirt's 0.42). The scan had already failed its own rule on the 70.
-#: Trained with ``--threads 1`` (sig-d30-t4 with 2, beside a probe). No defense has run on this zoo yet.
+#: Trained with ``--threads 1`` (sig-d30-t4 with 2, beside a probe). Then the shipped OTBR selection, held out
+#: (``auto-otbr-zoo17-fmnist.md``): gaps 1.46, 3.70, 2.82, 1.71; right suspect on BadNets-s4-t7 only.
 SEVENTEENTH: dict[str, dict[str, Any]] = {
     "sig-f8-t3": {**PREACT, "attack": "sig", "attack_kwargs": {"frequency": 8, "target": 3}},
     "sig-f5-t0": {**PREACT, "attack": "sig", "attack_kwargs": {"frequency": 5, "target": 0}},
