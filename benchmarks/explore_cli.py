@@ -23,6 +23,9 @@ from zoo import FOLDERS
 
 from otbr.report import ORACLE_NOTE, write_json
 
+#: where the probes' result files live
+RESULTS = Path(__file__).resolve().parent / "results"
+
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """An argument parser with ``--models``, ``--threads`` and ``--render``; a probe adds its own options."""
@@ -85,10 +88,21 @@ def probe_payload(script: str, argv: list[str] | None, args: argparse.Namespace,
     from otbr.report import environment
 
     if getattr(args, "merge", None):
-        command, rows, first = merged(Path(__file__).resolve().parent / "results", args.merge)
+        command, rows, first = merged(RESULTS, args.merge)
         return {**first, "command": command, "models": rows}
     return {"command": f"python benchmarks/{script} " + " ".join(argv or sys.argv[1:]), "eval_limit": eval_limit,
             "threads": args.threads, "models": models, "environment": environment(), "oracle_note": ORACLE_NOTE}
+
+
+def _parse(ap: argparse.ArgumentParser, argv: list[str] | None, stem: str,
+           render: Callable[[dict[str, Any], Path], None],
+           results: Path = RESULTS) -> tuple[argparse.Namespace, Path] | None:
+    """Add ``--out``/``--merge``, parse, and set up (:func:`start`): the arguments and the result JSON's path, or
+    ``None`` when ``--render`` already did everything."""
+    out_options(ap, stem)
+    args = ap.parse_args(argv)
+    path = results / f"{args.out}.json"
+    return None if start(args, path, render) else (args, path)
 
 
 def run_probe(ap: argparse.ArgumentParser, argv: list[str] | None, stem: str, script: str,
@@ -97,11 +111,10 @@ def run_probe(ap: argparse.ArgumentParser, argv: list[str] | None, stem: str, sc
     """A probe's ``main`` after its own options: ``--out``/``--merge`` (:func:`out_options`), ``--render``, else
     ``build(args)``'s per-model results (skipped with ``--merge``) saved as the probe's JSON and Markdown.
     ``eval_limit``: what its results were scored on (default: its ``--eval-limit``)."""
-    out_options(ap, stem)
-    args = ap.parse_args(argv)
-    path = Path(__file__).resolve().parent / "results" / f"{args.out}.json"
-    if start(args, path, render):
+    parsed = _parse(ap, argv, stem, render)
+    if parsed is None:
         return 0
+    args, path = parsed
     models = [] if args.merge else build(args)
     save(path, probe_payload(script, argv, args, models, args.eval_limit if eval_limit is None else eval_limit),
          render)
@@ -122,11 +135,10 @@ def run_models(ap: argparse.ArgumentParser, argv: list[str] | None, stem: str, s
     """
     from otbr.report import environment
 
-    out_options(ap, stem)
-    args = ap.parse_args(argv)
-    path = (results or Path(__file__).resolve().parent / "results") / f"{args.out}.json"
-    if start(args, path, render):
+    parsed = _parse(ap, argv, stem, render, results or RESULTS)
+    if parsed is None:
         return 0
+    args, path = parsed
 
     def payload(command: str, rows: list[dict[str, Any]], kept: dict[str, Any]) -> dict[str, Any]:
         return {"command": command, **fields(args, rows), "models": rows, "environment": environment(),

@@ -59,7 +59,6 @@ from otbr.synthesis import synthesize
 
 log = logging.getLogger("probe_suspect_explore")
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
 STEM = "probe-suspect-explore-fmnist"
 #: the selection's probe forms: (kind, size), as :func:`otbr.selection._probe` without its ladder
 FORMS = (("patch", 0.05), ("blend", 0.1))

@@ -61,7 +61,6 @@ from otbr.synthesis import synthesize
 
 log = logging.getLogger("scan_explore")
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
 STEM = "scan-explore-fmnist"
 PRIMARY = "primary: max-form median"
 #: added after the run, before the seventh zoo's results: the patch median with ties broken by the patch mean
