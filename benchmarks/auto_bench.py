@@ -376,6 +376,10 @@ GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (m
           ("sixteenth zoo (held out; the pre-registered warp override)", ("sixteenth",)),
           ("held out from the shipped OTBR rule (ninth to sixteenth)",
            ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth")),
+          ("seventeenth zoo (held out; SIG at other frequencies and amplitude)", ("seventeenth",)),
+          ("held out from the shipped OTBR rule (ninth to seventeenth)",
+           ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth",
+            "seventeenth")),
           ("all", tuple(ZOOS)))
 
 
