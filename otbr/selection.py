@@ -140,6 +140,11 @@ WARP_DECISIVE = 0.9
 #: (``benchmarks/results/sine-scan-explore-fmnist.md``).
 SINE_AMPLITUDE = 40 / 255
 SINE_DECISIVE = 0.5
+#: The recall signal (:func:`recall_class`, needs labelled clean images, so TSBD only; a DEVELOPMENT probe until
+#: ``benchmarks/recall_suspect_explore.py`` reads it): a class whose clean recall on the original is below this share
+#: of the other classes' median recall. A clean-label backdoor (SIG) poisons the target class's own images, and a
+#: model that learns the trigger as that class's feature misses its clean images. Fixed before its first run.
+RECALL_FLOOR = 0.4
 
 #: The collapse guard (:func:`within_collapse_limit`): OTBR candidates whose synthetic clean disagreement (the
 #: share of the other classes' BN-inverted inputs on which they no longer agree with the original) is above this
@@ -794,6 +799,36 @@ def sine_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.
                 rate = torch.maximum(rate, on)
     return {"contrast": [round(float(v), 4) for v in contrast.clamp(min=0)], "rate": [round(float(v), 4) for v in rate],
             "at": at, "amplitude": amplitude, "phases": phases, "frequencies": freqs}
+
+
+def class_recall(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per class, the share of the images labelled with it that ``pred`` gives it (NaN for a class with none).
+
+    Example:
+        >>> class_recall(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]), 3).tolist()
+        [0.5, 1.0, nan]
+    """
+    labels = labels.cpu()
+    hits = torch.bincount(labels[pred.cpu() == labels], minlength=num_classes).double()
+    return hits / torch.bincount(labels, minlength=num_classes).double()  # 0/0 → NaN
+
+
+def recall_class(recall: torch.Tensor, floor: float = RECALL_FLOOR) -> int | None:
+    """The class a :func:`class_recall` names: the lowest-recall class among those below ``floor`` × the median
+    recall of the *other* classes, else ``None``. Pure, so stored recalls can be re-scored.
+
+    Example:
+        >>> recall_class(torch.tensor([0.9, 0.05, 0.6, 0.92, 0.88]))
+        1
+        >>> recall_class(torch.tensor([0.9, 0.5, 0.6, 0.92, 0.88])) is None
+        True
+    """
+    n = len(recall)
+    others = recall.double().expand(n, n).clone().fill_diagonal_(float("nan"))
+    below = recall.double() < floor * others.nanmedian(dim=1).values
+    if not bool(below.any()):
+        return None
+    return int(torch.where(below, recall.double(), torch.full_like(recall.double(), float("inf"))).argmin())
 
 
 def sine_class(contrast: Sequence[float], decisive: float = SINE_DECISIVE) -> int | None:

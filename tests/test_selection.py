@@ -750,3 +750,21 @@ def test_the_sine_scan_names_the_class_that_answers_a_sinusoid_and_not_the_catch
     assert selection.sine_class([0.0, 0.4, 0.0]) is None  # below SINE_DECISIVE
     rates = selection.source_rates(torch.tensor([2, 2, 1]), torch.tensor([0, 0, 1]), 3)
     assert rates[2, 0] == 1.0 and rates[1, 1] != rates[1, 1] and rates[0, 2] != rates[0, 2]  # NaN: diagonal, empty
+
+
+def test_the_recall_signal_names_a_class_the_model_misses_and_not_a_merely_hard_one() -> None:
+    """A class missed on most of its clean images is named; a naturally hard class (shirt on Fashion-MNIST keeps well
+    over half the typical recall) is not; a class with no image is ignored, and of two missed classes the lower wins."""
+    labels = torch.arange(5).repeat_interleave(10)
+    pred = labels.clone()
+    pred[10:19] = 0  # class 1: 1 of 10 right
+    pred[20:24] = 3  # class 2: 6 of 10 right
+    recall = selection.class_recall(pred, labels, 6)
+    assert recall[:5].tolist() == [1.0, 0.1, 0.6, 1.0, 1.0] and recall[5] != recall[5]  # class 5: NaN
+    assert selection.recall_class(recall) == 1
+    pred[20:28] = 3  # class 2 now 2 of 10: both below 0.4 × the others' median, the lowest is named
+    assert selection.recall_class(selection.class_recall(pred, labels, 6)) == 1
+    pred[10:19] = labels[10:19]
+    assert selection.recall_class(selection.class_recall(pred, labels, 6)) == 2
+    assert selection.recall_class(torch.tensor([0.9, 0.6, 0.95, 0.7])) is None
+    assert selection.recall_class(torch.tensor([0.9, 0.6, 0.95, 0.7]), floor=0.7) == 1
