@@ -47,6 +47,7 @@ from zoo import ZOOS as ZOO_DEFS
 from otbr.attacks import attack_from_config
 from otbr.data import load_dataset, sample_subset
 from otbr.defenses.otbr import OTBR, SUSPECT_RULE
+from otbr.defenses.tsbd import SUSPECT_RULE as TSBD_SUSPECT_RULE
 from otbr.defenses.tsbd import TSBD
 from otbr.metrics import der, evaluate
 from otbr.models import load_model
@@ -92,9 +93,9 @@ def candidates_otbr(model, meta, subset, repeats: int = 1, suspect_rule: str = S
     return choice, cands, time.perf_counter() - t0
 
 
-def candidates_tsbd(model, meta, subset, repeats: int = 1, suspect_rule: str = "scan",  # TSBD: always the scan
-                    collapse_limit: float | None = None) -> tuple[Any, dict[float, Any], float]:  # and no guard
-    d = TSBD(progress=False)
+def candidates_tsbd(model, meta, subset, repeats: int = 1, suspect_rule: str = TSBD_SUSPECT_RULE,
+                    collapse_limit: float | None = None) -> tuple[Any, dict[float, Any], float]:  # TSBD: no guard
+    d = TSBD(suspect_rule=suspect_rule, progress=False)
     x = as_float(subset.x)
     y = subset.y.long()
     t0 = time.perf_counter()
@@ -145,6 +146,10 @@ def run_model(method: str, zoo: str, name: str, test, subset, limit: int | None,
         out["stratified_scan"] = info.get("stratified_scan")
         if "warp_scan" in info:
             out["warp_scan"] = info["warp_scan"]
+    if method == "tsbd" and suspect_rule != "scan":  # rows without the field ran the scan
+        out["suspect_rule"] = suspect_rule
+        if "recall_scan" in info:
+            out["recall_scan"] = info["recall_scan"]
     if method == "otbr" and collapse_limit is not None:
         out["collapse_limit"], out["collapse_guard"] = collapse_limit, info.get("collapse_guard")
     if "repeats" in info:  # each synthetic set's lone estimates (fractions) and choice, and their agreement
@@ -593,12 +598,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="result file stem instead of the default (e.g. to run zoos in two processes)")
     ap.add_argument("--merge", help="comma-separated result stems (made with --out) to merge into the output file; "
                     "a model in several keeps its row from the last")
-    ap.add_argument("--suspect-rule", choices=SUSPECT_RULES, default=SUSPECT_RULE,
-                    help=f"OTBR's suspect rule (otbr.selection.SUSPECT_RULES; default: the shipped {SUSPECT_RULE})")
+    ap.add_argument("--suspect-rule", choices=SUSPECT_RULES, default=None,
+                    help="the suspect rule (otbr.selection.SUSPECT_RULES; default: the method's shipped one, "
+                    f"OTBR {SUSPECT_RULE}, TSBD {TSBD_SUSPECT_RULE}; recall: TSBD only)")
     ap.add_argument("--collapse-limit", type=collapse_limit_arg, default=GUARD,
                     help=f"OTBR's collapse guard (default: the shipped {GUARD:g}; 1: none, as the rows made before "
                     "the guard existed)")
     args = ap.parse_args(argv)
+    if args.suspect_rule is None:
+        args.suspect_rule = SUSPECT_RULE if args.method == "otbr" else TSBD_SUSPECT_RULE
+    elif args.method == "otbr" and args.suspect_rule == "recall":
+        ap.error("--suspect-rule recall reads labelled clean images: TSBD only")
     guard = args.collapse_limit
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
@@ -610,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         # the files of the scan without the guard (the rule before both options) keep their names
         stem = f"auto-otbr-{args.suspect_rule}" + ("" if args.repeats == 3 else f"-repeats{args.repeats}") + \
             ("" if guard is None else "-guard") + "-fmnist"
+    if not args.out and args.method == "tsbd" and args.suspect_rule != "scan":  # the scan's file keeps its name
+        stem = f"auto-tsbd-{args.suspect_rule}-fmnist"
     jpath = RESULTS / f"{stem}.json"
     if args.merge:
         parts = [json.loads((RESULTS / f"{s}.json").read_text()) for s in args.merge.split(",")]

@@ -204,6 +204,13 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
             click.echo(f"suspect from the warp scan: class {warp['override']} is reached by a {warp['pixels']:g}-pixel "
                        f"warp from nearly every source class (median {warp['median'][warp['override']]:.2f}); the "
                        f"patch scan named class {warp['patch_suspect']}")
+        recall = auto.get("recall_scan") or {}
+        if recall.get("named") is not None and recall["named"] != recall.get("scan_suspect"):
+            share = 100 * recall["recall"][recall["named"]]
+            click.echo(f"suspect from the clean recall: the original gets {share:.0f} % of class {recall['named']}'s "
+                       f"clean images right, below {recall['floor']:g} × the other "
+                       f"classes' median (a clean-label backdoor's mark); the patch scan named class "
+                       f"{recall['scan_suspect']}")
         cost = clean_cost_line(auto)
         if cost:
             click.echo(cost)

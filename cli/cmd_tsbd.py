@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
               help="Fraction n of neurons selected by clean-unlearning NWC (global ranking), or auto: chosen from "
                    "--neuron-grid with the clean subset and synthetic inputs only.")
 @click.option("--neuron-grid", default="0.05,0.1,0.15,0.2", show_default=True, help="Candidates for auto.")
+@click.option("--suspect-rule", type=click.Choice(["scan", "recall"]), default=None,
+              help="--neuron-ratio auto: how the suspected target is named. scan: the class a small patch reaches "
+                   "most easily from the clean subset; recall: that class, unless the original misses one class's "
+                   "clean images (recall below 0.4 × the other classes' median: the mark of a clean-label backdoor "
+                   "such as SIG). Default: otbr.defenses.tsbd.SUSPECT_RULE.")
 @click.option("--weight-ratio", default=0.7, show_default=True, type=FiniteFloatRange(0, 1),
               help="Fraction m of the selected neurons' weights zeroed (largest weight change).")
 @click.option("--finetune", type=click.Choice(["activeness", "vanilla", "none"]), default="activeness",
@@ -70,8 +75,8 @@ log = logging.getLogger(__name__)
                               "data; one unlearning run).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against n.")
 @defense_options(clean=True)
-def defend_tsbd(model: str, neuron_ratio: float | str, neuron_grid: str, weight_ratio: float, finetune: str,
-                ft_epochs: int, ft_lr: float,
+def defend_tsbd(model: str, neuron_ratio: float | str, neuron_grid: str, suspect_rule: str | None,
+                weight_ratio: float, finetune: str, ft_epochs: int, ft_lr: float,
                 r: float, alpha: float, unlearn_lr: float, unlearn_max_epochs: int, stop_acc: float, batch_size: int,
                 no_augment: bool, include_linear: bool, sweep: str | None, plot: str | None, progress: bool,
                 **kw: Any) -> None:
@@ -84,7 +89,8 @@ def defend_tsbd(model: str, neuron_ratio: float | str, neuron_grid: str, weight_
 
     no_ft = "with --finetune none" if finetune == "none" else None
     plain = no_ft or ("with --finetune vanilla" if finetune == "vanilla" else None)
-    refuse_moot({"neuron_grid": None if neuron_ratio == "auto" else "without --neuron-ratio auto",
+    fixed = None if neuron_ratio == "auto" else "without --neuron-ratio auto"
+    refuse_moot({"neuron_grid": fixed, "suspect_rule": fixed,
                  "ft_epochs": no_ft, "ft_lr": no_ft, "no_augment": no_ft, "r": plain, "alpha": plain})
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
     check_plot(plot, kw.get("force", False), [model, kw.get("output"), kw.get("report")], needed=sweep is not None)
@@ -93,7 +99,8 @@ def defend_tsbd(model: str, neuron_ratio: float | str, neuron_grid: str, weight_
                    neuron_grid=parse_floats(neuron_grid, "--neuron-grid") or (), weight_ratio=weight_ratio,
                    unlearn_lr=unlearn_lr, unlearn_max_epochs=unlearn_max_epochs, stop_acc=stop_acc, r=r,
                    alpha=alpha, ft_epochs=ft_epochs, ft_lr=ft_lr, batch_size=batch_size, finetune=finetune,
-                   augment=not no_augment, include_linear=include_linear, seed=kw["seed"], progress=progress)
+                   augment=not no_augment, include_linear=include_linear, seed=kw["seed"], progress=progress,
+                   **({} if suspect_rule is None else {"suspect_rule": suspect_rule}))
     subset = clean_subset(kw, 0.05, "TSBD")
     net, meta = load_model_from_options(model, kw)
     if tuple(subset.input_shape) != tuple(meta.input_shape):

@@ -126,8 +126,12 @@ SUSPECT_WEAK_RATE = 0.9
 #: one small patch reaches most often from the pooled other-class synthetic inputs (:func:`target_scan`);
 #: ``"stratified"`` (:func:`stratified_suspects`), the class a small patch reaches from the most source classes;
 #: ``"warp"`` (OTBR's default, ``otbr.defenses.otbr.SUSPECT_RULE``), the stratified suspect unless one class alone is
-#: reached by a small universal warp from nearly every source class (:func:`warp_override`).
-SUSPECT_RULES = ("scan", "stratified", "warp")
+#: reached by a small universal warp from nearly every source class (:func:`warp_override`); ``"recall"`` (labelled
+#: clean images only, so TSBD's), the scan suspect unless the original misses one class's clean images
+#: (:func:`recall_class`).
+SUSPECT_RULES = ("scan", "stratified", "warp", "recall")
+#: the rules that read nothing but the model (OTBR's choices)
+DATA_FREE_SUSPECT_RULES = ("scan", "stratified", "warp")
 
 #: The warp override (suspect rule ``"warp"``, :func:`warp_override`): the largest displacement of the warp scan,
 #: in pixels, and the median over source classes at or above which one class alone overrides the patch suspect.
@@ -831,6 +835,24 @@ def recall_class(recall: torch.Tensor, floor: float = RECALL_FLOOR) -> int | Non
     return int(torch.where(below, recall.double(), torch.full_like(recall.double(), float("inf"))).argmin())
 
 
+def recall_override(original: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
+                    scan_suspect: int, floor: float = RECALL_FLOOR) -> dict[str, Any]:
+    """The suspect rule ``"recall"``: ``scan_suspect`` unless the original's recall on the labelled clean ``images``
+    names a class (:func:`recall_class`), which then replaces it (logged). Returns the per-class recall, the named
+    class (or ``None``), the floor, the scan's suspect and the resulting ``"suspect"``."""
+    from otbr.metrics import predict
+
+    recall = class_recall(predict(original, images), labels, num_classes)
+    named = recall_class(recall, floor)
+    if named is not None and named != scan_suspect:
+        log.info("recall override: the original gets %.0f %% of class %d's clean images right (the other classes' "
+                 "median %.0f %%); suspect %d → %d", 100 * float(recall[named]),
+                 100 * float(torch.cat([recall[:named], recall[named + 1:]]).nanmedian()), named, scan_suspect,
+                 named)
+    return {"recall": [round(float(v), 4) for v in recall], "named": named, "floor": floor,
+            "scan_suspect": scan_suspect, "suspect": scan_suspect if named is None else named}
+
+
 def sine_class(contrast: Sequence[float], decisive: float = SINE_DECISIVE) -> int | None:
     """The class a :func:`sine_scan` names: the arg-max of its contrast when that is unique and at least
     ``decisive``, else ``None``. Pure, so stored scans can be re-scored.
@@ -991,6 +1013,7 @@ def choose_for(
     lean: float = 0.0,
     suspect_rule: str = "scan",
     collapse_limit: float | None = None,
+    labels: torch.Tensor | None = None,
 ) -> Choice:
     """:func:`choose` on models, with every signal computed from ``synthetic`` inputs.
 
@@ -1011,13 +1034,16 @@ def choose_for(
     Without ``clean_drop`` the clean term is the disagreement on the other classes' synthetic inputs times
     ``clean_scale`` (module docstring). With ``suspect_rule="stratified"`` the probe's suspect comes from
     :func:`stratified_suspects` instead of :func:`target_scan` (:data:`SUSPECT_RULES`); with ``"warp"``, from
-    there unless :func:`warp_override` names one class. ``collapse_limit``: the
-    collapse guard (:func:`choose`). Several synthetic sets: :func:`choose_for_repeats`.
+    there unless :func:`warp_override` names one class; with ``"recall"``, the scan's suspect unless the original's
+    recall on ``probe_images`` (their clean ``labels``, required) names a class it misses (:func:`recall_class`).
+    ``collapse_limit``: the collapse guard (:func:`choose`). Several synthetic sets: :func:`choose_for_repeats`.
     """
     from otbr.metrics import predict
 
     _check_rule(suspect_rule)
     _check_limit(collapse_limit)
+    if suspect_rule == "recall" and (labels is None or probe_images is None):
+        raise ValueError("suspect_rule 'recall' reads labelled clean images: pass probe_images and their labels")
 
     ref = predict(original, synthetic)
     preds = {v: predict(m, synthetic) for v, m in candidates.items()}
@@ -1036,6 +1062,9 @@ def choose_for(
         scan = target_scan(original, pool, pool_ref, num_classes, budget=probe_budget)
         suspect = _scan_suspect(scan, preds, ref, num_classes)
         extra["target_scan"] = [round(float(v), 4) for v in scan]
+        if suspect_rule == "recall":
+            extra["recall_scan"] = recall_override(original, probe_images, labels, num_classes, scan_suspect=suspect)
+            suspect = extra["recall_scan"]["suspect"]
     if probe:
         extra["suspect_rule"] = suspect_rule
         bdrop, extra["probe"] = _probe(original, candidates, pool, pool_ref, suspect, budget=probe_budget,
@@ -1094,6 +1123,9 @@ def choose_for_repeats(
 
     _check_rule(suspect_rule)
     _check_limit(collapse_limit)
+    if suspect_rule not in DATA_FREE_SUSPECT_RULES:
+        raise ValueError(f"suspect_rule {suspect_rule!r} reads labelled clean images; the data-free selection takes "
+                         f"one of {', '.join(DATA_FREE_SUSPECT_RULES)}")
     sets = list(synthetic_sets)
     if not sets:
         raise ValueError("choose_for_repeats: no synthetic sets")

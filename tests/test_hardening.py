@@ -695,6 +695,8 @@ def test_plot_paths_are_checked_before_any_work(files: dict[str, Path], tmp_path
          "--ft-epochs has no effect with --finetune none"),
         (("defend", "tsbd", "--data", "npz:DATA", "--neuron-ratio", "0.1", "--neuron-grid", "0.1"),
          "--neuron-grid has no effect without --neuron-ratio auto"),
+        (("defend", "tsbd", "--data", "npz:DATA", "--neuron-ratio", "0.1", "--suspect-rule", "recall"),
+         "--suspect-rule has no effect without --neuron-ratio auto"),
         (("defend", "ft", "--data", "npz:DATA", "--clean-count", "8", "--clean-ratio", "0.5"),
          "--clean-ratio has no effect beside --clean-count"),
         (("defend", "otbr", "--seed", str(2**64)), "is not in the range 0<=x<=4294967295"),

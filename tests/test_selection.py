@@ -659,10 +659,10 @@ def test_cli_suspect_rule_and_guard_reach_the_defense_and_the_report(tmp_path: P
 
     from cli.cmd_defend import defend_otbr
     from otbr.defenses.otbr import SUSPECT_RULE
-    from otbr.selection import SUSPECT_RULES
+    from otbr.selection import DATA_FREE_SUSPECT_RULES
 
     opt = next(p for p in defend_otbr.params if p.name == "suspect_rule")
-    assert tuple(opt.type.choices) == SUSPECT_RULES and f"Default: {SUSPECT_RULE}." in opt.help
+    assert tuple(opt.type.choices) == DATA_FREE_SUSPECT_RULES and f"Default: {SUSPECT_RULE}." in opt.help
     limit = next(p for p in defend_otbr.params if p.name == "collapse_limit")
     assert limit.default is None and f"Default: {COLLAPSE_LIMIT:g}." in limit.help
     model, _ = make_tiny_files(tmp_path, 40)
@@ -768,3 +768,42 @@ def test_the_recall_signal_names_a_class_the_model_misses_and_not_a_merely_hard_
     assert selection.recall_class(selection.class_recall(pred, labels, 6)) == 2
     assert selection.recall_class(torch.tensor([0.9, 0.6, 0.95, 0.7])) is None
     assert selection.recall_class(torch.tensor([0.9, 0.6, 0.95, 0.7]), floor=0.7) == 1
+
+
+def test_recall_rule_replaces_the_scan_suspect_only_when_the_original_misses_a_class(monkeypatch) -> None:
+    """``suspect_rule="recall"``: the patch scan names class 1; when the original's recall on the labelled images
+    (forced here) misses class 3, class 3 becomes the suspect and the probe goes toward it; with no class missed the
+    scan's class stands. It needs the labelled images, and the data-free paths (OTBR, several synthetic sets) refuse
+    it."""
+    net = tiny_net().eval()
+    cand = copy.deepcopy(net)
+    scan = torch.zeros(CLASSES)
+    scan[1] = 1.0
+    monkeypatch.setattr(selection, "target_scan", lambda *a, **k: scan)
+    recall = torch.full((CLASSES,), 0.9, dtype=torch.float64)
+    monkeypatch.setattr(selection, "class_recall", lambda *a, **k: recall)
+    probed: list[int] = []
+    monkeypatch.setattr(selection, "reverse_trigger",
+                        lambda m, src, target, **k: probed.append(target) or (torch.zeros(1, 1, SIDE, SIDE),) * 2)
+    monkeypatch.setattr(selection, "trigger_rate", lambda *a, **k: 1.0)
+    x = torch.rand(30, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(30) % CLASSES
+    kw = {"probe_steps": 1, "probe_images": x, "labels": y, "clean_drop": {0.1: 0.0}, "suspect_rule": "recall"}
+    plain = choose_for(net, {0.1: cand}, x, CLASSES, **kw)
+    assert plain.suspect == 1 and plain.extra["recall_scan"]["named"] is None and set(probed) == {1}
+    recall[3] = 0.0
+    probed.clear()
+    c = choose_for(net, {0.1: cand}, x, CLASSES, **kw)
+    assert c.suspect == 3 and set(probed) == {3} and c.extra["suspect_rule"] == "recall"
+    assert c.extra["recall_scan"] == {"recall": [0.9, 0.9, 0.9, 0.0, *[0.9] * (CLASSES - 4)], "named": 3,
+                                      "floor": selection.RECALL_FLOOR, "scan_suspect": 1, "suspect": 3}
+    with pytest.raises(ValueError, match="labelled clean images"):
+        choose_for(net, {0.1: cand}, x, CLASSES, probe_steps=1, suspect_rule="recall")
+    with pytest.raises(ValueError, match="data-free selection"):
+        choose_for_repeats(net, {0.1: cand}, [x, x], CLASSES, suspect_rule="recall")
+    with pytest.raises(OtbrError, match="suspect_rule"):
+        OTBR(input_shape=(1, 8, 8), suspect_rule="recall")
+    assert TSBD(suspect_rule="recall").config()["suspect_rule"] == "recall"
+    assert "suspect_rule" not in TSBD(neuron_ratio=0.1, suspect_rule="recall").config()
+    with pytest.raises(OtbrError, match="suspect_rule"):
+        TSBD(suspect_rule="vote")

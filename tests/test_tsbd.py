@@ -243,6 +243,38 @@ def test_cli_defend_tsbd(tiny_files, tmp_path) -> None:
     assert payload["info"]["unlearn_epochs"] <= 2 and "evaluation" in payload and payload["oracle"] is False
 
 
+def test_cli_recall_rule_names_the_missed_class_and_says_so(tiny_files, tmp_path, monkeypatch) -> None:
+    """``--suspect-rule recall``: when the original misses one class's clean images (forced: the class after the
+    patch scan's), the report's suspect is that class and the screen says so; the scan rule prints no such line."""
+    import otbr.selection as selection
+
+    model, data = tiny_files
+    forced: dict[str, int] = {}
+
+    def fake(pred, labels, num_classes):  # every class kept (the tiny model's own recall may miss one), or one not
+        out = torch.ones(num_classes, dtype=torch.float64)
+        if "class" in forced:
+            out[forced["class"]] = 0.0
+        return out
+
+    monkeypatch.setattr(selection, "class_recall", fake)
+    args = ["defend", "tsbd", model, "--data", f"npz:{data}", "--clean-ratio", "0.5", "--ft-epochs", "1",
+            "--unlearn-max-epochs", "2", "--batch-size", "16", "--no-eval", "--suspect-rule", "recall"]
+    plain = _cli(*args, "-o", tmp_path / "a.safetensors", "--report", tmp_path / "a.json")
+    assert plain.exit_code == 0, plain.output
+    auto = json.loads((tmp_path / "a.json").read_text())["info"]["auto"]
+    scan = auto["recall_scan"]["scan_suspect"]
+    assert auto["suspected_target"] == scan and "suspect from the clean recall" not in plain.output
+    forced["class"] = (scan + 1) % CLASSES
+    res = _cli(*args, "-o", tmp_path / "b.safetensors", "--report", tmp_path / "b.json")
+    assert res.exit_code == 0, res.output
+    payload = json.loads((tmp_path / "b.json").read_text())
+    assert payload["info"]["auto"]["suspected_target"] == forced["class"]
+    assert payload["config"]["suspect_rule"] == "recall"
+    assert f"suspect from the clean recall: the original gets 0 % of class {forced['class']}'s" in res.output
+    assert f"the patch scan named class {scan}" in res.output
+
+
 def test_cli_sweep_is_labelled_oracle(tiny_files, tmp_path) -> None:
     model, data = tiny_files
     res = _cli("defend", "tsbd", model, "--data", f"npz:{data}", "--clean-ratio", "0.5", "--ft-epochs", "1",

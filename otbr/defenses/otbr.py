@@ -50,8 +50,8 @@ from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pruning import global_topk, mask_count, mask_indices, prune_neurons
 from otbr.selection import (
     COLLAPSE_LIMIT,
+    DATA_FREE_SUSPECT_RULES,
     OTBR_LEAN,
-    SUSPECT_RULES,
     SYNTHETIC_CLEAN_SCALE,
     Choice,
     choose_for_repeats,
@@ -114,7 +114,8 @@ class OTBR(Defense):
             the backdoor itself and does better from the lighter γ: over the seven zoo models the lean of 0.035
             moved, mean DER 87.62 from the lighter γ against 86.67 from the leaned one,
             ``benchmarks/results/repair-lean-cpu-fmnist.md``).
-        suspect_rule: for ``gamma="auto"``, how the suspected target is named (:data:`otbr.selection.SUSPECT_RULES`):
+        suspect_rule: for ``gamma="auto"``, how the suspected target is named
+            (:data:`otbr.selection.DATA_FREE_SUSPECT_RULES`):
             ``"warp"`` (default, :data:`SUSPECT_RULE`; :func:`otbr.selection.warp_override`), ``"stratified"``
             (:func:`otbr.selection.stratified_suspects`) or
             ``"scan"`` (:func:`otbr.selection.target_scan`; worse on blended triggers). Listed in :meth:`config`
@@ -178,8 +179,8 @@ class OTBR(Defense):
         self.selection_repeats = int(selection_repeats)
         self.clean_scale = check_range("clean_scale", float(clean_scale), 0.0, 1.0, low_open=True)
         self.lean = None if lean is None else check_range("lean", float(lean), 0.0, 1.0)
-        if suspect_rule not in SUSPECT_RULES:
-            raise OtbrError(f"suspect_rule must be one of {', '.join(SUSPECT_RULES)}, got {suspect_rule!r}")
+        if suspect_rule not in DATA_FREE_SUSPECT_RULES:  # "recall" reads labelled clean images: TSBD's only
+            raise OtbrError(f"suspect_rule must be one of {', '.join(DATA_FREE_SUSPECT_RULES)}, got {suspect_rule!r}")
         self.suspect_rule = suspect_rule
         if collapse_limit is not None:  # a share of inputs is never above 1: a limit of 1 is no guard
             collapse_limit = check_range("collapse_limit", float(collapse_limit), 0.0, 1.0, low_open=True)

@@ -68,10 +68,15 @@ from otbr.models.registry import output_classes
 from otbr.nwc import NWCScores, neuron_weight_change, unlearn
 from otbr.pixels import as_float
 from otbr.pruning import global_topk, mask_count, mask_indices, num_selected
-from otbr.selection import choose_for, require_batchnorm
+from otbr.selection import SUSPECT_RULES, choose_for, require_batchnorm
 from otbr.synthesis import synthesize
 
 log = logging.getLogger(__name__)
+
+#: How ``neuron_ratio="auto"`` names its suspected target (:data:`otbr.selection.SUSPECT_RULES`). ``"scan"``, the rule
+#: of every stored TSBD run; ``"recall"`` is under test (``benchmarks/recall_suspect_explore.py``: its pre-registered
+#: rule decides whether it becomes the default).
+SUSPECT_RULE = "scan"
 
 FINETUNE_MODES = ("activeness", "vanilla", "none")
 NEURON_GRID = (0.05, 0.1, 0.15, 0.2)
@@ -152,6 +157,11 @@ class TSBD(Defense):
         neuron_grid: candidate n values for ``neuron_ratio="auto"``.
         auto_ft_epochs: fine-tuning epochs given to each candidate before the automatic choice.
         synthetic: number of BatchNorm-inverted inputs used by the automatic choice.
+        suspect_rule: how the automatic choice names the suspected target (:data:`otbr.selection.SUSPECT_RULES`):
+            ``"scan"`` (a small patch from the clean subset, :func:`otbr.selection.target_scan`) or
+            ``"recall"`` (the scan's class unless the original misses one class's clean images,
+            :func:`otbr.selection.recall_override`); ``"stratified"`` and ``"warp"`` run their scans on the subset.
+            Default :data:`SUSPECT_RULE`.
         weight_ratio: fraction m of the selected neurons' weights zeroed (largest ``|ΔW|``), in [0, 1].
         unlearn_lr: clean-unlearning learning rate (SGD, momentum 0.9).
         unlearn_max_epochs: epoch cap of clean unlearning.
@@ -185,6 +195,7 @@ class TSBD(Defense):
         neuron_grid: Sequence[float] = NEURON_GRID,
         auto_ft_epochs: int = 1,
         synthetic: int = 256,
+        suspect_rule: str = SUSPECT_RULE,
         weight_ratio: float = 0.7,
         unlearn_lr: float = 1e-4,
         unlearn_max_epochs: int = 100,
@@ -207,6 +218,9 @@ class TSBD(Defense):
         if int(auto_ft_epochs) < 0 or int(synthetic) < 2:
             raise OtbrError(f"auto_ft_epochs must be ≥ 0 and synthetic ≥ 2, got {auto_ft_epochs}, {synthetic}")
         self.auto_ft_epochs, self.synthetic = int(auto_ft_epochs), int(synthetic)
+        if suspect_rule not in SUSPECT_RULES:
+            raise OtbrError(f"suspect_rule must be one of {', '.join(SUSPECT_RULES)}, got {suspect_rule!r}")
+        self.suspect_rule = suspect_rule
         self.weight_ratio = check_range("weight_ratio", float(weight_ratio), 0.0, 1.0)
         self.unlearn_lr = check_range("unlearn_lr", float(unlearn_lr), 0.0, 10.0, low_open=True)
         if int(unlearn_max_epochs) < 1:
@@ -229,6 +243,19 @@ class TSBD(Defense):
         self.augment = bool(augment)
         self.include_linear = bool(include_linear)
         self._set_run_options(seed=seed, device=device, progress=progress)
+
+    def config(self) -> dict[str, Any]:
+        """The hyperparameters (public attributes); ``suspect_rule`` only when ``neuron_ratio="auto"`` and it is not
+        ``"scan"``, the rule of every run made before the option, so their stored comparison cells keep their keys.
+
+        Example:
+            >>> "suspect_rule" in TSBD().config(), TSBD(suspect_rule="recall").config()["suspect_rule"]
+            (False, 'recall')
+        """
+        out = super().config()
+        if out["suspect_rule"] == "scan" or self.neuron_ratio != "auto":
+            del out["suspect_rule"]
+        return out
 
     # -- pieces ---------------------------------------------------------------------------------------
     def _data(self, model: nn.Module, data: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -308,7 +335,7 @@ class TSBD(Defense):
             clean_drop[n] = base_acc - accuracy(cand, x, y)
             log.info("TSBD auto: n = %g, clean-subset accuracy %.4f", n, base_acc - clean_drop[n])
         choice = choose_for(original, cands, syn.x, num_classes, clean_drop=clean_drop, probe_images=x,
-                            probe_ladder=True)
+                            probe_ladder=True, suspect_rule=self.suspect_rule, labels=y)
         out = choice.as_dict()
         out.update({"synthetic": syn.info, "auto_ft_epochs": self.auto_ft_epochs,
                     "clean_term": "accuracy drop on the clean subset after the candidate's short fine-tuning"})
