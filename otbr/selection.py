@@ -846,9 +846,8 @@ def recall_override(original: torch.nn.Module, images: torch.Tensor, labels: tor
     named = recall_class(recall, floor)
     if named is not None and named != scan_suspect:
         log.info("recall override: the original gets %.0f %% of class %d's clean images right (the other classes' "
-                 "median %.0f %%); suspect %d → %d", 100 * float(recall[named]),
-                 100 * float(torch.cat([recall[:named], recall[named + 1:]]).nanmedian()), named, scan_suspect,
-                 named)
+                 "median %.0f %%); suspect %d → %d", 100 * float(recall[named]), named,
+                 100 * float(torch.cat([recall[:named], recall[named + 1:]]).nanmedian()), scan_suspect, named)
     return {"recall": [round(float(v), 4) for v in recall], "named": named, "floor": floor,
             "scan_suspect": scan_suspect, "suspect": scan_suspect if named is None else named}
 
