@@ -19,14 +19,17 @@ it.
 
 Usage:
     python benchmarks/auto_bench.py [--method otbr|tsbd] [--zoo main|second|...|eleventh|both|all]
-                                    [--repeats 3] [--suspect-rule stratified|scan] [--collapse-limit 0.7|1]
-                                    [--only NAME,...] [--eval-limit 5000] [--threads 1] [--append] [--rescore]
-                                    [--out STEM]
+                                    [--repeats 3] [--suspect-rule warp|stratified|scan|recall]
+                                    [--collapse-limit 0.7|1] [--only NAME,...] [--eval-limit 5000] [--threads 1]
+                                    [--append] [--rescore] [--out STEM]
 
-Writes ``benchmarks/results/auto-<method>-fmnist.{md,json}`` (TSBD; OTBR with one synthetic set, the scan and no
-guard). OTBR with ``--repeats 3``: ``auto-otbr-stratified-guard-fmnist`` for the shipped rule (stratified suspect,
-collapse guard); the rules before it keep their files: ``auto-otbr-repeats3-fmnist`` (``--suspect-rule scan
---collapse-limit 1``) and ``auto-otbr-stratified-fmnist`` (``--collapse-limit 1``).
+Writes ``benchmarks/results/auto-<method>-fmnist.{md,json}`` (TSBD with the scan suspect, its rule until the
+recall rule was adopted on 2026-11-24; OTBR with one synthetic set, the scan and no guard). TSBD with the shipped
+``recall`` rule: ``auto-tsbd-recall-fmnist`` (the stored scan rows, which that rule leaves unchanged, merged with the
+re-runs of the rows it changes). OTBR with ``--repeats 3``: ``auto-otbr-warp-guard-fmnist`` for the shipped rule
+(warp override, collapse guard); the rules before it keep their files: ``auto-otbr-repeats3-fmnist``
+(``--suspect-rule scan --collapse-limit 1``), ``auto-otbr-stratified-fmnist`` (``--suspect-rule stratified
+--collapse-limit 1``) and ``auto-otbr-stratified-guard-fmnist`` (``--suspect-rule stratified``).
 """
 
 from __future__ import annotations

@@ -61,8 +61,10 @@ LATER_OPTIONS: dict[str, dict[str, Any]] = {"otbr": {"selection_repeats": 1, "le
 
 #: Constructor arguments that pin a defense to its behaviour from before a default changed: given with these values
 #: they key as if not given, so the cells made before the change are reused. OTBR's automatic γ until 2026-11-24:
-#: the scan suspect without the collapse guard (``benchmarks/compare_bench.py`` pins its stored cells to it).
-EARLIER_KWARGS: dict[str, dict[str, Any]] = {"otbr": {"suspect_rule": "scan", "collapse_limit": None}}
+#: the scan suspect without the collapse guard; TSBD's automatic n until the recall suspect (2026-11-24 evening): the
+#: scan suspect (``benchmarks/compare_bench.py`` pins its stored cells to both).
+EARLIER_KWARGS: dict[str, dict[str, Any]] = {"otbr": {"suspect_rule": "scan", "collapse_limit": None},
+                                             "tsbd": {"suspect_rule": "scan"}}
 
 
 @dataclasses.dataclass

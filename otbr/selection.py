@@ -144,11 +144,16 @@ WARP_DECISIVE = 0.9
 #: (``benchmarks/results/sine-scan-explore-fmnist.md``).
 SINE_AMPLITUDE = 40 / 255
 SINE_DECISIVE = 0.5
-#: The recall signal (:func:`recall_class`, needs labelled clean images, so TSBD only; a DEVELOPMENT probe until
-#: ``benchmarks/recall_suspect_explore.py`` reads it): a class whose clean recall on the original is below this share
-#: of the other classes' median recall. A clean-label backdoor (SIG) poisons the target class's own images, and a
-#: model that learns the trigger as that class's feature misses its clean images. Fixed before its first run.
+#: The recall signal (suspect rule ``"recall"``, :func:`recall_override`; it needs labelled clean images, so it is
+#: TSBD's only, and its default, ``otbr.defenses.tsbd.SUSPECT_RULE``): a class whose clean recall on the original is
+#: below this share of the other classes' median recall. A clean-label backdoor (SIG) poisons the target class's own
+#: images, and a model that learns the trigger as that class's feature misses its clean images. Fixed before its
+#: first run (``benchmarks/recall_suspect_explore.py``); on the 74 zoo models the SIG targets sat at 0.00–0.05 and
+#: every other model's lowest class at 0.48 or more of the others' median.
 RECALL_FLOOR = 0.4
+#: A class needs at least this many labelled images for its recall to count (fewer: its recall is left out of the
+#: rule, as a class with none). Not from any result: 0 of 3 is no evidence; the benchmark's 5 % subset has ~300.
+RECALL_MIN_IMAGES = 10
 
 #: The collapse guard (:func:`within_collapse_limit`): OTBR candidates whose synthetic clean disagreement (the
 #: share of the other classes' BN-inverted inputs on which they no longer agree with the original) is above this
@@ -836,20 +841,24 @@ def recall_class(recall: torch.Tensor, floor: float = RECALL_FLOOR) -> int | Non
 
 
 def recall_override(original: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
-                    scan_suspect: int, floor: float = RECALL_FLOOR) -> dict[str, Any]:
+                    scan_suspect: int, floor: float = RECALL_FLOOR,
+                    min_images: int = RECALL_MIN_IMAGES) -> dict[str, Any]:
     """The suspect rule ``"recall"``: ``scan_suspect`` unless the original's recall on the labelled clean ``images``
-    names a class (:func:`recall_class`), which then replaces it (logged). Returns the per-class recall, the named
-    class (or ``None``), the floor, the scan's suspect and the resulting ``"suspect"``."""
+    names a class (:func:`recall_class`), which then replaces it (logged). Classes with fewer than ``min_images``
+    images are left out of the rule. Returns the per-class recall, the named class (or ``None``), the floor, the
+    classes left out (``"few_images"``), the scan's suspect and the resulting ``"suspect"``."""
     from otbr.metrics import predict
 
     recall = class_recall(predict(original, images), labels, num_classes)
-    named = recall_class(recall, floor)
+    few = torch.bincount(labels.cpu(), minlength=num_classes) < min_images
+    named = recall_class(recall.masked_fill(few, float("nan")), floor)
     if named is not None and named != scan_suspect:
         log.info("recall override: the original gets %.0f %% of class %d's clean images right (the other classes' "
                  "median %.0f %%); suspect %d → %d", 100 * float(recall[named]), named,
                  100 * float(torch.cat([recall[:named], recall[named + 1:]]).nanmedian()), scan_suspect, named)
     return {"recall": [round(float(v), 4) for v in recall], "named": named, "floor": floor,
-            "scan_suspect": scan_suspect, "suspect": scan_suspect if named is None else named}
+            "few_images": torch.nonzero(few).flatten().tolist(), "scan_suspect": scan_suspect,
+            "suspect": scan_suspect if named is None else named}
 
 
 def sine_class(contrast: Sequence[float], decisive: float = SINE_DECISIVE) -> int | None:

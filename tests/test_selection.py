@@ -786,8 +786,8 @@ def test_recall_rule_replaces_the_scan_suspect_only_when_the_original_misses_a_c
     monkeypatch.setattr(selection, "reverse_trigger",
                         lambda m, src, target, **k: probed.append(target) or (torch.zeros(1, 1, SIDE, SIDE),) * 2)
     monkeypatch.setattr(selection, "trigger_rate", lambda *a, **k: 1.0)
-    x = torch.rand(30, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
-    y = torch.arange(30) % CLASSES
+    x = torch.rand(48, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(48) % CLASSES  # 12 images per class: at least RECALL_MIN_IMAGES
     kw = {"probe_steps": 1, "probe_images": x, "labels": y, "clean_drop": {0.1: 0.0}, "suspect_rule": "recall"}
     plain = choose_for(net, {0.1: cand}, x, CLASSES, **kw)
     assert plain.suspect == 1 and plain.extra["recall_scan"]["named"] is None and set(probed) == {1}
@@ -796,7 +796,10 @@ def test_recall_rule_replaces_the_scan_suspect_only_when_the_original_misses_a_c
     c = choose_for(net, {0.1: cand}, x, CLASSES, **kw)
     assert c.suspect == 3 and set(probed) == {3} and c.extra["suspect_rule"] == "recall"
     assert c.extra["recall_scan"] == {"recall": [0.9, 0.9, 0.9, 0.0, *[0.9] * (CLASSES - 4)], "named": 3,
-                                      "floor": selection.RECALL_FLOOR, "scan_suspect": 1, "suspect": 3}
+                                      "floor": selection.RECALL_FLOOR, "few_images": [], "scan_suspect": 1,
+                                      "suspect": 3}
+    few = choose_for(net, {0.1: cand}, x, CLASSES, **{**kw, "labels": torch.where(y == 3, 0, y)})  # no image of 3
+    assert few.suspect == 1 and few.extra["recall_scan"]["few_images"] == [3]
     with pytest.raises(ValueError, match="labelled clean images"):
         choose_for(net, {0.1: cand}, x, CLASSES, probe_steps=1, suspect_rule="recall")
     with pytest.raises(ValueError, match="data-free selection"):

@@ -258,7 +258,7 @@ def test_cli_recall_rule_names_the_missed_class_and_says_so(tiny_files, tmp_path
         return out
 
     monkeypatch.setattr(selection, "class_recall", fake)
-    args = ["defend", "tsbd", model, "--data", f"npz:{data}", "--clean-ratio", "0.5", "--ft-epochs", "1",
+    args = ["defend", "tsbd", model, "--data", f"npz:{data}", "--clean-ratio", "1", "--ft-epochs", "1",  # 15 a class
             "--unlearn-max-epochs", "2", "--batch-size", "16", "--no-eval", "--suspect-rule", "recall"]
     plain = _cli(*args, "-o", tmp_path / "a.safetensors", "--report", tmp_path / "a.json")
     assert plain.exit_code == 0, plain.output

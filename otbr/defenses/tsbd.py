@@ -23,7 +23,10 @@ paper's plateau, 5–20 %) gets its stage-1 model and ``auto_ft_epochs`` of the
 configured fine-tuning; the candidate with the highest estimated DER wins
 (:mod:`otbr.selection`: the backdoor term from a trigger reverse-engineered on the
 clean subset toward the suspected target, the clean term from accuracy on the
-clean subset) and is then fine-tuned from its stage-1 model for ``ft_epochs``. No
+clean subset) and is then fine-tuned from its stage-1 model for ``ft_epochs``. The
+suspect is the class a small patch reaches most easily from the clean subset,
+unless the original misses most of one class's clean images (the default
+``suspect_rule="recall"``: the mark of a clean-label backdoor such as SIG). No
 poisoned data and no trigger knowledge enter the choice; the report lists every
 candidate. A number fixes n (0.1 is the middle of the paper's plateau).
 
@@ -73,10 +76,14 @@ from otbr.synthesis import synthesize
 
 log = logging.getLogger(__name__)
 
-#: How ``neuron_ratio="auto"`` names its suspected target (:data:`otbr.selection.SUSPECT_RULES`). ``"scan"``, the rule
-#: of every stored TSBD run; ``"recall"`` is under test (``benchmarks/recall_suspect_explore.py``: its pre-registered
-#: rule decides whether it becomes the default).
-SUSPECT_RULE = "scan"
+#: How ``neuron_ratio="auto"`` names its suspected target (:data:`otbr.selection.SUSPECT_RULES`): ``"recall"`` since
+#: 2026-11-24 (evening), by the two-stage rule written before its first run (``benchmarks/recall_suspect_explore.py``,
+#: commit 35aecff). Stage 1: over the 74 stored TSBD rows it turned 6 wrong suspects (all SIG) into the target and no
+#: right one wrong (``benchmarks/results/recall-suspect-explore-fmnist.md``). Stage 2: re-run on those 6, the mean DER
+#: gap over the 74 went 1.04 → 0.88 and the worst 20.37 → 4.85 (SIG-t1: 20.37 → 0; but SIG-t8 0 → 3.85 and SIG-t3
+#: 0 → 4.85, where the wrong suspect had happened to choose the oracle's n; ``auto-tsbd-recall-fmnist.md``).
+#: ``"scan"`` was the rule before, and of every stored row the override leaves unchanged.
+SUSPECT_RULE = "recall"
 
 FINETUNE_MODES = ("activeness", "vanilla", "none")
 NEURON_GRID = (0.05, 0.1, 0.15, 0.2)
@@ -158,10 +165,10 @@ class TSBD(Defense):
         auto_ft_epochs: fine-tuning epochs given to each candidate before the automatic choice.
         synthetic: number of BatchNorm-inverted inputs used by the automatic choice.
         suspect_rule: how the automatic choice names the suspected target (:data:`otbr.selection.SUSPECT_RULES`):
-            ``"scan"`` (a small patch from the clean subset, :func:`otbr.selection.target_scan`) or
-            ``"recall"`` (the scan's class unless the original misses one class's clean images,
-            :func:`otbr.selection.recall_override`); ``"stratified"`` and ``"warp"`` run their scans on the subset.
-            Default :data:`SUSPECT_RULE`.
+            ``"recall"`` (default, :data:`SUSPECT_RULE`: the scan's class unless the original misses one class's
+            clean images, :func:`otbr.selection.recall_override`) or ``"scan"`` (a small patch from the clean
+            subset, :func:`otbr.selection.target_scan`; the rule before); ``"stratified"`` and ``"warp"`` run their
+            scans on the subset.
         weight_ratio: fraction m of the selected neurons' weights zeroed (largest ``|ΔW|``), in [0, 1].
         unlearn_lr: clean-unlearning learning rate (SGD, momentum 0.9).
         unlearn_max_epochs: epoch cap of clean unlearning.
@@ -249,8 +256,8 @@ class TSBD(Defense):
         ``"scan"``, the rule of every run made before the option, so their stored comparison cells keep their keys.
 
         Example:
-            >>> "suspect_rule" in TSBD().config(), TSBD(suspect_rule="recall").config()["suspect_rule"]
-            (False, 'recall')
+            >>> TSBD().config()["suspect_rule"], "suspect_rule" in TSBD(suspect_rule="scan").config()
+            ('recall', False)
         """
         out = super().config()
         if out["suspect_rule"] == "scan" or self.neuron_ratio != "auto":
