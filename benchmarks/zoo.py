@@ -292,6 +292,21 @@ SEVENTEENTH: dict[str, dict[str, Any]] = {
     "badnets-s4-t7": {**PREACT, "attack": "badnets", "attack_kwargs": {"size": 4, "target": 7}},
 }
 
+#: An eighteenth zoo, defined on 2026-11-24 at 22:47 UTC, after TSBD's recall suspect was adopted and before any of
+#: these models was trained: the held-out test of that rule (``otbr.selection.recall_override``), which was written
+#: after the SIG failures had been seen. SIG at half the poison rate (5 %: only half the target class's training images
+#: carry the stripe, so the model may keep part of the class's clean recall), SIG on VGG (whose SIG-t2 came out weak),
+#: SIG at the zoo's usual settings, and a BadNets control at a 20 % poison rate (the rule must not fire there).
+#: **Pre-registered:** (a) the recall rule names no class other than the target on any of the four (if it does, TSBD's
+#: default goes back to ``"scan"``); (b) TSBD's automatic n, as shipped, scores a mean DER gap ≤ 1 and a worst ≤ 5
+#: on the four (issue 7's goal; reported either way, nothing is changed by it).
+EIGHTEENTH: dict[str, dict[str, Any]] = {
+    "sig-p05-t5": {**PREACT, "attack": "sig", "attack_kwargs": {"poison_rate": 0.05, "target": 5}},
+    "vgg11-sig-t8": {**VGG, "attack": "sig", "attack_kwargs": {"target": 8}},
+    "sig-t9": {**PREACT, "attack": "sig", "attack_kwargs": {"target": 9}},
+    "badnets-p20-t2": {**PREACT, "attack": "badnets", "attack_kwargs": {"poison_rate": 0.2, "target": 2}},
+}
+
 #: zoo name → (entries, seed, results file stem)
 ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
     "main": (ENTRIES, 0, "zoo-fmnist"),
@@ -311,6 +326,7 @@ ZOOS: dict[str, tuple[dict[str, dict[str, Any]], int, str]] = {
     "fifteenth": (FIFTEENTH, 14, "zoo15-fmnist"),
     "sixteenth": (SIXTEENTH, 15, "zoo16-fmnist"),
     "seventeenth": (SEVENTEENTH, 16, "zoo17-fmnist"),
+    "eighteenth": (EIGHTEENTH, 17, "zoo18-fmnist"),
 }
 #: zoo name → default model folder and the --zoo/--epochs arguments that made its committed results
 FOLDERS = {"main": "benchmarks/zoo", "second": "benchmarks/zoo2", "third": "benchmarks/zoo3",
@@ -319,7 +335,7 @@ FOLDERS = {"main": "benchmarks/zoo", "second": "benchmarks/zoo2", "third": "benc
            "ninth": "benchmarks/zoo9", "tenth": "benchmarks/zoo10", "eleventh": "benchmarks/zoo11",
            "twelfth": "benchmarks/zoo12", "thirteenth": "benchmarks/zoo13", "fourteenth": "benchmarks/zoo14",
            "fifteenth": "benchmarks/zoo15", "sixteenth": "benchmarks/zoo16",
-           "seventeenth": "benchmarks/zoo17"}
+           "seventeenth": "benchmarks/zoo17", "eighteenth": "benchmarks/zoo18"}
 MADE_WITH = {"main": "", "second": " --zoo second --epochs 2", "third": " --zoo third --epochs 2",
              "fourth": " --zoo fourth --epochs 2", "fifth": " --zoo fifth --epochs 2",
              "sixth": " --zoo sixth --epochs 2", "seventh": " --zoo seventh --epochs 2",
@@ -327,7 +343,8 @@ MADE_WITH = {"main": "", "second": " --zoo second --epochs 2", "third": " --zoo 
              "tenth": " --zoo tenth --epochs 2", "eleventh": " --zoo eleventh --epochs 2",
              "twelfth": " --zoo twelfth --epochs 2", "thirteenth": " --zoo thirteenth --epochs 2",
              "fourteenth": " --zoo fourteenth --epochs 2", "fifteenth": " --zoo fifteenth --epochs 2",
-             "sixteenth": " --zoo sixteenth --epochs 2", "seventeenth": " --zoo seventeenth --epochs 2"}
+             "sixteenth": " --zoo sixteenth --epochs 2", "seventeenth": " --zoo seventeenth --epochs 2",
+             "eighteenth": " --zoo eighteenth --epochs 2"}
 TITLES = {"second": "second zoo: other triggers, targets and seed",
           "third": "third zoo, held out: defined before the automatic-γ calibration was tested on it",
           "fourth": "fourth zoo, held out from the rule changes made after the third zoo's results",
@@ -343,7 +360,8 @@ TITLES = {"second": "second zoo: other triggers, targets and seed",
           "fourteenth": "fourteenth zoo, held out from everything decided by 2026-11-24 11:15 UTC",
           "fifteenth": "fifteenth zoo, held out from the repair-check margin pre-registered with it",
           "sixteenth": "sixteenth zoo, held out from the warp override pre-registered with it",
-          "seventeenth": "seventeenth zoo, held out from the sinusoid scan pre-registered with it"}
+          "seventeenth": "seventeenth zoo, held out from the sinusoid scan pre-registered with it",
+          "eighteenth": "eighteenth zoo, held out from TSBD's recall suspect (adopted before it was trained)"}
 
 #: attacks that need more epochs than --epochs to reach a high ASR (name → epochs); see the results note.
 #: vgg11-lf-t3: 2 epochs at 10 % poison gave ASR 79.9 % (at 5 %: 37 %); vgg11-wanet-t7 was given 4 from the start,
@@ -354,12 +372,13 @@ TITLES = {"second": "second zoo: other triggers, targets and seed",
 #: in the thirteenth, wanet-t5 (3) and vgg11-badnets-t3 (4, as vgg11-badnets-t4), from the start; in the fourteenth,
 #: wanet-t1 (3), vgg11-wanet-t3 (4) and vgg11-lf-t0 (4, as the other VGG LF models), from the start; in the
 #: fifteenth, wanet-t0 (3) and vgg11-wanet-t6 (4), from the start; in the sixteenth, wanet-k6-t4 (3) and
-#: vgg11-wanet-t2 (4), from the start.
+#: vgg11-wanet-t2 (4), from the start; in the eighteenth, vgg11-sig-t8 (4, as VGG SIG-t2 came out weak at 2), from the
+#: start.
 EPOCHS: dict[str, int] = {"vgg11-lf-t3": 4, "vgg11-wanet-t7": 4, "vgg11-badnets-t4": 4, "wanet-t2": 3, "wanet-t6": 3,
                           "wanet-t9": 3, "vgg11-wanet-t1": 4, "wanet-t3": 3, "vgg11-wanet-t5": 4, "wanet-t7": 3,
                           "vgg11-lf-t8": 4, "wanet-t5": 3, "vgg11-badnets-t3": 4, "wanet-t1": 3, "vgg11-wanet-t3": 4,
                           "vgg11-lf-t0": 4, "wanet-t0": 3, "vgg11-wanet-t6": 4, "wanet-k6-t4": 3,
-                          "vgg11-wanet-t2": 4}
+                          "vgg11-wanet-t2": 4, "vgg11-sig-t8": 4}
 
 ASR_MIN = 0.90
 ACC_DROP_MAX = 0.03
