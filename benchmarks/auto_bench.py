@@ -388,6 +388,10 @@ GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (m
           ("held out from the shipped OTBR rule (ninth to seventeenth)",
            ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth",
             "seventeenth")),
+          ("eighteenth zoo (held out; the pre-registered test of TSBD's recall suspect)", ("eighteenth",)),
+          ("held out from the shipped OTBR rule (ninth to eighteenth)",
+           ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth",
+            "seventeenth", "eighteenth")),
           ("all", tuple(ZOOS)))
 
 
