@@ -32,16 +32,16 @@ from otbr.selection import OTBR_LEAN, REMOVAL_DROP
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = ("auto-otbr-stratified-fmnist,auto-otbr-stratified-guard-fmnist,auto-otbr-warp-guard-fmnist,"
-        "auto-otbr-zoo17-fmnist")
+        "auto-otbr-zoo17-fmnist,auto-otbr-zoo18-fmnist")
 #: ASR (%) at or below which a model counts as cleaned (the issue's "no attack left above 10 % ASR")
 REMOVED = 10.0
 #: clean accuracy (%) below which a candidate counts as collapsed: twice chance for ten classes
 COLLAPSED = 20.0
 #: zoos held out from the shipped rule (defined after, or with the rule that adopted it)
 HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth",
-            "seventeenth")
+            "seventeenth", "eighteenth")
 #: zoos after the thirteenth (the last one seen when the removal reading was written)
-LATER = ("fourteenth", "fifteenth", "sixteenth", "seventeenth")
+LATER = ("fourteenth", "fifteenth", "sixteenth", "seventeenth", "eighteenth")
 COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_drop_est", "auto_acc", "auto_asr", "auto_der", "oracle",
            "oracle_acc",
            "oracle_asr", "oracle_der", "gap", "gap_no_guard", "gap_limit_62", "deployable_oracle", "gap_deployable"]
@@ -127,7 +127,7 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     parts = (("all", rows),
              *((f"held out from the shipped rule ({HELD_OUT[0]} to {HELD_OUT[k - 1]})", held(k))
-               for k in (9, 8, 7, 6, 5, 4, 3)),
+               for k in (10, 9, 8, 7, 6, 5, 4, 3)),
              (f"some γ removes the backdoor (oracle ASR ≤ {REMOVED:g} %)", removable),
              (f"… and the oracle's model is not collapsed (ACC ≥ {COLLAPSED:g} %)", usable),
              ("no γ removes it", [r for r in rows if r["oracle_asr"] > REMOVED]),
@@ -142,9 +142,11 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              ("sixteenth zoo (the pre-registered test of the warp override)",
               [r for r in rows if r["zoo"] == "sixteenth"]),
              ("the first sixteen zoos (the rows before the seventeenth)",
-              [r for r in rows if r["zoo"] != "seventeenth"]),
+              [r for r in rows if r["zoo"] not in ("seventeenth", "eighteenth")]),
              ("seventeenth zoo (SIG at other frequencies and amplitude; held out)",
-              [r for r in rows if r["zoo"] == "seventeenth"]))
+              [r for r in rows if r["zoo"] == "seventeenth"]),
+             ("eighteenth zoo (held out; defined for TSBD's recall suspect)",
+              [r for r in rows if r["zoo"] == "eighteenth"]))
     out = []
     for label, g in parts:
         if g:

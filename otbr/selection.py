@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 SYNTHETIC_CLEAN_SCALE = 0.7
 
 #: How far that estimate was from the real relative loss of clean accuracy, in points: median and 90th percentile of
-#: the absolute error over the 370 candidates of the 74 zoo models (seventeen zoos), under the shipped suspect rule
+#: the absolute error over the 390 candidates of the 78 zoo models (eighteen zoos), under the shipped suspect rule
 #: (ORACLE measurement on their clean test sets; the scale above was fitted on 11 of them).
 #: ``python benchmarks/shipped_split.py``, ``benchmarks/results/auto-otbr-shipped-split-fmnist.md``; ``otbr defend
 #: otbr`` quotes it beside its estimate.
