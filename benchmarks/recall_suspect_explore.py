@@ -46,11 +46,10 @@ import torch
 from zoo import FOLDERS
 
 from otbr.data import load_dataset, sample_subset
-from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.pixels import as_float
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
-from otbr.selection import RECALL_FLOOR, class_recall, recall_class
+from otbr.selection import RECALL_FLOOR, others_median, recall_override
 
 log = logging.getLogger("recall_suspect_explore")
 ROOT = Path(__file__).resolve().parent
@@ -72,16 +71,16 @@ def stored_rows(stems: str) -> list[dict[str, Any]]:
 
 
 def explore(row: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """The original's recall per class on the clean subset, and the class the override names."""
+    """The original's recall per class on the clean subset, and the class the override names (the product's
+    :func:`otbr.selection.recall_override`, the stored suspect standing in for the scan's)."""
     model, meta = load_model(ROOT.parent / FOLDERS[row["zoo"]] / f"{row['model']}.safetensors")
-    recall = class_recall(predict(model.eval(), x), y, meta.num_classes)
-    named = recall_class(recall)
+    rec = recall_override(model.eval(), x, y, meta.num_classes, scan_suspect=row["suspected_target"])
+    recall = torch.tensor(rec["recall"])
     low = int(recall.argmin())
-    others = torch.cat([recall[:low], recall[low + 1:]])
     return {"zoo": row["zoo"], "model": row["model"], "attack": meta.attack.get("name", ""), "target": row["target"],
-            "stored": row["suspected_target"], "recall": [round(float(v), 4) for v in recall],
-            "lowest recall": round(float(recall[low]), 4), "median of others": round(float(others.median()), 4),
-            "recall class": named, "override": row["suspected_target"] if named is None else named}
+            "stored": row["suspected_target"], "recall": rec["recall"], "lowest recall": rec["recall"][low],
+            "median of others": round(float(others_median(recall)[low]), 4), "recall class": rec["named"],
+            "override": rec["suspect"]}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -208,9 +208,8 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
         if recall.get("named") is not None and recall["named"] != recall.get("scan_suspect"):
             share = 100 * recall["recall"][recall["named"]]
             click.echo(f"suspect from the clean recall: the original gets {share:.0f} % of class {recall['named']}'s "
-                       f"clean images right, below {recall['floor']:g} × the other "
-                       f"classes' median (a clean-label backdoor's mark); the patch scan named class "
-                       f"{recall['scan_suspect']}")
+                       f"clean images right, below {recall['floor']:g} × the other classes' median (a clean-label "
+                       f"backdoor's mark); the patch scan named class {recall['scan_suspect']}")
         cost = clean_cost_line(auto)
         if cost:
             click.echo(cost)

@@ -822,6 +822,17 @@ def class_recall(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     return hits / torch.bincount(labels, minlength=num_classes).double()  # 0/0 → NaN
 
 
+def others_median(values: torch.Tensor) -> torch.Tensor:
+    """Per entry, the median of the *other* entries (NaN ignored; the lower middle value for an even count).
+
+    Example:
+        >>> others_median(torch.tensor([0.75, 0.25, 0.5, float("nan")])).tolist()
+        [0.25, 0.5, 0.25, 0.5]
+    """
+    n = len(values)
+    return values.double().expand(n, n).clone().fill_diagonal_(float("nan")).nanmedian(dim=1).values
+
+
 def recall_class(recall: torch.Tensor, floor: float = RECALL_FLOOR) -> int | None:
     """The class a :func:`class_recall` names: the lowest-recall class among those below ``floor`` × the median
     recall of the *other* classes, else ``None``. Pure, so stored recalls can be re-scored.
@@ -832,9 +843,7 @@ def recall_class(recall: torch.Tensor, floor: float = RECALL_FLOOR) -> int | Non
         >>> recall_class(torch.tensor([0.9, 0.5, 0.6, 0.92, 0.88])) is None
         True
     """
-    n = len(recall)
-    others = recall.double().expand(n, n).clone().fill_diagonal_(float("nan"))
-    below = recall.double() < floor * others.nanmedian(dim=1).values
+    below = recall.double() < floor * others_median(recall)
     if not bool(below.any()):
         return None
     return int(torch.where(below, recall.double(), torch.full_like(recall.double(), float("inf"))).argmin())
@@ -855,7 +864,7 @@ def recall_override(original: torch.nn.Module, images: torch.Tensor, labels: tor
     if named is not None and named != scan_suspect:
         log.info("recall override: the original gets %.0f %% of class %d's clean images right (the other classes' "
                  "median %.0f %%); suspect %d → %d", 100 * float(recall[named]), named,
-                 100 * float(torch.cat([recall[:named], recall[named + 1:]]).nanmedian()), scan_suspect, named)
+                 100 * float(others_median(recall)[named]), scan_suspect, named)
     return {"recall": [round(float(v), 4) for v in recall], "named": named, "floor": floor,
             "few_images": torch.nonzero(few).flatten().tolist(), "scan_suspect": scan_suspect,
             "suspect": scan_suspect if named is None else named}
