@@ -133,6 +133,7 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
     t1 = time.perf_counter()
     rr = repair(pruned, model, input_shape=meta.input_shape, masks=masks, num_classes=meta.num_classes,
                 suspect=suspect, synthetic=args.synthetic, steps=args.steps, time_budget=args.time_budget,
+                fallback=out["fusion-default"][0],  # as OTBR(repair_steps=…) does since 2026-11-25
                 adversarial=args.adversarial, scan_guard=not args.no_scan_guard, rebuild=args.rebuild, lr=args.lr,
                 rebuild_teacher=args.rebuild_teacher,
                 progress=False)
@@ -152,13 +153,19 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
                  rows[-1]["der"], wall)
     rows[-1]["repair_info"] = {k: v for k, v in rr.info.items() if k != "synthetic"}
     rows[-1]["suspect"], rows[-1]["target"] = rr.info["suspect"], int(ps.target)  # target: for reading only
-    rows[-1]["check"] = check_text(rr.info["check"])
+    rows[-1]["check"] = check_text(rr.info["check"], kept="fused")
     return rows
 
 
-def check_text(check: dict[str, Any] | None) -> str:
-    """``kept pruned: 0 (0.97→0.00→0.59)`` (original → pruned → distilled rate) when the check flagged classes,
-    else ``passed (max rise +0.08; suppressed: 0)``."""
+def check_text(check: dict[str, Any] | None, kept: str = "pruned") -> str:
+    """``kept fused: 0 (0.97→0.00→0.59)`` (original → pruned → distilled rate) when the check flagged classes
+    (``kept``: the model returned instead; runs before 2026-11-25 kept the pruned one), else
+    ``passed (max rise +0.08; suppressed: 0)``.
+
+    Example:
+        >>> check_text({"flagged": [0], "rate_before": [0.0], "rate_after": [0.59], "rate_original": [0.97]})
+        'kept pruned: 0 (0.97→0.00→0.59)'
+    """
     if check is None:
         return "off"
     before, after, orig = check["rate_before"], check["rate_after"], check.get("rate_original")
@@ -167,7 +174,7 @@ def check_text(check: dict[str, Any] | None) -> str:
         return (f"{orig[c]:.2f}→" if orig else "") + f"{before[c]:.2f}→{after[c]:.2f}"
 
     if check["flagged"]:
-        return "kept pruned: " + ", ".join(f"{c} ({rates(c)})" for c in check["flagged"])
+        return f"kept {kept}: " + ", ".join(f"{c} ({rates(c)})" for c in check["flagged"])
     rise = max(range(len(after)), key=lambda c: after[c] - before[c])
     watched = "" if orig is None else "; suppressed: " + (", ".join(map(str, check["suppressed"])) or "none")
     return f"passed (max rise {after[rise] - before[rise]:+.2f} on {rise}{watched})"
@@ -246,7 +253,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              "`distilled`: the distillation alone; `repair`: the same run with its data-free backdoor check "
              "(`otbr.repair.backdoor_check`: per class, the success rate of a small reverse-engineered trigger on "
              "the original, the pruned and the distilled model; a class the pruning suppressed (original → "
-             "pruned down by ≥ 0.25) that rose again by ≥ 0.25 → the pruned model is kept; rows without an "
+             "pruned down by ≥ 0.25) that rose again by ≥ 0.25 → the fused model (`fusion-default`, what OTBR "
+             "returns then) is kept — before 2026-11-25 the pruned one, as the `check` column says; rows without an "
              "original's rate ran the earlier rule, any class up by ≥ 0.25). The `check` column shows the flagged "
              "classes with their rates (original→pruned→distilled), or the largest rise and the suppressed "
              "classes.", "",

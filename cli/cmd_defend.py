@@ -393,7 +393,8 @@ def defend() -> None:
 @click.option("--solver", type=click.Choice(["emd", "sinkhorn"]), default="emd", show_default=True)
 @click.option("--repair", "repair_steps", default=0, show_default=True, type=click.IntRange(0),
               help="N > 0: replace the fusion by N steps of data-free repair of the pruned model (distillation "
-                   "of the original on BatchNorm-inverted inputs, pruned neurons held at zero; see otbr repair).")
+                   "of the original on BatchNorm-inverted inputs, pruned neurons held at zero; see otbr repair). "
+                   "When the repair's backdoor check rejects it, the fused model is written, as without --repair.")
 @click.option("--sweep", help="Comma-separated γ grid to evaluate (an ORACLE table: scored on poisoned data).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
 @defense_options()
@@ -409,9 +410,7 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: fl
     from otbr.defenses import create_defense
 
     fixed = None if gamma == "auto" else "without --gamma auto"
-    no_fusion = ("with --variant prune (no fusion)" if variant == "prune" else
-                 "with --repair and a fixed --gamma (the repair replaces the fusion)" if repair_steps and fixed
-                 else None)
+    no_fusion = "with --variant prune (no fusion)" if variant == "prune" else None
     refuse_moot({"gamma_grid": fixed, "clean_scale": fixed, "lean": fixed, "selection_repeats": fixed,
                  "suspect_rule": fixed, "collapse_limit": fixed, "lam": no_fusion, "solver": no_fusion})
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)

@@ -27,7 +27,8 @@ distilling the backdoor back:
    class that the pruning had made harder to reach with a small
    reverse-engineered trigger has become easier to reach again (a class other
    than the suspect: only beyond its ease on the original), the pruned
-   model is returned unchanged.
+   model is returned unchanged (or ``fallback``: OTBR passes its fused model, so that a rejected repair gives what
+   OTBR gives without one).
 
 Beyond guarding, the first sixth of the steps actively *unlearns* (``adversarial``, on by default since
 2026-11-23): each step finds the small universal perturbation (L2 ≤ 1.5 in [0, 1] pixels) that most changes the
@@ -124,8 +125,9 @@ SCAN_STEPS, SCAN_PER_CLASS = 50, 32
 class RepairResult:
     """The repaired model and what the repair did.
 
-    ``model`` is what to use: the distilled model, or the pruned one unchanged when the backdoor check flagged
-    the distillation (``info["reverted"]``). ``distilled`` is the distilled model either way.
+    ``model`` is what to use: the distilled model, or — when the backdoor check flagged the distillation
+    (``info["reverted"]``) — a copy of ``fallback`` (the pruned model unless one was given; ``info["returned"]``
+    says which). ``distilled`` is the distilled model either way.
     """
 
     model: nn.Module
@@ -389,6 +391,7 @@ def repair(
     check: bool = True,
     check_tolerance: float = 0.25,
     check_budget: float = 0.05,
+    fallback: nn.Module | None = None,
     adversarial: float = 0.5,
     adv_radius: float = 1.5,
     adv_steps: int = 2,
@@ -423,10 +426,13 @@ def repair(
             student is in eval mode and must not be modified).
         check / check_tolerance / check_budget: after the distillation, run :func:`backdoor_check` (original,
             pruned and repaired, on the transfer set, triggers of ``check_budget`` of the image's area) and return
-            the pruned model unchanged when a class the pruning had made harder to trigger (by
+            the pruned model (or ``fallback``) unchanged when a class the pruning had made harder to trigger (by
             ``check_tolerance`` or more) got easier to trigger again by ``check_tolerance`` or more
             (``info["check"]`` says what was measured; ``RepairResult.distilled`` keeps the distilled model
             either way).
+        fallback: what to return instead when the check flags (not modified; a copy is returned), e.g. the fused
+            model that OTBR would give without a repair; default: the pruned model. ``info["returned"]`` names the
+            model handed back: ``"repaired"``, ``"pruned"`` or ``"fallback"``.
         adversarial / adv_radius / adv_steps / adv_fraction: weight of an invariance term used during the first
             ``adv_fraction`` of the steps: each such step, one universal perturbation (shared by the batch, L2 norm
             ≤ ``adv_radius`` in [0, 1] pixel units, warm-started from the last step and moved by ``adv_steps``
@@ -566,9 +572,9 @@ def repair(
                                     budget=check_budget)
         if info_check["flagged"]:  # guard 4: no class the pruning suppressed may have become easier to trigger
             log.warning("repair: the distilled model is easier to trigger toward class(es) %s, which the pruning "
-                        "had suppressed, than the pruned one "
-                        "(data-free check); returning the pruned model unchanged", info_check["flagged"])
-            model = copy.deepcopy(pruned)
+                        "had suppressed, than the pruned one (data-free check); returning the %s model unchanged",
+                        info_check["flagged"], "pruned" if fallback is None else "fallback")
+            model = copy.deepcopy(pruned if fallback is None else fallback)
     kept = None if keep_suspect else guarded_kept(
         syn, guarded, {"original": original if ref is None else ref, "pruned": pruned, "result": model})
     gave_up = gave_up_note(kept, guarded)
@@ -591,7 +597,8 @@ def repair(
                    ("pruned model" if not keep_suspect else "off"),
             "seconds": round(time.perf_counter() - t0, 2),
             "stopped_by_budget": done < steps,
-            "check": info_check, "reverted": model is not student, "guarded_kept": kept}
+            "check": info_check, "reverted": model is not student, "guarded_kept": kept,
+            "returned": "repaired" if model is student else "pruned" if fallback is None else "fallback"}
     log.info("repair: %d steps in %.1f s (transfer set %d, %d held-zero neurons)", done, info["seconds"], len(x),
              info["held_zero_neurons"])
     return RepairResult(model, info, distilled=student)

@@ -64,8 +64,9 @@ def test_guarded_repair_keeps_the_backdoor_out_and_the_unguarded_one_does_not(pr
     assert acc_asr(unguarded.distilled, xt, yt)[1] >= 0.5
     # the check caught it: the target class got easier to trigger, and the model handed back is the pruned one
     assert 0 in unguarded.info["check"]["flagged"] and unguarded.info["reverted"]
-    assert unguarded.model is not pruned
+    assert unguarded.model is not pruned and unguarded.info["returned"] == "pruned"
     assert all(torch.equal(pruned.state_dict()[k], v) for k, v in unguarded.model.state_dict().items())
+    assert guarded.info["returned"] == "repaired"
     assert guarded.info["left_out_suspect_inversions"] == 512 // 4  # round-robin classes: the suspect's quarter
     assert unguarded.info["left_out_suspect_inversions"] == 0
     assert guarded.info["steps"] == 300 and guarded.info["held_zero_neurons"] == sum(int(m.sum()) for m in
@@ -290,3 +291,26 @@ def test_repair_reports_how_much_of_the_guarded_classes_it_keeps(pruned_pair) ->
     for name, m in (("original", net), ("pruned", pruned), ("result", rr.model)):
         assert rr.info["guarded_kept"][name] == round(float((predict(m, syn.x[on]) == 0).float().mean()), 4)
     assert repair(pruned, net, keep_suspect=True, **kw).info["guarded_kept"] is None
+
+
+def test_otbr_returns_its_fused_model_when_the_check_rejects_the_repair(pruned_pair, monkeypatch) -> None:
+    """OTBR with ``repair_steps``: a repair its backdoor check rejects gives what OTBR gives without a repair (the
+    fused model, bit for bit), not the pruned one; a repair the check passes is returned as distilled. The check's
+    verdict is forced here (its own behaviour is tested above) so that this tests the wiring alone."""
+    import otbr.repair as repair_module
+
+    net = pruned_pair[0]
+    kw = {"gamma": 0.2, "steps": 5, "batch_size": 64, "input_shape": (1, SIDE, SIDE), "progress": False}
+    plain = OTBR(**kw).run(net)
+    verdict = {"flagged": [0]}
+    monkeypatch.setattr(repair_module, "backdoor_check", lambda *a, **k: dict(verdict))
+    rejected = OTBR(**kw, repair_steps=2).run(net)
+    assert rejected.info["repair"]["reverted"] and rejected.info["repair"]["returned"] == "fallback"
+    assert any("the fused model is returned" in n for n in rejected.info["notes"])
+    got, want = rejected.model.state_dict(), plain.model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    verdict["flagged"] = []
+    kept = OTBR(**kw, repair_steps=2).run(net)
+    assert not kept.info["repair"]["reverted"] and kept.info["repair"]["returned"] == "repaired"
+    got = kept.model.state_dict()
+    assert not all(torch.equal(got[k], want[k]) for k in want)

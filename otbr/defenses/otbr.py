@@ -126,7 +126,8 @@ class OTBR(Defense):
             Listed in :meth:`config` only with ``gamma="auto"`` and a guard.
         repair_steps: ``N > 0`` replaces the fusion by ``N`` steps of data-free repair of the pruned model
             (:func:`otbr.repair.repair`: distillation of the original on BatchNorm-inverted inputs with the
-            pruned neurons held at zero).
+            pruned neurons held at zero). When the repair's backdoor check rejects the distillation, the fused
+            model is returned, as without a repair (until 2026-11-25: the pruned model).
         lam: fusion weight λ of the aligned pruned model, in [0, 1].
         steps: random-unlearning steps (noise batches).
         batch_size: noise batch size.
@@ -289,15 +290,16 @@ class OTBR(Defense):
             t3 = time.perf_counter()
             rr = repair(pruned, work, input_shape=shape, masks=global_topk(scores, gamma), num_classes=num_classes,
                         suspect=None if auto is None else auto["suspected_target"], steps=self.repair_steps,
-                        seed=self.seed, progress=self.progress)
+                        seed=self.seed, progress=self.progress, fallback=fused)
             fused, t_repair = rr.model, time.perf_counter() - t3
             info["repair"] = rr.info
             info["notes"].append(f"repair: the pruned model was distilled from the original on synthetic inputs "
-                                 f"for {rr.info['steps']} steps (the fusion was not used)")
+                                 f"for {rr.info['steps']} steps in place of the fusion")
             if rr.info["reverted"]:
                 info["notes"].append(f"repair: the backdoor check flagged class(es) {rr.info['check']['flagged']} "
                                      "(suppressed by the pruning) as easier to trigger again after the distillation; "
-                                     "the pruned model is returned")
+                                     f"the {'pruned' if self.variant == 'prune' else 'fused'} model is returned, "
+                                     "as without a repair")
             gave_up = gave_up_note(rr.info["guarded_kept"], rr.info["guarded"])
             if gave_up is not None:
                 info["notes"].append(f"repair: {gave_up}")
@@ -305,7 +307,8 @@ class OTBR(Defense):
             info["auto"] = auto
             est = {c["value"]: c["estimated_der"] for c in auto["candidates"]}
             drop = next(c for c in auto["candidates"] if c["value"] == gamma).get("backdoor_drop")
-            if self.repair_steps == 0 and drop is not None:  # (a repair replaces the fused candidate: own check)
+            shipped_fused = self.repair_steps == 0 or info["repair"]["reverted"]
+            if shipped_fused and drop is not None:  # (a kept repair replaces the fused candidate: its own check)
                 auto["removal"] = removal_evidence(drop, auto["suspected_target"])
             if (auto.get("collapse_guard") or {}).get("all_out"):
                 note = (f"every γ's fused model disagrees with the original on more than "
