@@ -41,7 +41,21 @@ COLLAPSED = 20.0
 HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth",
             "seventeenth", "eighteenth")
 #: zoos after the thirteenth (the last one seen when the removal reading was written)
-LATER = ("fourteenth", "fifteenth", "sixteenth", "seventeenth", "eighteenth")
+LATER = HELD_OUT[HELD_OUT.index("fourteenth"):]
+#: groups of the summary after the general ones, in order: a zoo alone (its label) or, as ``("before", zoo, label)``,
+#: every row of the zoos before it (a new zoo needs one entry here and in ``HELD_OUT``)
+ZOO_GROUPS: tuple[tuple[str, str] | tuple[str, str, str], ...] = (
+    ("before", "twelfth", "the first eleven zoos (the rows before the twelfth)"),
+    ("before", "fourteenth", "the first thirteen zoos (the rows before the fourteenth)"),
+    ("twelfth", "twelfth zoo"),
+    ("thirteenth", "thirteenth zoo (the pre-registered test of the limit 62 %)"),
+    ("fourteenth", "fourteenth zoo"),
+    ("fifteenth", "fifteenth zoo"),
+    ("sixteenth", "sixteenth zoo (the pre-registered test of the warp override)"),
+    ("before", "seventeenth", "the first sixteen zoos (the rows before the seventeenth)"),
+    ("seventeenth", "seventeenth zoo (SIG at other frequencies and amplitude; held out)"),
+    ("eighteenth", "eighteenth zoo (held out; defined for TSBD's recall suspect)"),
+)
 COLUMNS = ["zoo", "model", "target", "suspect", "auto", "auto_drop_est", "auto_acc", "auto_asr", "auto_der", "oracle",
            "oracle_acc",
            "oracle_asr", "oracle_der", "gap", "gap_no_guard", "gap_limit_62", "deployable_oracle", "gap_deployable"]
@@ -116,6 +130,20 @@ def deployable_gap(m: dict[str, Any], auto_der: float, share: float = DEPLOYABLE
     return {"deployable_oracle": best["value"], "gap_deployable": round(best["der"] - auto_der, 2)}
 
 
+def _zoo_rows(rows: list[dict[str, Any]], *key: str) -> list[dict[str, Any]]:
+    """The rows of one zoo (``key`` = its name) or of every zoo before one (``key`` = ``"before", name``).
+
+    Example:
+        >>> rows = [{"zoo": "main"}, {"zoo": "twelfth"}, {"zoo": "fourteenth"}]
+        >>> len(_zoo_rows(rows, "twelfth")), len(_zoo_rows(rows, "before", "fourteenth"))
+        (1, 2)
+    """
+    if key[0] == "before":
+        later = HELD_OUT[HELD_OUT.index(key[1]):]
+        return [r for r in rows if r["zoo"] not in later]
+    return [r for r in rows if r["zoo"] == key[0]]
+
+
 def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and worst gap, hits and cleaned models for all rows and for the ORACLE-defined groups."""
     removable = [r for r in rows if r["oracle_asr"] <= REMOVED]
@@ -127,26 +155,11 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     parts = (("all", rows),
              *((f"held out from the shipped rule ({HELD_OUT[0]} to {HELD_OUT[k - 1]})", held(k))
-               for k in (10, 9, 8, 7, 6, 5, 4, 3)),
+               for k in range(len(HELD_OUT), 2, -1)),
              (f"some γ removes the backdoor (oracle ASR ≤ {REMOVED:g} %)", removable),
              (f"… and the oracle's model is not collapsed (ACC ≥ {COLLAPSED:g} %)", usable),
              ("no γ removes it", [r for r in rows if r["oracle_asr"] > REMOVED]),
-             ("the first eleven zoos (the rows before the twelfth)",
-              [r for r in rows if r["zoo"] not in ("twelfth", "thirteenth", *LATER)]),
-             ("the first thirteen zoos (the rows before the fourteenth)", [r for r in rows if r["zoo"] not in LATER]),
-             ("twelfth zoo", [r for r in rows if r["zoo"] == "twelfth"]),
-             ("thirteenth zoo (the pre-registered test of the limit 62 %)",
-              [r for r in rows if r["zoo"] == "thirteenth"]),
-             ("fourteenth zoo", [r for r in rows if r["zoo"] == "fourteenth"]),
-             ("fifteenth zoo", [r for r in rows if r["zoo"] == "fifteenth"]),
-             ("sixteenth zoo (the pre-registered test of the warp override)",
-              [r for r in rows if r["zoo"] == "sixteenth"]),
-             ("the first sixteen zoos (the rows before the seventeenth)",
-              [r for r in rows if r["zoo"] not in ("seventeenth", "eighteenth")]),
-             ("seventeenth zoo (SIG at other frequencies and amplitude; held out)",
-              [r for r in rows if r["zoo"] == "seventeenth"]),
-             ("eighteenth zoo (held out; defined for TSBD's recall suspect)",
-              [r for r in rows if r["zoo"] == "eighteenth"]))
+             *((g[-1], _zoo_rows(rows, *g[:-1])) for g in ZOO_GROUPS))
     out = []
     for label, g in parts:
         if g:

@@ -1052,13 +1052,16 @@ def choose_for(
     ``clean_scale`` (module docstring). With ``suspect_rule="stratified"`` the probe's suspect comes from
     :func:`stratified_suspects` instead of :func:`target_scan` (:data:`SUSPECT_RULES`); with ``"warp"``, from
     there unless :func:`warp_override` names one class; with ``"recall"``, the scan's suspect unless the original's
-    recall on ``probe_images`` (their clean ``labels``, required) names a class it misses (:func:`recall_class`).
-    ``collapse_limit``: the collapse guard (:func:`choose`). Several synthetic sets: :func:`choose_for_repeats`.
+    recall on ``probe_images`` (their clean ``labels``, required) names a class it misses (:func:`recall_class`);
+    every rule but ``"scan"`` needs ``probe`` (a ``ValueError`` otherwise). ``collapse_limit``: the collapse guard (:func:`choose`). Several synthetic sets: :func:`choose_for_repeats`.
     """
     from otbr.metrics import predict
 
     _check_rule(suspect_rule)
     _check_limit(collapse_limit)
+    if suspect_rule != "scan" and not probe:
+        raise ValueError(f"suspect_rule {suspect_rule!r} names the probe's suspect: it needs probe=True (without "
+                         "the probe the suspect is the class the candidates disagree on most)")
     if suspect_rule == "recall" and (labels is None or probe_images is None):
         raise ValueError("suspect_rule 'recall' reads labelled clean images: pass probe_images and their labels")
 

@@ -474,6 +474,7 @@ def test_warp_scan_moves_pixels_by_at_most_its_budget() -> None:
     with torch.no_grad():
         ctrl.copy_(torch.randn(ctrl.shape, generator=torch.Generator().manual_seed(0)) * 50)
     moved = (apply() - ramp).abs()
+    moved = moved.detach()
     assert float(moved.max()) <= 1.5 / (w - 1) + 1e-5 and float(moved.max()) > 0.5 / (w - 1)
 
 
@@ -802,6 +803,9 @@ def test_recall_rule_replaces_the_scan_suspect_only_when_the_original_misses_a_c
     assert few.suspect == 1 and few.extra["recall_scan"]["few_images"] == [3]
     with pytest.raises(ValueError, match="labelled clean images"):
         choose_for(net, {0.1: cand}, x, CLASSES, probe_steps=1, suspect_rule="recall")
+    for rule in ("recall", "warp", "stratified"):  # without the probe a rule would be silently ignored
+        with pytest.raises(ValueError, match="needs probe=True"):
+            choose_for(net, {0.1: cand}, x, CLASSES, **{**kw, "suspect_rule": rule, "probe": False})
     with pytest.raises(ValueError, match="data-free selection"):
         choose_for_repeats(net, {0.1: cand}, [x, x], CLASSES, suspect_rule="recall")
     with pytest.raises(OtbrError, match="suspect_rule"):
