@@ -6,7 +6,9 @@ class other than the suspect only when it also ends a margin above its rate on t
 naturally easy classes, whose ease the distillation restores. The margin was the tolerance itself, 0.25, until
 2026-11-24; 0.15 (``otbr.repair.EASY_MARGIN``) since it met the rule pre-registered with the fifteenth zoo. A flagged
 repair returns the pruned model. Every stored repair row records the three scans' per-class rates, so another
-margin can be applied with no model run: where it flags, the outcome is the stored pruned model's. The scores read
+margin can be applied with no model run: where it flags, the outcome is the stored pruned model's (what a flagged
+repair returned when the margin was chosen; since 2026-11-25 OTBR returns its fused model instead, which
+``repair_join.py --fused-fallback`` reads). The scores read
 the poisoned test set (ORACLE); nothing here is chosen from them except under the rule pre-registered with the
 fifteenth zoo (``benchmarks/zoo.py``).
 

@@ -307,6 +307,12 @@ SEVENTEENTH: dict[str, dict[str, Any]] = {
 #: clean images; the scan's suspect, 6, stays wrong) or on BadNets; (b) **met** — gaps 1.73, 0.81, 0, 0 (mean 0.64).
 #: OTBR's shipped selection, held out too (``auto-otbr-zoo18-fmnist.md``): gaps 0, 0, 3.06, 3.05; suspects 8, 6, 6
 #: wrong on the three SIG models, right on BadNets.
+#: **The repair, held out** (written on 2026-11-25 at 00:29 UTC, after the fused fallback was adopted and before any
+#: repair ran on this zoo): ``repair_bench.py`` as shipped (150 steps, a rejected repair gives the fused model) at the
+#: recorded automatic γ (``auto-otbr-zoo18-fmnist.json``), two models at a time → ``repair-zoo18-cpu-fmnist``, then
+#: joined into the held-out record. Reported as run; nothing is changed by it. Expected before the run: BadNets-p20-t2
+#: (right suspect) ends at ≤ 10 % ASR; the three SIG models (wrong suspects) keep what the pruning leaves of their
+#: backdoors, unless the check rejects the repair and the fusion had removed it.
 EIGHTEENTH: dict[str, dict[str, Any]] = {
     "sig-p05-t5": {**PREACT, "attack": "sig", "attack_kwargs": {"poison_rate": 0.05, "target": 5}},
     "vgg11-sig-t8": {**VGG, "attack": "sig", "attack_kwargs": {"target": 8}},

@@ -572,8 +572,9 @@ def repair(
                                     budget=check_budget)
         if info_check["flagged"]:  # guard 4: no class the pruning suppressed may have become easier to trigger
             log.warning("repair: the distilled model is easier to trigger toward class(es) %s, which the pruning "
-                        "had suppressed, than the pruned one (data-free check); returning the %s model unchanged",
-                        info_check["flagged"], "pruned" if fallback is None else "fallback")
+                        "had suppressed, than the pruned one (data-free check); returning %s",
+                        info_check["flagged"], "the pruned model unchanged" if fallback is None else
+                        "the fallback model instead (OTBR: its fused model, as without a repair)")
             model = copy.deepcopy(pruned if fallback is None else fallback)
     kept = None if keep_suspect else guarded_kept(
         syn, guarded, {"original": original if ref is None else ref, "pruned": pruned, "result": model})
