@@ -32,9 +32,7 @@ import torch
 
 from otbr.compare import SUMMARY_COLUMNS, pivot_rows, run_compare, summary_rows
 from otbr.defenses import list_defenses
-from otbr.defenses.otbr import SUSPECT_RULE
 from otbr.report import environment, markdown_table
-from otbr.selection import COLLAPSE_LIMIT
 
 log = logging.getLogger("compare_bench")
 
@@ -42,9 +40,7 @@ ROOT = Path(__file__).resolve().parent
 DATA = "fashion-mnist"
 DEFENSES = ["otbr", "clp", "tsbd", "ulrl", "ft", "fp", "anp"]
 BENCH = {
-    # pinned to the rule the stored OTBR cells were made under (the default until 2026-11-24), except on the models
-    # of MODEL_BENCH (see READING)
-    "otbr": {"suspect_rule": "scan", "collapse_limit": None},
+    # OTBR runs as shipped (its cells were re-made so on 2026-11-25; see READING)
     "ft": {"epochs": 5},
     "fp": {"epochs": 5},
     "ulrl": {"relearn_epochs": 10},
@@ -54,17 +50,13 @@ BENCH = {
     "tsbd": {"ft_epochs": 5, "unlearn_max_epochs": 20, "suspect_rule": "scan"},
     "anp": {"iterations": 200},
 }
-#: Per model, on top of BENCH: OTBR as shipped where its automatic γ's shipped rule (the stratified suspect with the
-#: collapse guard) chooses differently from the pinned earlier one; on the other six models both choose the same
-#: suspect and γ, so the same model comes out (re-scored in auto-otbr-stratified-fmnist).
-MODEL_BENCH = {"wanet": {"otbr": {"suspect_rule": SUSPECT_RULE, "collapse_limit": COLLAPSE_LIMIT}}}
 READING = [
-    "OTBR runs as shipped: its automatic γ with the stratified suspect and the collapse guard. Six of its cells were "
-    "made under the earlier rule (the scan suspect, no guard), pinned in `BENCH` so they are reused: on those six "
-    "models both rules choose the same suspect and γ, hence the same model (re-scored in "
-    "[auto-otbr-stratified-fmnist.md](auto-otbr-stratified-fmnist.md)). WaNet, where they differ, was re-run as "
-    "shipped (`MODEL_BENCH`, 2026-11-24): suspect 6 → 0 (the target), γ 0.15 → 0.1, ACC 61.50 → 74.26, ASR 0.12 → "
-    "2.62, DER 85.19 → 90.32 (OTBR's mean DER 78.43 → 79.16).",
+    "OTBR runs as shipped: its automatic γ with the warp suspect rule and the collapse guard, three synthetic sets. "
+    "Its seven cells were re-made so on 2026-11-25 (`python benchmarks/compare_bench.py --workers 2 --eval-limit "
+    "5000`, 7 cells run, 49 reused, 3053 s): until then six were pinned to the rule before 2026-11-24 (the scan "
+    "suspect, no guard) and WaNet to the stratified rule, and the command no longer reproduced WaNet's cell after the "
+    "warp rule shipped. Every re-made cell chose the γ of the cell it replaced and scored the same ACC, ASR and DER; "
+    "only the selector's estimates and the wall times moved (OTBR's mean wall time 864 → 829 s).",
     "ANP prunes nothing on the six PreAct-ResNet18 models (width 16): with ε = 0.4 many masks end "
     "at exactly 0 (BadNets: 216 of 848) and pruning them costs most of the accuracy, so its accuracy guard "
     "refuses every threshold; with "
@@ -134,12 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or ("/tmp/otbr-compare-quick" if args.quick else ROOT / "results" / "compare"))
     md_path = Path(args.md or (out / "compare-fmnist.md" if args.quick else ROOT / "results" / "compare-fmnist.md"))
     overrides = _overrides(table, defenses)
-    stems = {Path(m).stem for m in models}
-    per_model = {} if args.quick else {m: _overrides(t, defenses) for m, t in MODEL_BENCH.items() if m in stems}
 
     t0 = time.perf_counter()
     res = run_compare(models, defenses, out_dir=out, data=DATA, workers=args.workers, eval_limit=eval_limit,
-                      overrides=overrides, model_overrides=per_model or None)
+                      overrides=overrides)
     wall = time.perf_counter() - t0
     png = md_path.with_suffix(".png")
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -159,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Data-dependent defenses get a seeded clean subset of the {DATA} training split at their own default ratio "
         "(TSBD, FT, FP 5 %; ULRL, ANP 1 %); data-free ones read no data. Seed 0.",
         "Shortened for the CPU budget, or pinned (everything else is each defense's default): "
-        + "; ".join(f"{d}: {', '.join(f'{k}={v}' for k, v in kw.items())}" for d, kw in overrides.items())
-        + "".join(f"; on {m} only, {d}: {', '.join(f'{k}={v}' for k, v in kw.items())}"
-                  for m, per in per_model.items() for d, kw in per.items()) + ".",
+        + "; ".join(f"{d}: {', '.join(f'{k}={v}' for k, v in kw.items())}" for d, kw in overrides.items()) + ".",
         f"Evaluation: {'first ' + str(eval_limit) + ' images of ' if eval_limit else ''}the clean test set and the "
         "poisoned test set rebuilt from each model's attack metadata. Wall time: the defense run only.",
         f"Machine: {env['platform']}, torch {env['torch']}, {torch.get_num_threads()} threads in the main process, "

@@ -54,17 +54,16 @@ REMOVED_ASR = 10.0
 FALLBACK_RATIO = 0.05
 
 #: Options a defense gained after cells were made, with the value that reproduces those cells exactly: at that
-#: value they stay out of a cell's key, so the cells made before stay valid (any other value re-runs them).
-#: OTBR's ``lean_used`` entered the key when the default lean changed from 0.035 to 0.065: the cells keyed before
-#: it ran with 0.035.
-LATER_OPTIONS: dict[str, dict[str, Any]] = {"otbr": {"selection_repeats": 1, "lean_used": 0.035}}
+#: value they stay out of a cell's key, so the cells made before stay valid (any other value re-runs them). Empty
+#: since OTBR's committed cells were re-made under its shipped defaults (2026-11-25); until then it held OTBR's
+#: ``selection_repeats`` 1 and ``lean_used`` 0.035.
+LATER_OPTIONS: dict[str, dict[str, Any]] = {}
 
 #: Constructor arguments that pin a defense to its behaviour from before a default changed: given with these values
-#: they key as if not given, so the cells made before the change are reused. OTBR's automatic γ until 2026-11-24:
-#: the scan suspect without the collapse guard; TSBD's automatic n until the recall suspect (2026-11-24 evening): the
-#: scan suspect (``benchmarks/compare_bench.py`` pins its stored cells to both).
-EARLIER_KWARGS: dict[str, dict[str, Any]] = {"otbr": {"suspect_rule": "scan", "collapse_limit": None},
-                                             "tsbd": {"suspect_rule": "scan"}}
+#: they key as if not given, so the cells made before the change are reused. TSBD's automatic n until the recall
+#: suspect (2026-11-24 evening): the scan suspect (``benchmarks/compare_bench.py`` pins its stored cells to it). OTBR's
+#: entry (the scan suspect without the collapse guard) went when its cells were re-made as shipped (2026-11-25).
+EARLIER_KWARGS: dict[str, dict[str, Any]] = {"tsbd": {"suspect_rule": "scan"}}
 
 
 @dataclasses.dataclass
