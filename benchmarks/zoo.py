@@ -313,6 +313,9 @@ SEVENTEENTH: dict[str, dict[str, Any]] = {
 #: joined into the held-out record. Reported as run; nothing is changed by it. Expected before the run: BadNets-p20-t2
 #: (right suspect) ends at ≤ 10 % ASR; the three SIG models (wrong suspects) keep what the pruning leaves of their
 #: backdoors, unless the check rejects the repair and the fusion had removed it.
+#: **Outcome** (``repair-zoo18-cpu-fmnist.md``; no repair rejected): BadNets-p20-t2 0.00 % ASR (DER 95.88), as
+#: expected; SIG-t9 0.00 % (DER 71.28; the scan guard guarded its target beside the wrong suspect); SIG-p05-t5 26.9 %
+#: and VGG SIG-t8 82.8 % keep theirs. Held-out record with it: 35 models, DER 81.05, 8 above 10 % ASR (all SIG).
 EIGHTEENTH: dict[str, dict[str, Any]] = {
     "sig-p05-t5": {**PREACT, "attack": "sig", "attack_kwargs": {"poison_rate": 0.05, "target": 5}},
     "vgg11-sig-t8": {**VGG, "attack": "sig", "attack_kwargs": {"target": 8}},

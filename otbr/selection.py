@@ -1053,7 +1053,8 @@ def choose_for(
     :func:`stratified_suspects` instead of :func:`target_scan` (:data:`SUSPECT_RULES`); with ``"warp"``, from
     there unless :func:`warp_override` names one class; with ``"recall"``, the scan's suspect unless the original's
     recall on ``probe_images`` (their clean ``labels``, required) names a class it misses (:func:`recall_class`);
-    every rule but ``"scan"`` needs ``probe`` (a ``ValueError`` otherwise). ``collapse_limit``: the collapse guard (:func:`choose`). Several synthetic sets: :func:`choose_for_repeats`.
+    every rule but ``"scan"`` needs ``probe`` (a ``ValueError`` otherwise). ``collapse_limit``: the collapse guard
+    (:func:`choose`). Several synthetic sets: :func:`choose_for_repeats`.
     """
     from otbr.metrics import predict
 
