@@ -32,6 +32,8 @@ from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MEAN = ["series", "models", "acc", "acc_t", "asr", "der", "acc_loss", "max_asr", "mean_wall_s"]
+#: the measured columns a re-read row takes from the model's stored fused row
+SCORES = ("acc", "acc_t", "asr", "ra", "der", "acc_loss")
 
 
 def join(stems: list[str], zoos: set[str] | None = None) -> list[dict[str, Any]]:
@@ -51,9 +53,6 @@ def join(stems: list[str], zoos: set[str] | None = None) -> list[dict[str, Any]]
             fresh.setdefault((r["zoo"], r["model"]), []).append({**r, "from": stem})
         by_model.update(fresh)
     return [r for (zoo, _), rows in by_model.items() if zoos is None or zoo in zoos for r in rows]
-
-
-SCORES = ("acc", "acc_t", "asr", "ra", "der", "acc_loss")
 
 
 def fused_fallback(rows: list[dict[str, Any]]) -> list[str]:
