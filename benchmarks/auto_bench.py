@@ -357,7 +357,7 @@ def hedged_gap(m: dict[str, Any]) -> float | None:
     return round(m["oracle"]["der"] - {r["value"]: r["der"] for r in m["candidates"]}[value], 2)
 
 
-def _from_ninth(last: str) -> tuple[str, ...]:
+def zoos_from_ninth(last: str) -> tuple[str, ...]:
     """The zoos from the ninth to ``last``, in their order (the groups held out from the shipped OTBR rule)."""
     names = list(ZOOS)
     return tuple(names[names.index("ninth"):names.index(last) + 1])
@@ -373,23 +373,23 @@ GROUPS = (("main zoo", ("main",)), ("second zoo", ("second",)), ("development (m
           ("held out from the suspect signal (seventh + eighth)", ("seventh", "eighth")),
           ("ninth zoo (held out from everything decided by 2026-11-24)", ("ninth",)),
           ("tenth zoo (held out from the shipped OTBR rule too)", ("tenth",)),
-          ("held out from the shipped OTBR rule (ninth + tenth)", _from_ninth("tenth")),
+          ("held out from the shipped OTBR rule (ninth + tenth)", zoos_from_ninth("tenth")),
           ("eleventh zoo (held out from the shipped OTBR rule too)", ("eleventh",)),
-          ("held out from the shipped OTBR rule (ninth to eleventh)", _from_ninth("eleventh")),
+          ("held out from the shipped OTBR rule (ninth to eleventh)", zoos_from_ninth("eleventh")),
           ("twelfth zoo (held out from the shipped OTBR rule too)", ("twelfth",)),
-          ("held out from the shipped OTBR rule (ninth to twelfth)", _from_ninth("twelfth")),
+          ("held out from the shipped OTBR rule (ninth to twelfth)", zoos_from_ninth("twelfth")),
           ("thirteenth zoo (held out; the pre-registered test of the collapse limit 0.62)", ("thirteenth",)),
-          ("held out from the shipped OTBR rule (ninth to thirteenth)", _from_ninth("thirteenth")),
+          ("held out from the shipped OTBR rule (ninth to thirteenth)", zoos_from_ninth("thirteenth")),
           ("fourteenth zoo (held out; the pre-registered removal reading)", ("fourteenth",)),
-          ("held out from the shipped OTBR rule (ninth to fourteenth)", _from_ninth("fourteenth")),
+          ("held out from the shipped OTBR rule (ninth to fourteenth)", zoos_from_ninth("fourteenth")),
           ("fifteenth zoo (held out; the pre-registered repair-check margin)", ("fifteenth",)),
-          ("held out from the shipped OTBR rule (ninth to fifteenth)", _from_ninth("fifteenth")),
+          ("held out from the shipped OTBR rule (ninth to fifteenth)", zoos_from_ninth("fifteenth")),
           ("sixteenth zoo (held out; the pre-registered warp override)", ("sixteenth",)),
-          ("held out from the shipped OTBR rule (ninth to sixteenth)", _from_ninth("sixteenth")),
+          ("held out from the shipped OTBR rule (ninth to sixteenth)", zoos_from_ninth("sixteenth")),
           ("seventeenth zoo (held out; SIG at other frequencies and amplitude)", ("seventeenth",)),
-          ("held out from the shipped OTBR rule (ninth to seventeenth)", _from_ninth("seventeenth")),
+          ("held out from the shipped OTBR rule (ninth to seventeenth)", zoos_from_ninth("seventeenth")),
           ("eighteenth zoo (held out; the pre-registered test of TSBD's recall suspect)", ("eighteenth",)),
-          ("held out from the shipped OTBR rule (ninth to eighteenth)", _from_ninth("eighteenth")),
+          ("held out from the shipped OTBR rule (ninth to eighteenth)", zoos_from_ninth("eighteenth")),
           ("all", tuple(ZOOS)))
 
 

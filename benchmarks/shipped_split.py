@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auto_bench import COLLAPSE_LIMIT, guarded_choice, guarded_pick
+from auto_bench import COLLAPSE_LIMIT, guarded_choice, guarded_pick, zoos_from_ninth
 
 from otbr.report import ORACLE_NOTE, markdown_table, write_json
 from otbr.selection import OTBR_LEAN, REMOVAL_DROP
@@ -38,8 +38,7 @@ REMOVED = 10.0
 #: clean accuracy (%) below which a candidate counts as collapsed: twice chance for ten classes
 COLLAPSED = 20.0
 #: zoos held out from the shipped rule (defined after, or with the rule that adopted it)
-HELD_OUT = ("ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth",
-            "seventeenth", "eighteenth")
+HELD_OUT = zoos_from_ninth("eighteenth")
 #: zoos after the thirteenth (the last one seen when the removal reading was written)
 LATER = HELD_OUT[HELD_OUT.index("fourteenth"):]
 #: groups of the summary after the general ones, in order: a zoo alone (its label) or, as ``("before", zoo, label)``,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -122,6 +122,18 @@ def create_defense(name: str, **kwargs: Any) -> Defense:
     if name not in _DEFENSES:
         raise OtbrError(f"unknown defense {name!r}; known: {', '.join(sorted(_DEFENSES))}")
     return _DEFENSES[name](**kwargs)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """Validate a hyperparameter against its allowed values with a one-line OtbrError.
+
+    Example:
+        >>> check_choice("variant", "prune", ("default", "prune"))
+        'prune'
+    """
+    if value not in choices:
+        raise OtbrError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
 
 
 def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> float:

@@ -40,7 +40,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from otbr.defenses.base import Defense, DefenseResult, check_auto_fraction, check_range, register_defense
+from otbr.defenses.base import (
+    Defense,
+    DefenseResult,
+    check_auto_fraction,
+    check_choice,
+    check_range,
+    register_defense,
+)
 from otbr.device import model_device
 from otbr.errors import OtbrError
 from otbr.fusion import fuse
@@ -180,9 +187,8 @@ class OTBR(Defense):
         self.selection_repeats = int(selection_repeats)
         self.clean_scale = check_range("clean_scale", float(clean_scale), 0.0, 1.0, low_open=True)
         self.lean = None if lean is None else check_range("lean", float(lean), 0.0, 1.0)
-        if suspect_rule not in DATA_FREE_SUSPECT_RULES:  # "recall" reads labelled clean images: TSBD's only
-            raise OtbrError(f"suspect_rule must be one of {', '.join(DATA_FREE_SUSPECT_RULES)}, got {suspect_rule!r}")
-        self.suspect_rule = suspect_rule
+        # ("recall" reads labelled clean images: TSBD's only)
+        self.suspect_rule = check_choice("suspect_rule", suspect_rule, DATA_FREE_SUSPECT_RULES)
         if collapse_limit is not None:  # a share of inputs is never above 1: a limit of 1 is no guard
             collapse_limit = check_range("collapse_limit", float(collapse_limit), 0.0, 1.0, low_open=True)
         self.collapse_limit = None if collapse_limit is None or collapse_limit >= 1.0 else collapse_limit
@@ -194,8 +200,7 @@ class OTBR(Defense):
             raise OtbrError(f"steps and batch_size must be ≥ 1, got {steps}, {batch_size}")
         self.steps, self.batch_size = int(steps), int(batch_size)
         self.lr = check_range("lr", float(lr), 0.0, 10.0, low_open=True)
-        if variant not in VARIANTS:
-            raise OtbrError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        check_choice("variant", variant, VARIANTS)
         if solver not in ("emd", "sinkhorn"):
             raise OtbrError(f"solver must be emd or sinkhorn, got {solver!r}")
         self.variant, self.solver = variant, solver

@@ -63,7 +63,14 @@ from torch import nn
 
 from otbr.activeness import FinetuneReport
 from otbr.activeness import finetune as finetune_loop
-from otbr.defenses.base import Defense, DefenseResult, check_auto_fraction, check_range, register_defense
+from otbr.defenses.base import (
+    Defense,
+    DefenseResult,
+    check_auto_fraction,
+    check_choice,
+    check_range,
+    register_defense,
+)
 from otbr.errors import OtbrError
 from otbr.layers import scored_layers
 from otbr.models.normalize import unwrap
@@ -225,9 +232,7 @@ class TSBD(Defense):
         if int(auto_ft_epochs) < 0 or int(synthetic) < 2:
             raise OtbrError(f"auto_ft_epochs must be ≥ 0 and synthetic ≥ 2, got {auto_ft_epochs}, {synthetic}")
         self.auto_ft_epochs, self.synthetic = int(auto_ft_epochs), int(synthetic)
-        if suspect_rule not in SUSPECT_RULES:
-            raise OtbrError(f"suspect_rule must be one of {', '.join(SUSPECT_RULES)}, got {suspect_rule!r}")
-        self.suspect_rule = suspect_rule
+        self.suspect_rule = check_choice("suspect_rule", suspect_rule, SUSPECT_RULES)
         self.weight_ratio = check_range("weight_ratio", float(weight_ratio), 0.0, 1.0)
         self.unlearn_lr = check_range("unlearn_lr", float(unlearn_lr), 0.0, 10.0, low_open=True)
         if int(unlearn_max_epochs) < 1:
@@ -244,9 +249,7 @@ class TSBD(Defense):
         if int(batch_size) < 1:
             raise OtbrError(f"batch_size must be ≥ 1, got {batch_size}")
         self.batch_size = int(batch_size)
-        if finetune not in FINETUNE_MODES:
-            raise OtbrError(f"finetune must be one of {', '.join(FINETUNE_MODES)}, got {finetune!r}")
-        self.finetune = finetune
+        self.finetune = check_choice("finetune", finetune, FINETUNE_MODES)
         self.augment = bool(augment)
         self.include_linear = bool(include_linear)
         self._set_run_options(seed=seed, device=device, progress=progress)
