@@ -47,7 +47,8 @@ from otbr.defenses.otbr import GAMMA_GRID, OTBR
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import markdown_table
-from otbr.selection import OTBR_LEAN, PROBE_MIN_RATE, SYNTHETIC_CLEAN_SCALE, augment, reverse_trigger, trigger_rate
+from otbr.scans import augment, reverse_trigger, trigger_rate
+from otbr.selection import OTBR_LEAN, PROBE_MIN_RATE, SYNTHETIC_CLEAN_SCALE
 from otbr.synthesis import synthesize
 
 ROOT = Path(__file__).resolve().parent

@@ -37,7 +37,8 @@ from otbr.defenses.otbr import GAMMA_GRID, OTBR
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import markdown_table
-from otbr.selection import PROBE_MIN_RATE, reverse_trigger, trigger_rate
+from otbr.scans import reverse_trigger, trigger_rate
+from otbr.selection import PROBE_MIN_RATE
 from otbr.synthesis import synthesize
 
 ROOT = Path(__file__).resolve().parent

@@ -1,9 +1,9 @@
 """DEVELOPMENT probe (ORACLE scoring): among the scan's top classes, is the backdoor target the one whose
 reverse-engineered trigger the original model follows best?
 
-OTBR's data-free selection suspects the arg-max of a cheap target scan (:func:`otbr.selection.target_scan`: one
+OTBR's data-free selection suspects the arg-max of a cheap target scan (:func:`otbr.scans.target_scan`: one
 small patch per class, 50 steps, 32 synthetic sources) and then reverse-engineers a stronger trigger toward that
-one class (:func:`otbr.selection.reverse_trigger`: patch of area 5 % and blend of weight 0.1, 100 steps, every
+one class (:func:`otbr.scans.reverse_trigger`: patch of area 5 % and blend of weight 0.1, 100 steps, every
 other-class synthetic input, robust to shifts and noise). On the stored three-set selection
 (``benchmarks/results/auto-otbr-repeats3-fmnist.md``) that stronger trigger reaches 93–100 % of the sources on
 the original for 14 of the 20 right suspects, and 42–88 % for each of the 7 wrong ones (class 6, shirt, or 8,
@@ -54,7 +54,7 @@ from zoo import FOLDERS
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, markdown_table
-from otbr.selection import reverse_trigger, target_scan, trigger_rate
+from otbr.scans import reverse_trigger, target_scan, trigger_rate
 from otbr.synthesis import synthesize
 
 log = logging.getLogger("probe_suspect_explore")

@@ -10,13 +10,13 @@ of the zoo's PreAct SIG models are 8–10 points of clean accuracy below a clean
 per-class recall on them is a signal the data-free OTBR cannot read.
 
 This probe computes, for every stored TSBD row, the original's recall per class on the same clean subset the
-benchmark's TSBD used (5 % of the training set, seed 0; :func:`otbr.selection.class_recall`) and the class
-:func:`otbr.selection.recall_class` names. It runs no defense and reads no poisoned data; the real target (model
+benchmark's TSBD used (5 % of the training set, seed 0; :func:`otbr.scans.class_recall`) and the class
+:func:`otbr.scans.recall_class` names. It runs no defense and reads no poisoned data; the real target (model
 metadata) and the stored suspect only score the rows — an ORACLE evaluation.
 
 Written before this run (2026-11-24 21:45 UTC; no recall of any zoo model had been computed):
 
-* **recall override**: when one class's recall is below :data:`otbr.selection.RECALL_FLOOR` = 0.4 × the median
+* **recall override**: when one class's recall is below :data:`otbr.scans.RECALL_FLOOR` = 0.4 × the median
   recall of the other classes, the lowest such class replaces TSBD's scan suspect. 0.4 was set from the SIG models'
   accuracy loss (near-zero recall on the target) against a naturally hard class (shirt keeps well over half of the
   typical recall on a working model), not from any recall.
@@ -49,7 +49,7 @@ from otbr.data import load_dataset, sample_subset
 from otbr.models import load_model
 from otbr.pixels import as_float
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
-from otbr.selection import RECALL_FLOOR, others_median, recall_override
+from otbr.scans import RECALL_FLOOR, others_median, recall_override
 
 log = logging.getLogger("recall_suspect_explore")
 ROOT = Path(__file__).resolve().parent
@@ -72,7 +72,7 @@ def stored_rows(stems: str) -> list[dict[str, Any]]:
 
 def explore(row: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """The original's recall per class on the clean subset, and the class the override names (the product's
-    :func:`otbr.selection.recall_override`, the stored suspect standing in for the scan's)."""
+    :func:`otbr.scans.recall_override`, the stored suspect standing in for the scan's)."""
     model, meta = load_model(ROOT.parent / FOLDERS[row["zoo"]] / f"{row['model']}.safetensors")
     rec = recall_override(model.eval(), x, y, meta.num_classes, scan_suspect=row["suspected_target"])
     recall = torch.tensor(rec["recall"])

@@ -2,7 +2,7 @@
 
 For one zoo model: OTBR pruning at the automatic γ (recorded in ``auto-otbr-fmnist.json``), the default repair,
 then per class, on the original, the pruned and the distilled model: the agreement with the original on the
-repair's transfer set, and the success rate of :func:`otbr.selection.target_scan` at trigger budgets of 5, 2.5 and
+repair's transfer set, and the success rate of :func:`otbr.scans.target_scan` at trigger budgets of 5, 2.5 and
 1.25 % of the image. It also prints ACC / ASR on the poisoned test set, so every choice made from its output
 is an ORACLE choice for the models it ran on.
 
@@ -28,7 +28,8 @@ from otbr.metrics import evaluate, predict
 from otbr.models import load_model
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import repair
-from otbr.selection import class_agreement, target_scan
+from otbr.scans import target_scan
+from otbr.selection import class_agreement
 from otbr.synthesis import synthesize
 
 ROOT = Path(__file__).resolve().parent

@@ -43,7 +43,7 @@ from otbr.models.normalize import unwrap
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import repair
 from otbr.report import environment, markdown_table, write_json
-from otbr.selection import augment
+from otbr.scans import augment
 from otbr.synthesis import Synthetic, bn_layers, synthesize
 
 log = logging.getLogger("repair_explore")

@@ -50,7 +50,7 @@ from otbr.models import load_model
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import _rezero, guarded_kept
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
-from otbr.selection import reverse_trigger, trigger_rate
+from otbr.scans import reverse_trigger, trigger_rate
 from otbr.synthesis import Synthetic, frozen, synthesize
 
 log = logging.getLogger("repair_uncap_explore")

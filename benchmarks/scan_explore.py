@@ -1,7 +1,7 @@
 """DEVELOPMENT probe (ORACLE scoring): does a trigger that works from *every* source class name the backdoor target?
 
 OTBR's data-free selection suspects the class that one small universal patch (5 % of the image) reaches most
-often from the other classes' synthetic inputs (:func:`otbr.selection.target_scan`). On the blended-trigger and
+often from the other classes' synthetic inputs (:func:`otbr.scans.target_scan`). On the blended-trigger and
 SIG models of the Fashion-MNIST zoos it often suspects class 6 (shirt) instead: shirt borders T-shirt, pullover,
 coat and dress, so a small patch sends *those* inputs there on any model. A backdoor trigger, by contrast, works
 from every source class. And a blended or SIG trigger is a faint pattern over the whole image, which a small
@@ -56,7 +56,7 @@ from zoo import FOLDERS
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, markdown_table
-from otbr.selection import argmax_tiebreak, class_scores, stratified_scan, target_scan
+from otbr.scans import argmax_tiebreak, class_scores, stratified_scan, target_scan
 from otbr.synthesis import synthesize
 
 log = logging.getLogger("scan_explore")

@@ -8,7 +8,7 @@ only shaped this rule) found that a free column stripe of SIG's amplitude, optim
 from every source, and so does a fixed sinusoid; but the *same stripe values in shuffled order* reach shirt nearly as
 often, while a SIG target answers the sinusoid alone.
 
-This probe runs :func:`otbr.selection.sine_scan` (no optimisation: stripes ``A·sin(2π·f·j/n + phase)`` along the
+This probe runs :func:`otbr.scans.sine_scan` (no optimisation: stripes ``A·sin(2π·f·j/n + phase)`` along the
 columns and the rows, A = 40/255 (SIG's published amplitude), f = 1 … 12, 8 phases, each against a shuffled control)
 on the first synthetic set the shipped selection inverts (256 inputs, 100 steps, seed 0). Per class the score is the
 largest (stripe − control) median over source classes: the *contrast*. It reads no data. The real target (model
@@ -19,7 +19,7 @@ evaluation.
 Written before this run (2026-11-24 19:36 UTC):
 
 * **sinusoid override**: when the warp scan named no class, and the contrast's arg-max is unique and at least 0.5
-  (:data:`otbr.selection.SINE_DECISIVE`, :func:`otbr.selection.sine_class`), that class replaces the shipped suspect.
+  (:data:`otbr.scans.SINE_DECISIVE`, :func:`otbr.scans.sine_class`), that class replaces the shipped suspect.
 * **Pre-registered reading**: worth building into the selection only if, over the first sixteen zoos' 70 models, it
   turns at least three wrong shipped suspects into the real target and turns none of the shipped hits wrong; and
   then only after the seventeenth zoo (SIG at other frequencies and amplitude, ``zoo.py``) holds up by its own rule
@@ -51,7 +51,7 @@ from zoo import FOLDERS
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, markdown_table
-from otbr.selection import SINE_DECISIVE, decisive_class, sine_class, sine_scan
+from otbr.scans import SINE_DECISIVE, decisive_class, sine_class, sine_scan
 from otbr.synthesis import synthesize
 
 log = logging.getLogger("sine_scan_explore")

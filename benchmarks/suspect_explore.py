@@ -1,7 +1,7 @@
 """DEVELOPMENT probe (ORACLE scoring): can the pruned candidates tell the backdoor target from a naturally easy class?
 
 OTBR's data-free selection suspects the class that a small universal trigger reaches most easily on the original
-model (:func:`otbr.selection.target_scan`). On the Fashion-MNIST zoos that suspect is wrong on 6 of 23 models
+model (:func:`otbr.scans.target_scan`). On the Fashion-MNIST zoos that suspect is wrong on 6 of 23 models
 (``benchmarks/results/auto-otbr-repeats3-fmnist.md``), and on four of them it is class 6 (shirt), a class small
 triggers reach easily on any model; those four carry four of the five largest DER gaps. Pruning the top-NWC
 neurons should make the *backdoor* target harder to reach while leaving a naturally easy class about as easy. This
@@ -39,7 +39,7 @@ from otbr.defenses.otbr import OTBR
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, environment, markdown_table, write_json
-from otbr.selection import target_scan
+from otbr.scans import target_scan
 from otbr.synthesis import synthesize
 
 log = logging.getLogger("suspect_explore")

@@ -3,7 +3,7 @@
 Step one of the re-run written before the scan probe (``benchmarks/scan_explore.py``'s docstring) and, for this
 signal, with the seventh zoo (``benchmarks/zoo.py``): the selection's three synthetic sets give one suspect by
 averaging the patch scan's per-class median and mean over the sets (seeds 0, 1, 2, as
-:func:`otbr.selection.stratified_suspects` does inside the selection), the median's arg-max, ties broken by the
+:func:`otbr.scans.stratified_suspects` does inside the selection), the median's arg-max, ties broken by the
 mean. The selection is then re-run (``auto_bench.py --repeats 3 --suspect-rule stratified``) on every model whose
 averaged suspect differs from the stored row's, the others keeping their stored rows: nothing else in the
 selection reads the scan.
@@ -36,7 +36,7 @@ from zoo import FOLDERS
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, environment, markdown_table
-from otbr.selection import argmax_tiebreak, averaged_suspect, class_scores, stratified_scan
+from otbr.scans import argmax_tiebreak, averaged_suspect, class_scores, stratified_scan
 from otbr.synthesis import synthesize
 
 log = logging.getLogger("suspect_rule_check")

@@ -1,13 +1,13 @@
 """DEVELOPMENT probe (ORACLE scoring): does a small universal *warp* name the backdoor target where the patch scan
 names a naturally easy class?
 
-The shipped data-free suspect (OTBR's ``"stratified"`` rule, :func:`otbr.selection.stratified_suspects`) reads a
+The shipped data-free suspect (OTBR's ``"stratified"`` rule, :func:`otbr.scans.stratified_suspects`) reads a
 patch scan. On the fifteen Fashion-MNIST zoos it names the wrong class on 16 of 65 models
 (``auto-otbr-shipped-split-fmnist.md``), always 6 (shirt) or 8 (bag), and 7 of the 16 are WaNet models: a warping
 trigger is neither a patch nor a blend, and a patch reaches shirt or bag from their neighbours on any model. These
 wrong suspects are the largest gaps left in automatic γ (WaNet-t0: 27.78) and every held-out repair failure.
 
-This probe scans each class with a third trigger form, :func:`otbr.selection.stratified_scan` with
+This probe scans each class with a third trigger form, :func:`otbr.scans.stratified_scan` with
 ``kind="warp"``: one smooth displacement field per target class (a 4×4 control grid, bicubic-upsampled, at most
 ``--pixels`` pixels), optimised on 8 synthetic inputs of every other class. A warp keeps an image's content, so it
 reaches a natural neighbour only as far as a one-pixel shift can; a model trained to answer a warp answers it from
@@ -49,7 +49,7 @@ from zoo import FOLDERS
 from otbr.metrics import predict
 from otbr.models import load_model
 from otbr.report import ORACLE_NOTE, markdown_table
-from otbr.selection import class_scores, decisive_class, stratified_scan
+from otbr.scans import class_scores, decisive_class, stratified_scan
 from otbr.synthesis import synthesize
 
 log = logging.getLogger("warp_scan_explore")
@@ -66,7 +66,7 @@ def shipped_suspects() -> dict[tuple[str, str], int]:
 
 def override(median: list[float], shipped: int, decisive: float) -> int:
     """The warp override: the one class whose warp median reaches ``decisive``
-    (:func:`otbr.selection.decisive_class`, the selection's own decision), else ``shipped``.
+    (:func:`otbr.scans.decisive_class`, the selection's own decision), else ``shipped``.
 
     Example:
         >>> override([1.0, 0.0, 0.2], 2, 0.9), override([1.0, 0.95, 0.0], 2, 0.9), override([0.5, 0.0], 1, 0.9)

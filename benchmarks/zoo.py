@@ -278,7 +278,7 @@ SIXTEENTH: dict[str, dict[str, Any]] = {
 #: the scan uses SIG's *published* amplitude and frequencies 1 to 12, and the zoo models were all made with SIG's
 #: published frequency 6 (one with 4) and amplitude 40/255, so this zoo varies both: frequency 8, frequency 5, and
 #: amplitude 30/255; with a BadNets model as the control (a stripe must not name a wrong class there).
-#: **Pre-registered:** the sinusoid class (:func:`otbr.selection.sine_class`) holds up here if it names the target on at
+#: **Pre-registered:** the sinusoid class (:func:`otbr.scans.sine_class`) holds up here if it names the target on at
 #: least two of the three SIG models and names no class other than the target on any of the four.
 #: **Outcome** (trained after the scan's 70 rows were read, before any defense; ``sine_scan_explore.py --models
 #: seventeenth:…``): **not met** — the scan names no class on any of the four (the SIG targets' contrasts 0.15, 0.42,
@@ -293,7 +293,7 @@ SEVENTEENTH: dict[str, dict[str, Any]] = {
 }
 
 #: An eighteenth zoo, defined on 2026-11-24 at 22:47 UTC, after TSBD's recall suspect was adopted and before any of
-#: these models was trained: the held-out test of that rule (``otbr.selection.recall_override``), which was written
+#: these models was trained: the held-out test of that rule (``otbr.scans.recall_override``), which was written
 #: after the SIG failures had been seen. SIG at half the poison rate (5 %: only half the target class's training images
 #: carry the stripe, so the model may keep part of the class's clean recall), SIG on VGG (whose SIG-t2 came out weak),
 #: SIG at the zoo's usual settings, and a BadNets control at a 20 % poison rate (the rule must not fire there).

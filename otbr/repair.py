@@ -113,6 +113,8 @@ from otbr.layers import scored_layers
 from otbr.metrics import predict
 from otbr.models.normalize import unwrap
 from otbr.models.registry import output_classes
+from otbr.scans import augment, target_scan
+from otbr.selection import suspect_class
 from otbr.synthesis import Synthetic, frozen, synthesize
 
 log = logging.getLogger(__name__)
@@ -163,7 +165,7 @@ def backdoor_check(
 ) -> dict[str, Any]:
     """Did a change (``before`` → ``after``) make any class easier to trigger? Data-free.
 
-    Runs :func:`otbr.selection.target_scan` — per class, the success rate of one small trigger (``budget`` of
+    Runs :func:`otbr.scans.target_scan` — per class, the success rate of one small trigger (``budget`` of
     the image's area) optimised to send synthetic inputs of the other classes to it — on both models, with the
     same sources and the same start, and flags every class whose rate rose by ``tolerance`` or more. The budget
     must be able to hold the trigger (5 %: a 6×6 patch on 28×28 images). A backdoor needs only a small
@@ -199,8 +201,6 @@ def backdoor_check(
         >>> backdoor_check(net, net, x, torch.arange(12) % 3, 3, steps=2, per_class=4)["flagged"]
         []
     """
-    from otbr.selection import target_scan
-
     kw = {"budget": budget, "steps": steps, "per_class": per_class}
     rate_before = target_scan(before, synthetic, reference, num_classes, **kw)
     rate_after = target_scan(after, synthetic, reference, num_classes, **kw)
@@ -446,7 +446,7 @@ def repair(
             (the model least tied to the trigger so far) instead of by the pruned model, which can still carry
             much of the backdoor when the pruning was light.
         scan_guard: also guard (leave out, cap, check as a suspect) the class that a small reverse-engineered
-            trigger reaches most easily on the original (:func:`otbr.selection.target_scan`, Neural Cleanse's
+            trigger reaches most easily on the original (:func:`otbr.scans.target_scan`, Neural Cleanse's
             idea), when it is not ``suspect``: a second chance when the suspect is wrong. The scan is the check's
             own first scan, run before the distillation instead of after; when its top class is the suspect the
             run is exactly the one without it. Over the 19 zoo models the scan's top class was the real target
@@ -463,8 +463,6 @@ def repair(
             ``"self"`` (the model they were inverted from: the student keeps what it knew of those classes then,
             and the backdoored original teaches nothing about them).
     """
-    from otbr.selection import augment, suspect_class
-
     t0 = time.perf_counter()
     shape = tuple(int(s) for s in input_shape)
     if steps < 0 or batch_size < 1 or lr <= 0 or temperature <= 0:
@@ -485,8 +483,6 @@ def repair(
         suspect = suspect_class({0.0: predict(pruned, syn.x)}, ref, k)
     guarded, rate_original, scan_top = [suspect], None, None
     if scan_guard and not keep_suspect:
-        from otbr.selection import target_scan
-
         # the check's own scan of the original (same sources and settings), run before the distillation
         rate_original = target_scan(original, syn.x, ref, k, budget=check_budget, steps=SCAN_STEPS,
                                     per_class=SCAN_PER_CLASS)

@@ -103,12 +103,12 @@ def test_backdoor_check_with_a_suspect_lets_a_class_return_to_the_original_level
     (0.69 → 0.38 → 0.72: pruning hurt a naturally easy class, the repair restored it) must pass; Trojan's real
     target 0 under the wrong suspect 6 (0.56 → 0.00 → 1.00) must be flagged; the suspect itself is flagged on any
     suppressed-then-revived rise, as without a suspect."""
-    import otbr.selection
+    import otbr.repair
     from otbr.repair import backdoor_check
 
     orig, before, after = nn.Identity(), nn.Identity(), nn.Identity()
     table = {id(orig): [0.56, 0.0, 0.69], id(before): [0.0, 0.0, 0.38], id(after): [1.0, 0.0, 0.72]}
-    monkeypatch.setattr(otbr.selection, "target_scan",
+    monkeypatch.setattr(otbr.repair, "target_scan",
                         lambda m, *a, **k: torch.tensor(table[id(m)], dtype=torch.float64))
     x, ref = torch.zeros(3, 1, 4, 4), torch.arange(3)
     assert backdoor_check(before, after, x, ref, 3, original=orig)["flagged"] == [0, 2]  # no suspect: both

@@ -246,7 +246,7 @@ def test_cli_defend_tsbd(tiny_files, tmp_path) -> None:
 def test_cli_recall_rule_names_the_missed_class_and_says_so(tiny_files, tmp_path, monkeypatch) -> None:
     """``--suspect-rule recall``: when the original misses one class's clean images (forced: the class after the
     patch scan's), the report's suspect is that class and the screen says so; the scan rule prints no such line."""
-    import otbr.selection as selection
+    import otbr.scans as scans
 
     model, data = tiny_files
     forced: dict[str, int] = {}
@@ -257,7 +257,7 @@ def test_cli_recall_rule_names_the_missed_class_and_says_so(tiny_files, tmp_path
             out[forced["class"]] = 0.0
         return out
 
-    monkeypatch.setattr(selection, "class_recall", fake)
+    monkeypatch.setattr(scans, "class_recall", fake)
     args = ["defend", "tsbd", model, "--data", f"npz:{data}", "--clean-ratio", "1", "--ft-epochs", "1",  # 15 a class
             "--unlearn-max-epochs", "2", "--batch-size", "16", "--no-eval", "--suspect-rule", "recall"]
     plain = _cli(*args, "-o", tmp_path / "a.safetensors", "--report", tmp_path / "a.json")

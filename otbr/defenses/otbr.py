@@ -123,9 +123,9 @@ class OTBR(Defense):
             ``benchmarks/results/repair-lean-cpu-fmnist.md``).
         suspect_rule: for ``gamma="auto"``, how the suspected target is named
             (:data:`otbr.selection.DATA_FREE_SUSPECT_RULES`):
-            ``"warp"`` (default, :data:`SUSPECT_RULE`; :func:`otbr.selection.warp_override`), ``"stratified"``
-            (:func:`otbr.selection.stratified_suspects`) or
-            ``"scan"`` (:func:`otbr.selection.target_scan`; worse on blended triggers). Listed in :meth:`config`
+            ``"warp"`` (default, :data:`SUSPECT_RULE`; :func:`otbr.scans.warp_override`), ``"stratified"``
+            (:func:`otbr.scans.stratified_suspects`) or
+            ``"scan"`` (:func:`otbr.scans.target_scan`; worse on blended triggers). Listed in :meth:`config`
             only with ``gamma="auto"`` and a rule other than ``"scan"``.
         collapse_limit: for ``gamma="auto"``, the collapse guard: γ whose fused candidate disagrees with the
             original on more than this share of the other classes' synthetic inputs are not chosen, unless every

@@ -173,8 +173,8 @@ class TSBD(Defense):
         synthetic: number of BatchNorm-inverted inputs used by the automatic choice.
         suspect_rule: how the automatic choice names the suspected target (:data:`otbr.selection.SUSPECT_RULES`):
             ``"recall"`` (default, :data:`SUSPECT_RULE`: the scan's class unless the original misses one class's
-            clean images, :func:`otbr.selection.recall_override`) or ``"scan"`` (a small patch from the clean
-            subset, :func:`otbr.selection.target_scan`; the rule before); ``"stratified"`` and ``"warp"`` run their
+            clean images, :func:`otbr.scans.recall_override`) or ``"scan"`` (a small patch from the clean
+            subset, :func:`otbr.scans.target_scan`; the rule before); ``"stratified"`` and ``"warp"`` run their
             scans on the subset.
         weight_ratio: fraction m of the selected neurons' weights zeroed (largest ``|ΔW|``), in [0, 1].
         unlearn_lr: clean-unlearning learning rate (SGD, momentum 0.9).
