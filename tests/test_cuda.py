@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import CLASSES, SIDE, acc_asr, tiny_files, tiny_net, tiny_settings, train_backdoor
+from helpers import CLASSES, SIDE, acc_asr, tiny_files, tiny_settings
 from torch import nn
 
 from otbr.defenses import create_defense, list_defenses
@@ -41,13 +41,6 @@ def _on(model: nn.Module, device: torch.device) -> bool:
 
 def _finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
-
-
-@pytest.fixture(scope="module")
-def backdoored():
-    """The tiny backdoored model (trained on the CPU, as in the CPU tests), its test set and 200 clean images."""
-    net, test, clean = train_backdoor(tiny_net(), clean=200)
-    return net, test, clean
 
 
 @pytest.mark.parametrize("name", sorted(list_defenses()))

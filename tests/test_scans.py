@@ -15,17 +15,6 @@ import otbr.scans as scans
 from otbr.scans import argmax_tiebreak, reverse_trigger, stratified_scan, target_scan, trigger_rate
 
 
-@pytest.fixture(scope="module")
-def backdoored():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        net, test, clean = train_backdoor(tiny_net(), clean=200)
-        yield net, test, clean
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_scans_module_imports_no_data_or_attack_code() -> None:
     tree = ast.parse(inspect.getsource(scans))
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

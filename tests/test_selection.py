@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import CLASSES, SIDE, tiny_net, train_backdoor, trigger
+from helpers import CLASSES, SIDE, tiny_net, trigger
 from helpers import tiny_files as make_tiny_files
 from torch import nn
 
@@ -39,17 +39,6 @@ from otbr.selection import (
     suspect_class,
 )
 from otbr.synthesis import synthesize
-
-
-@pytest.fixture(scope="module")
-def backdoored():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        net, test, clean = train_backdoor(tiny_net(), clean=200)
-        yield net, test, clean
-    finally:
-        torch.set_num_threads(threads)
 
 
 # -- the estimate ------------------------------------------------------------------------------------------------
