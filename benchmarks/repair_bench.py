@@ -49,7 +49,7 @@ RESULTS = ROOT / "results"
 #: zoo name → model folder, from the zoo definitions in ``benchmarks/zoo.py``
 ZOOS = {z: ROOT.parent / folder for z, folder in FOLDERS.items()}
 COLUMNS = ["model", "gamma", "gamma_from", "series", "acc", "acc_t", "asr", "ra", "der", "acc_loss", "wall_s",
-           "suspect", "target", "check"]
+           "suspect", "target", "check", "stripe"]
 SERIES = ("prune", "fusion-paper", "fusion-default", "distilled", "repair")
 
 
@@ -135,7 +135,7 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
                 suspect=suspect, synthetic=args.synthetic, steps=args.steps, time_budget=args.time_budget,
                 fallback=out["fusion-default"][0],  # as OTBR(repair_steps=…) does since 2026-11-25
                 adversarial=args.adversarial, scan_guard=not args.no_scan_guard, rebuild=args.rebuild, lr=args.lr,
-                rebuild_teacher=args.rebuild_teacher,
+                rebuild_teacher=args.rebuild_teacher, stripe_pass=args.stripe_pass,
                 progress=False)
     t_repair = t_prune + time.perf_counter() - t1
     out["distilled"] = (rr.distilled, t_repair)  # the distillation without the backdoor check
@@ -154,7 +154,28 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
     rows[-1]["repair_info"] = {k: v for k, v in rr.info.items() if k != "synthetic"}
     rows[-1]["suspect"], rows[-1]["target"] = rr.info["suspect"], int(ps.target)  # target: for reading only
     rows[-1]["check"] = check_text(rr.info["check"], kept="fused")
+    rows[-1]["stripe"] = stripe_text(rr.info.get("stripe"))
     return rows
+
+
+def stripe_text(stripe: dict[str, Any] | None) -> str:
+    """The repair's stripe pass in a few words: ``off``; ``not run (patch reach 0.72)``; ``none (top 6: 0.12)``
+    (scanned, nothing named); ``guarded 3 (0.41)`` (a second distillation with class 3 guarded too).
+
+    Example:
+        >>> stripe_text({"patch_reach": 0.3, "below": 0.5, "class": 2, "contrast": [0.0, 0.1, 0.41], "guarded": [6]})
+        'guarded 2 (0.41)'
+    """
+    if stripe is None:
+        return "off"
+    if "contrast" not in stripe:
+        return f"not run (patch reach {stripe['patch_reach']:.2f})"
+    c = stripe["class"]
+    if c is not None:
+        return f"guarded {c} ({stripe['contrast'][c]:.2f})"
+    free = [k for k in range(len(stripe["contrast"])) if k not in stripe["guarded"]]
+    top = max(free, key=lambda k: stripe["contrast"][k]) if free else None
+    return "none" if top is None else f"none (top {top}: {stripe['contrast'][top]:.2f})"
 
 
 def check_text(check: dict[str, Any] | None, kept: str = "pruned") -> str:
@@ -297,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{COLLAPSE_LIMIT:g}; 1: none, as the runs before the guard)")
     ap.add_argument("--step-up", type=int, default=0,
                     help="prune this many grid steps above the automatic γ (0: the automatic γ itself)")
+    ap.add_argument("--stripe-pass", action=argparse.BooleanOptionalAction,
+                    default=inspect.signature(repair).parameters["stripe_pass"].default,
+                    help="the repair's stripe pass (otbr.repair.repair(stripe_pass=…)); default: the repair's")
     ap.add_argument("--no-scan-guard", action="store_true",
                     help="do not also guard the class the original's trigger scan reaches most easily")
     ap.add_argument("--rebuild", type=int, default=inspect.signature(repair).parameters["rebuild"].default,

@@ -113,7 +113,7 @@ from otbr.layers import scored_layers
 from otbr.metrics import predict
 from otbr.models.normalize import unwrap
 from otbr.models.registry import output_classes
-from otbr.scans import augment, target_scan
+from otbr.scans import augment, stripe_scan, target_scan
 from otbr.selection import suspect_class
 from otbr.synthesis import Synthetic, frozen, synthesize
 
@@ -121,6 +121,11 @@ log = logging.getLogger(__name__)
 
 #: the backdoor check's trigger scans: optimisation steps and synthetic sources per class
 SCAN_STEPS, SCAN_PER_CLASS = 50, 32
+#: :func:`repair`'s stripe pass (``stripe_pass``): the stripe contrast from which a class is guarded in a second run
+#: (fixed before the first development run), and the patch reach on the original below which the pass looks at all
+#: (set on the development models: the SIG models' scans reached at most 0.44, a blended model whose shirt answers
+#: stripes 0.72; ``benchmarks/results/repair-stripe-[a-d].md``)
+STRIPE_DECISIVE, STRIPE_BELOW = 0.2, 0.5
 
 
 @dataclass
@@ -365,6 +370,91 @@ def _universal_step(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, del
     return d.detach()
 
 
+
+def _distil(pruned: nn.Module, original: nn.Module, syn: Synthetic, guarded: Sequence[int],
+            masks: Mapping[str, torch.Tensor], *, num_classes: int, keep_suspect: bool, steps: int, batch_size: int,
+            lr: float, temperature: float, ce_weight: float, shift: int, flip: bool, time_budget: float | None,
+            t0: float, seed: int, progress: bool, on_step: Callable[[int, nn.Module], None] | None,
+            adversarial: float, adv_radius: float, adv_steps: int, adv_fraction: float, recap: bool, rebuild: int,
+            rebuild_teacher: str, synthetic_steps: int) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`repair`'s distillation into a fresh copy of ``pruned``, the ``guarded`` classes left out and capped
+    (guards 1–3; the arguments are :func:`repair`'s). Returns the student and what the run did."""
+    shape, k = tuple(syn.x.shape[1:]), num_classes
+    g = torch.tensor(guarded, device=syn.y.device)
+    x, y = syn.x, syn.y
+    if not keep_suspect:  # guard 2: the suspect's inversions carry the trigger
+        keep = ~torch.isin(y, g)
+        x, y = x[keep], y[keep]
+        if len(x) == 0:
+            raise OtbrError("repair: no synthetic inputs left once the suspected class is left out; raise synthetic")
+    device = model_device(pruned)
+    g_dev = g.to(device)
+    student = copy.deepcopy(pruned)
+    student.eval()  # BatchNorm in inference mode throughout (guard 3)
+    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    delta = torch.zeros((1, *shape), device=device)
+    adv_until = round(adv_fraction * steps)
+    rebuild_at = adv_until if recap and adversarial > 0 else 0
+    rebuilt, n_base = None, len(x)
+    self_labels = False  # the rebuilt images are in and labelled by the model they came from (the capper then)
+    done, losses = 0, []
+    bar = tqdm(total=steps, desc="repair (distillation)", disable=not progress, leave=False)
+    try:
+        with frozen(original) as teacher, frozen(pruned) as capper:
+            for _ in range(steps):
+                if recap and adversarial > 0 and not keep_suspect and done == adv_until > 0:
+                    capper = copy.deepcopy(student).requires_grad_(False)  # eval mode, like the student
+                if rebuild > 0 and not keep_suspect and done == rebuild_at and rebuilt is None:
+                    # the capper holds the student's weights here (re-capped at this step, or both are the pruned
+                    # model at step 0) and keeps them: it is the model the rebuilt images come from
+                    rebuilt = synthesize(student, rebuild * len(guarded), shape, num_classes=k, classes=guarded,
+                                         steps=syn.info.get("steps", synthetic_steps), seed=seed + 1, progress=False)
+                    x, y = torch.cat([x, rebuilt.x]), torch.cat([y, rebuilt.y])
+                    self_labels = rebuild_teacher == "self"
+                if time_budget is not None and time.perf_counter() - t0 > time_budget:
+                    break
+                idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
+                xb = augment(x[idx], gen, shift=shift, noise=0.0)
+                if flip and bool(torch.rand(1, generator=gen) < 0.5):
+                    xb = xb.flip(3)
+                xb = xb.to(device)
+                with torch.no_grad():
+                    soft = F.softmax(teacher(xb) / temperature, dim=1)
+                    if not keep_suspect:  # guard 2 (cont.): no more belief in the suspect than the pruned model has
+                        capped = capper(xb)
+                        cap = F.softmax(capped, dim=1)[:, g_dev]  # at T = 1: sharp
+                        soft[:, g_dev] = torch.minimum(soft[:, g_dev], cap)
+                        soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
+                        if self_labels:  # the rebuilt images: labelled by the model they came from
+                            mine = (idx >= n_base).to(device)
+                            soft[mine] = F.softmax(capped[mine] / temperature, dim=1)
+                out = student(xb)
+                loss = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
+                if ce_weight > 0:  # no label here is a guarded class (their inversions were left out) unless rebuilt
+                    loss = loss + ce_weight * F.cross_entropy(out, y[idx].to(device))
+                if adversarial > 0 and done < adv_until:
+                    delta = _universal_step(student, xb, soft.argmax(1), delta, adv_radius, adv_steps)
+                    out_adv = student((xb + delta).clamp(0.0, 1.0))
+                    loss = loss + adversarial * temperature ** 2 * F.kl_div(
+                        F.log_softmax(out_adv / temperature, dim=1), soft, reduction="batchmean")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                _rezero(student, masks)  # guard 1
+                done += 1
+                if on_step is not None:
+                    on_step(done, student)
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        bar.close()
+    return student, {"done": done, "losses": losses, "transfer_set": len(x), "left_out": len(syn.x) - n_base,
+                     "rebuilt": rebuilt, "rebuild_at": rebuild_at, "adv_until": adv_until,
+                     "recapped": capper is not pruned}
+
+
 def repair(
     pruned: nn.Module,
     original: nn.Module,
@@ -400,6 +490,10 @@ def repair(
     scan_guard: bool = True,
     rebuild: int = 0,
     rebuild_teacher: str = "original",
+    guard: Sequence[int] = (),
+    stripe_pass: bool = False,
+    stripe_decisive: float = STRIPE_DECISIVE,
+    stripe_below: float = STRIPE_BELOW,
 ) -> RepairResult:
     """Distil ``original`` into a copy of ``pruned`` on BN-inverted synthetic inputs; no data is read.
 
@@ -462,6 +556,16 @@ def repair(
         rebuild_teacher: who labels the rebuilt images: ``"original"`` (the teacher, capped as every input) or
             ``"self"`` (the model they were inverted from: the student keeps what it knew of those classes then,
             and the backdoored original teaches nothing about them).
+        guard: more classes to guard as the suspect is (left out, capped, checked), e.g. a class a second scan
+            named.
+        stripe_pass / stripe_decisive / stripe_below: when no class of the original is reached by a small patch
+            from ``stripe_below`` of the sources or more (the check's scan of the original: no patch-like backdoor
+            found, as on a sinusoidal one), scan the distilled model with sinusoidal stripes
+            (:func:`otbr.scans.stripe_scan`, SIG's trigger form, against their shuffled values); when an unguarded
+            class's contrast is at least ``stripe_decisive``, distil again from ``pruned`` with that class guarded
+            too (``info["stripe"]``). The first run has held the suspect down, so a class that answers the stripe
+            is no longer hidden behind it (on the original a catch-all class such as shirt answers any stripe). The
+            second run shares ``time_budget`` with the first.
     """
     t0 = time.perf_counter()
     shape = tuple(int(s) for s in input_shape)
@@ -470,6 +574,8 @@ def repair(
     if adversarial < 0 or adv_radius <= 0 or adv_steps < 1 or not 0 <= adv_fraction <= 1:
         raise OtbrError("repair: adversarial ≥ 0, adv_radius > 0, adv_steps ≥ 1 and adv_fraction in [0, 1] are "
                         "required")
+    if rebuild_teacher not in ("original", "self"):
+        raise OtbrError(f"repair: rebuild_teacher must be 'original' or 'self', got {rebuild_teacher!r}")
     if not (0 < check_tolerance <= 1 and 0 < check_budget <= 1):
         raise OtbrError(f"repair: check_tolerance and check_budget must be in (0, 1], got {check_tolerance} and "
                         f"{check_budget}")
@@ -478,88 +584,36 @@ def repair(
         masks = zeroed_neurons(pruned, original)
     syn = transfer if transfer is not None else synthesize(original, synthetic, shape, num_classes=k,
                                                            steps=synthetic_steps, seed=seed, progress=progress)
-    ref = predict(original, syn.x) if suspect is None or check or scan_guard else None  # teacher's classes, once
+    ref = predict(original, syn.x) if suspect is None or check or scan_guard or stripe_pass else None  # once
     if suspect is None:
         suspect = suspect_class({0.0: predict(pruned, syn.x)}, ref, k)
-    guarded, rate_original, scan_top = [suspect], None, None
-    if scan_guard and not keep_suspect:
+    guarded, rate_original, scan_top = sorted({suspect, *map(int, guard)}), None, None
+    if (scan_guard or stripe_pass) and not keep_suspect:
         # the check's own scan of the original (same sources and settings), run before the distillation
         rate_original = target_scan(original, syn.x, ref, k, budget=check_budget, steps=SCAN_STEPS,
                                     per_class=SCAN_PER_CLASS)
-        scan_top = int(rate_original.argmax())
-        guarded = sorted({suspect, scan_top})
-    g = torch.tensor(guarded, device=syn.y.device)
-    x, y = syn.x, syn.y
-    if not keep_suspect:  # guard 2: the suspect's inversions carry the trigger
-        keep = ~torch.isin(y, g)
-        x, y = x[keep], y[keep]
-        if len(x) == 0:
-            raise OtbrError("repair: no synthetic inputs left once the suspected class is left out; raise synthetic")
-    device = model_device(pruned)
-    g_dev = g.to(device)
-    student = copy.deepcopy(pruned)
-    student.eval()  # BatchNorm in inference mode throughout (guard 3)
-    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    delta = torch.zeros((1, *shape), device=device)
-    adv_until = round(adv_fraction * steps)
-    rebuild_at = adv_until if recap and adversarial > 0 else 0
-    rebuilt, n_base = None, len(x)
-    self_labels = False  # the rebuilt images are in and labelled by the model they came from (the capper then)
-    if rebuild_teacher not in ("original", "self"):
-        raise OtbrError(f"repair: rebuild_teacher must be 'original' or 'self', got {rebuild_teacher!r}")
-    done, losses = 0, []
-    bar = tqdm(total=steps, desc="repair (distillation)", disable=not progress, leave=False)
-    try:
-        with frozen(original) as teacher, frozen(pruned) as capper:
-            for _ in range(steps):
-                if recap and adversarial > 0 and not keep_suspect and done == adv_until > 0:
-                    capper = copy.deepcopy(student).requires_grad_(False)  # eval mode, like the student
-                if rebuild > 0 and not keep_suspect and done == rebuild_at and rebuilt is None:
-                    # the capper holds the student's weights here (re-capped at this step, or both are the pruned
-                    # model at step 0) and keeps them: it is the model the rebuilt images come from
-                    rebuilt = synthesize(student, rebuild * len(guarded), shape, num_classes=k, classes=guarded,
-                                         steps=syn.info.get("steps", synthetic_steps), seed=seed + 1, progress=False)
-                    x, y = torch.cat([x, rebuilt.x]), torch.cat([y, rebuilt.y])
-                    self_labels = rebuild_teacher == "self"
-                if time_budget is not None and time.perf_counter() - t0 > time_budget:
-                    break
-                idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
-                xb = augment(x[idx], gen, shift=shift, noise=0.0)
-                if flip and bool(torch.rand(1, generator=gen) < 0.5):
-                    xb = xb.flip(3)
-                xb = xb.to(device)
-                with torch.no_grad():
-                    soft = F.softmax(teacher(xb) / temperature, dim=1)
-                    if not keep_suspect:  # guard 2 (cont.): no more belief in the suspect than the pruned model has
-                        capped = capper(xb)
-                        cap = F.softmax(capped, dim=1)[:, g_dev]  # at T = 1: sharp
-                        soft[:, g_dev] = torch.minimum(soft[:, g_dev], cap)
-                        soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
-                        if self_labels:  # the rebuilt images: labelled by the model they came from
-                            mine = (idx >= n_base).to(device)
-                            soft[mine] = F.softmax(capped[mine] / temperature, dim=1)
-                out = student(xb)
-                loss = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
-                if ce_weight > 0:  # no label here is a guarded class (their inversions were left out) unless rebuilt
-                    loss = loss + ce_weight * F.cross_entropy(out, y[idx].to(device))
-                if adversarial > 0 and done < adv_until:
-                    delta = _universal_step(student, xb, soft.argmax(1), delta, adv_radius, adv_steps)
-                    out_adv = student((xb + delta).clamp(0.0, 1.0))
-                    loss = loss + adversarial * temperature ** 2 * F.kl_div(
-                        F.log_softmax(out_adv / temperature, dim=1), soft, reduction="batchmean")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                _rezero(student, masks)  # guard 1
-                done += 1
-                if on_step is not None:
-                    on_step(done, student)
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    finally:
-        bar.close()
+        if scan_guard:
+            scan_top = int(rate_original.argmax())
+            guarded = sorted({*guarded, scan_top})
+    settings = {"num_classes": k, "keep_suspect": keep_suspect, "steps": steps, "batch_size": batch_size, "lr": lr,
+                "temperature": temperature, "ce_weight": ce_weight, "shift": shift, "flip": flip,
+                "time_budget": time_budget, "t0": t0, "seed": seed, "progress": progress, "on_step": on_step,
+                "adversarial": adversarial, "adv_radius": adv_radius, "adv_steps": adv_steps,
+                "adv_fraction": adv_fraction, "recap": recap, "rebuild": rebuild, "rebuild_teacher": rebuild_teacher,
+                "synthetic_steps": synthetic_steps}
+    student, run = _distil(pruned, original, syn, guarded, masks, **settings)
+    stripe = None
+    if stripe_pass and not keep_suspect:  # a second chance for a wrong suspect, once the first run held it down
+        reach = float(rate_original.max())  # a small patch reaches some class from this share of the sources
+        stripe = {"patch_reach": round(reach, 4), "below": stripe_below, "class": None}
+        if reach < stripe_below:
+            stripe.update(stripe_scan(student, syn.x, guarded, k, decisive=stripe_decisive, seed=seed))
+        if stripe["class"] is not None:
+            log.info("repair: a sinusoidal stripe sends the distilled model's synthetic inputs to class %d (contrast "
+                     "%.2f against its shuffled values, at least %.2f): distilling again with it guarded too",
+                     stripe["class"], stripe["contrast"][stripe["class"]], stripe_decisive)
+            guarded = sorted({*guarded, stripe["class"]})
+            student, run = _distil(pruned, original, syn, guarded, masks, **settings)
     model, info_check = student, None
     if check:
         info_check = backdoor_check(pruned, student, syn.x, ref, k, original=original,
@@ -577,25 +631,28 @@ def repair(
     gave_up = gave_up_note(kept, guarded)
     if gave_up is not None:
         log.warning("repair: %s (on the zoo models every repair that removed the backdoor did)", gave_up)
-    info = {"steps": done, "requested_steps": steps, "suspect": suspect, "transfer_set": len(x),
+    done, rebuilt = run["done"], run["rebuilt"]
+    info = {"steps": done, "requested_steps": steps, "suspect": suspect, "transfer_set": run["transfer_set"],
             "guarded": [] if keep_suspect else guarded,
             "scan_guard": None if scan_top is None else {"class": scan_top,
                                                          "rate": round(float(rate_original[scan_top]), 4)},
-            "left_out_suspect_inversions": len(syn.x) - n_base,
-            "rebuilt": None if rebuilt is None else {"images": len(rebuilt.x), "at_step": rebuild_at,
+            "stripe": stripe,
+            "left_out_suspect_inversions": run["left_out"],
+            "rebuilt": None if rebuilt is None else {"images": len(rebuilt.x), "at_step": run["rebuild_at"],
                                                      "teacher": rebuild_teacher,
                                                      "seconds": rebuilt.info["seconds"]},
             "held_zero_neurons": int(sum(int(m.sum()) for m in masks.values())),
-            "final_loss": losses[-1] if losses else None, "synthetic": syn.info, "lr": lr, "shift": shift,
+            "final_loss": run["losses"][-1] if run["losses"] else None, "synthetic": syn.info, "lr": lr, "shift": shift,
             "temperature": temperature,
             "adversarial": {"weight": adversarial, "radius": adv_radius, "ascent_steps": adv_steps,
-                            "steps": min(adv_until, done) if adversarial > 0 else 0},
-            "cap": "student after the invariance phase" if capper is not pruned else
+                            "steps": min(run["adv_until"], done) if adversarial > 0 else 0},
+            "cap": "student after the invariance phase" if run["recapped"] else
                    ("pruned model" if not keep_suspect else "off"),
             "seconds": round(time.perf_counter() - t0, 2),
             "stopped_by_budget": done < steps,
             "check": info_check, "reverted": model is not student, "guarded_kept": kept,
             "returned": "repaired" if model is student else "pruned" if fallback is None else "fallback"}
-    log.info("repair: %d steps in %.1f s (transfer set %d, %d held-zero neurons)", done, info["seconds"], len(x),
+    log.info("repair: %d steps in %.1f s (transfer set %d, %d held-zero neurons)", done, info["seconds"],
+             info["transfer_set"],
              info["held_zero_neurons"])
     return RepairResult(model, info, distilled=student)

@@ -314,3 +314,40 @@ def test_otbr_returns_its_fused_model_when_the_check_rejects_the_repair(pruned_p
     assert not kept.info["repair"]["reverted"] and kept.info["repair"]["returned"] == "repaired"
     got = kept.model.state_dict()
     assert not all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_the_stripe_pass_distils_again_with_the_named_class_guarded_and_only_then(pruned_pair, monkeypatch) -> None:
+    """``stripe_pass``: when the stripe scan of the distilled model names an unguarded class (forced here to the real
+    target 0, the suspect told wrong), the repair distils again from the pruned model with it guarded too — the
+    result is bit for bit the repair told to guard it from the start — and reports the scan; when the scan names
+    nothing, the result is bit for bit the one without the pass. The scan sees the distilled model and the guards.
+    On the tiny patch backdoor the original's patch scan reaches class 0 from most sources, so at the shipped
+    ``stripe_below`` the stripe scan is not run at all (the first cases lift that limit)."""
+    import otbr.repair as rep
+
+    net, pruned, masks, _ = pruned_pair
+    kw = {"input_shape": (1, SIDE, SIDE), "synthetic": 64, "synthetic_steps": 5, "steps": 20, "progress": False,
+          "masks": masks, "check": False, "scan_guard": False, "suspect": 1, "stripe_below": 1.01}
+    named: dict[str, int | None] = {"class": 0}
+    seen: list[list[int]] = []
+
+    def fake(model, synthetic, guarded, num_classes, **k):
+        assert model is not pruned and model is not net and len(synthetic) == 64
+        seen.append(list(guarded))
+        return {"contrast": [0.0] * num_classes, "class": named["class"], "guarded": list(guarded)}
+
+    monkeypatch.setattr(rep, "stripe_scan", fake)
+    second = repair(pruned, net, stripe_pass=True, **kw)
+    assert seen == [[1]] and second.info["guarded"] == [0, 1] and second.info["stripe"]["class"] == 0
+    told = repair(pruned, net, guard=[0], **kw)
+    assert told.info["guarded"] == [0, 1] and told.info["stripe"] is None
+    assert all(torch.equal(a, b) for a, b in zip(second.model.state_dict().values(), told.model.state_dict().values(),
+                                                 strict=True))
+    named["class"] = None
+    quiet, off = repair(pruned, net, stripe_pass=True, **kw), repair(pruned, net, **kw)
+    assert quiet.info["guarded"] == off.info["guarded"] == [1] and quiet.info["stripe"]["class"] is None
+    assert all(torch.equal(a, b) for a, b in zip(quiet.model.state_dict().values(), off.model.state_dict().values(),
+                                                 strict=True))
+    named["class"], seen[:] = 0, []  # a patch backdoor the original's scan reaches: the stripe scan is not even run
+    patch = repair(pruned, net, stripe_pass=True, **{**kw, "stripe_below": 0.5})
+    assert seen == [] and patch.info["guarded"] == [1] and patch.info["stripe"]["patch_reach"] >= 0.5

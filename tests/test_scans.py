@@ -145,3 +145,17 @@ def test_the_recall_signal_names_a_class_the_model_misses_and_not_a_merely_hard_
     assert scans.recall_class(scans.class_recall(pred, labels, 6)) == 2
     assert scans.recall_class(torch.tensor([0.9, 0.6, 0.95, 0.7])) is None
     assert scans.recall_class(torch.tensor([0.9, 0.6, 0.95, 0.7]), floor=0.7) == 1
+
+
+def test_the_stripe_scan_names_the_unguarded_class_that_answers_a_sinusoid() -> None:
+    """On the hand-built reader (class 1 answers a column sinusoid of frequency 3; class 2 answers any perturbation,
+    shuffled or not): the stripe scan names class 1; guarding class 1 leaves only the catch-all, whose contrast is 0,
+    so nothing is named; a threshold above class 1's contrast names nothing either."""
+    gen = torch.Generator().manual_seed(0)
+    x = (0.5 + 0.02 * torch.randn(40, 1, 28, 28, generator=gen)).clamp(0, 1)
+    model = _SineReader().eval()
+    r = scans.stripe_scan(model, x, [], 3, decisive=0.2, inputs=32, phases=4)
+    assert r["class"] == 1 and r["contrast"][1] == 1.0 and r["inputs"] == 32 and r["phases"] == 4
+    assert scans.stripe_scan(model, x, [1], 3, decisive=0.2, inputs=32)["class"] is None
+    assert scans.unguarded_class(r["contrast"], [], 1.01) is None
+    assert scans.unguarded_class([0.3, 0.3, 0.0], [], 0.2) == 0  # a tie: the lowest class
