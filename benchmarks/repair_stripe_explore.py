@@ -44,7 +44,7 @@ from otbr.models import load_model
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import repair
 from otbr.report import markdown_table
-from otbr.scans import sine_scan
+from otbr.scans import sine_scan, unguarded_class
 from otbr.synthesis import synthesize
 
 log = logging.getLogger("repair_stripe_explore")
@@ -54,16 +54,6 @@ STEM = "repair-stripe-explore-fmnist"
 @functools.cache
 def _test():
     return load_dataset("fashion-mnist", "test")
-
-
-def stripe_class(contrast: list[float], guarded: list[int]) -> int:
-    """The unguarded class with the largest contrast (lowest index on a tie).
-
-    Example:
-        >>> stripe_class([0.1, 0.9, 0.5], [1])
-        2
-    """
-    return max((c for c in range(len(contrast)) if c not in guarded), key=lambda c: (contrast[c], -c))
 
 
 def explore(args: Any, zoo: str, name: str) -> dict[str, Any]:
@@ -101,7 +91,7 @@ def explore(args: Any, zoo: str, name: str) -> dict[str, Any]:
         if label in args.scans:
             scans[label] = sine_scan(m, xs, predict(m, xs), nc, phases=args.phases)["contrast"]
     t_scan = time.perf_counter() - t1
-    stripe = stripe_class(scans["distilled"], guarded)
+    stripe = unguarded_class(scans["distilled"], guarded, float("-inf"))  # the top unguarded class, any contrast
     row = {"zoo": zoo, "model": name, "attack": meta.attack.get("name", ""), "target": target, "gamma": gamma,
            "suspect": suspect, "guarded": guarded, "original": {"acc": pct(base.acc), "asr": pct(base.asr)},
            "fused": score(fused), "repair": {**score(rr.model), "returned": rr.info["returned"]},

@@ -590,12 +590,14 @@ def pruned_and_original(pruned: str, original: str, kw: dict[str, Any]):
                    "triggers, no data) on ORIGINAL, PRUNED and the result; keep PRUNED when a class the pruning "
                    "had made harder to trigger got easier again (beyond ORIGINAL's level, unless it is the suspected "
                    "target).")
+@click.option("--stripe-pass/--no-stripe-pass", default=True, show_default=True,
+              help="When ORIGINAL shows no patch-like backdoor, scan the distilled model with sinusoidal stripes "
+                   "(SIG's trigger form) and, if one class answers them, distil again with that class guarded too.")
 @batch_size_option(128)
 @defense_options()
 def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic_steps: int, lr: float,
-               time_budget: float | None, keep_suspect: bool, invariance: float, check: bool, batch_size: int,
-               progress: bool,
-               **kw: Any) -> None:
+               time_budget: float | None, keep_suspect: bool, invariance: float, check: bool, stripe_pass: bool,
+               batch_size: int, progress: bool, **kw: Any) -> None:
     """EXPERIMENTAL data-free repair of a PRUNED model (OTBR --variant prune, CLP, …): distil its ORIGINAL into it.
 
     Measured per zoo model in benchmarks/results/repair-gpu-fmnist.md; check the result before using it. It
@@ -618,11 +620,12 @@ def repair_cmd(pruned: str, original: str, steps: int, synthetic: int, synthetic
     rr = repair(pruned_net, orig_net, input_shape=meta.input_shape, num_classes=meta.num_classes,
                 keep_suspect=keep_suspect, synthetic=synthetic, synthetic_steps=synthetic_steps, steps=steps,
                 batch_size=batch_size, lr=lr, time_budget=time_budget, seed=kw["seed"], progress=progress, check=check,
-                adversarial=invariance)
+                adversarial=invariance, stripe_pass=stripe_pass)
     result = DefenseResult(model=rr.model, method="repair",
                            config={"steps": steps, "synthetic": synthetic, "synthetic_steps": synthetic_steps,
                                    "lr": lr, "batch_size": batch_size, "time_budget": time_budget,
                                    "keep_suspect": keep_suspect, "invariance": invariance, "check": check,
+                                   "stripe_pass": stripe_pass,
                                    "seed": kw["seed"], "pruned_model": pruned},
                            timings={"total": rr.info["seconds"]}, info={"repair": rr.info}, data_used="none")
     finish(original, orig_net, meta, result, kw, out, _eval_sets(meta, kw))

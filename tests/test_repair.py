@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import SIDE, acc_asr, tiny_net, train_backdoor
+from helpers import CLASSES, SIDE, acc_asr, tiny_net, train_backdoor
 from helpers import tiny_files as make_tiny_files
 from torch import nn
 
@@ -151,15 +151,16 @@ def test_scan_guard_rescues_a_wrong_suspect(pruned_pair) -> None:
 
 
 def test_time_budget_stops_early(pruned_pair) -> None:
-    """The budget counts from the call: with the transfer set given and no scans before the distillation, the
-    first steps start at once (on a loaded machine an inversion and a scan could eat the whole budget, and no step
-    would run); 100 000 steps of the tiny model take far longer than the budget on any machine."""
+    """The budget counts from the call: with the transfer set given and no scans before the distillation (no scan
+    guard, no stripe pass), the first steps start at once (on a loaded machine an inversion and a scan could eat the
+    whole budget, and no step would run); 100 000 steps of the tiny model take far longer than the budget on any
+    machine."""
     from otbr.synthesis import synthesize
 
     net, pruned, masks, _ = pruned_pair
     syn = synthesize(net, 32, (1, SIDE, SIDE), steps=5, progress=False)
     res = repair(pruned, net, input_shape=(1, SIDE, SIDE), transfer=syn, steps=100_000, time_budget=1.0,
-                 scan_guard=False, check=False, progress=False, masks=masks)
+                 scan_guard=False, stripe_pass=False, check=False, progress=False, masks=masks)
     assert res.info["stopped_by_budget"] and 0 < res.info["steps"] < 100_000
 
 
@@ -186,6 +187,24 @@ def test_cli_repair_step(tmp_path) -> None:
     assert float(rep.net.conv1.weight.detach()[:2].abs().sum()) == 0
     same = CliRunner().invoke(main, ["repair", str(model), str(model), "-o", str(tmp_path / "x.safetensors")])
     assert same.exit_code == 2 and "same file" in same.output
+    striped = CliRunner().invoke(main, ["repair", str(ppath), str(model), "--steps", "2", "--synthetic", "16",
+                                        "--synthetic-steps", "2", "--stripe-pass", "--no-eval", "-o",
+                                        str(tmp_path / "s.safetensors"), "--report", str(tmp_path / "s.json")])
+    assert striped.exit_code == 0, striped.output
+    got = json.loads((tmp_path / "s.json").read_text())
+    assert got["config"]["stripe_pass"] is True and 0 <= got["info"]["repair"]["stripe"]["patch_reach"] <= 1
+
+
+def test_cli_repair_defaults_are_the_library_defaults() -> None:
+    """The CLI spells its defaults out (importing the library would load torch on every ``otbr`` call)."""
+    import inspect
+
+    from otbr.cli.cmd_defend import repair_cmd
+
+    lib = inspect.signature(repair).parameters
+    opts = {p.name: p.default for p in repair_cmd.params}
+    assert opts["stripe_pass"] == lib["stripe_pass"].default and opts["steps"] == lib["steps"].default
+    assert opts["check"] == lib["check"].default and opts["lr"] == lib["lr"].default
 
 
 def test_transfer_set_is_reused_and_on_step_sees_every_step(pruned_pair, monkeypatch) -> None:
@@ -339,15 +358,30 @@ def test_the_stripe_pass_distils_again_with_the_named_class_guarded_and_only_the
     monkeypatch.setattr(rep, "stripe_scan", fake)
     second = repair(pruned, net, stripe_pass=True, **kw)
     assert seen == [[1]] and second.info["guarded"] == [0, 1] and second.info["stripe"]["class"] == 0
-    told = repair(pruned, net, guard=[0], **kw)
+    told = repair(pruned, net, guard=[0], stripe_pass=False, **kw)
     assert told.info["guarded"] == [0, 1] and told.info["stripe"] is None
     assert all(torch.equal(a, b) for a, b in zip(second.model.state_dict().values(), told.model.state_dict().values(),
                                                  strict=True))
     named["class"] = None
-    quiet, off = repair(pruned, net, stripe_pass=True, **kw), repair(pruned, net, **kw)
+    quiet, off = repair(pruned, net, stripe_pass=True, **kw), repair(pruned, net, stripe_pass=False, **kw)
     assert quiet.info["guarded"] == off.info["guarded"] == [1] and quiet.info["stripe"]["class"] is None
     assert all(torch.equal(a, b) for a, b in zip(quiet.model.state_dict().values(), off.model.state_dict().values(),
                                                  strict=True))
     named["class"], seen[:] = 0, []  # a patch backdoor the original's scan reaches: the stripe scan is not even run
     patch = repair(pruned, net, stripe_pass=True, **{**kw, "stripe_below": 0.5})
     assert seen == [] and patch.info["guarded"] == [1] and patch.info["stripe"]["patch_reach"] >= 0.5
+
+
+def test_otbr_says_when_the_repairs_stripe_pass_guarded_a_class(pruned_pair, monkeypatch) -> None:
+    """OTBR with ``repair_steps`` runs the stripe pass (the repair's default): when it guards a class — forced here:
+    the original's patch scan reads low everywhere and the stripe scan names class 2 — the report says so."""
+    import otbr.repair as repair_module
+
+    net = pruned_pair[0]
+    monkeypatch.setattr(repair_module, "target_scan",
+                        lambda *a, **k: torch.full((CLASSES,), 0.1, dtype=torch.float64))
+    monkeypatch.setattr(repair_module, "stripe_scan",
+                        lambda m, s, guarded, k, **kw: {"contrast": [0.0] * k, "class": 2, "guarded": list(guarded)})
+    res = OTBR(gamma=0.2, steps=5, batch_size=64, input_shape=(1, SIDE, SIDE), progress=False, repair_steps=2).run(net)
+    assert 2 in res.info["repair"]["guarded"] and res.info["repair"]["stripe"]["class"] == 2
+    assert any("with class 2 guarded too" in n for n in res.info["notes"])

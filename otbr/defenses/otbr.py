@@ -305,6 +305,11 @@ class OTBR(Defense):
                                      "(suppressed by the pruning) as easier to trigger again after the distillation; "
                                      f"the {'pruned' if self.variant == 'prune' else 'fused'} model is returned, "
                                      "as without a repair")
+            named = (rr.info.get("stripe") or {}).get("class")
+            if named is not None:
+                info["notes"].append(f"repair: no patch-like backdoor was found on the original and a sinusoidal "
+                                     f"stripe (SIG's trigger form) sent the distilled model's synthetic inputs to "
+                                     f"class {named}; it was distilled again with class {named} guarded too")
             gave_up = gave_up_note(rr.info["guarded_kept"], rr.info["guarded"])
             if gave_up is not None:
                 info["notes"].append(f"repair: {gave_up}")
