@@ -40,6 +40,7 @@ from otbr.models import load_model
 from otbr.pruning import global_topk, prune_neurons
 from otbr.repair import repair
 from otbr.report import environment, markdown_table, write_json
+from otbr.scans import unguarded_class
 from otbr.selection import COLLAPSE_LIMIT, pick, within_collapse_limit
 
 log = logging.getLogger("repair_bench")
@@ -173,8 +174,7 @@ def stripe_text(stripe: dict[str, Any] | None) -> str:
     c = stripe["class"]
     if c is not None:
         return f"guarded {c} ({stripe['contrast'][c]:.2f})"
-    free = [k for k in range(len(stripe["contrast"])) if k not in stripe["guarded"]]
-    top = max(free, key=lambda k: stripe["contrast"][k]) if free else None
+    top = unguarded_class(stripe["contrast"], stripe["guarded"], float("-inf"))  # the best unguarded, any contrast
     return "none" if top is None else f"none (top {top}: {stripe['contrast'][top]:.2f})"
 
 

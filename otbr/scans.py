@@ -461,7 +461,8 @@ def unguarded_class(contrast: Sequence[float], guarded: Sequence[int], decisive:
         >>> unguarded_class([0.1, 0.9, 0.5], [1], 0.2), unguarded_class([0.1, 0.9, 0.15], [1], 0.2)
         (2, None)
     """
-    free = [c for c in range(len(contrast)) if c not in set(guarded)]
+    held = set(guarded)
+    free = [c for c in range(len(contrast)) if c not in held]
     if not free:
         return None
     top = max(free, key=lambda c: (contrast[c], -c))
@@ -491,6 +492,7 @@ def stripe_scan(model: torch.nn.Module, synthetic: torch.Tensor, guarded: Sequen
     return {"contrast": scan["contrast"], "at": scan["at"],
             "class": unguarded_class(scan["contrast"], guarded, decisive), "decisive": decisive, "inputs": len(xs),
             "phases": phases, "guarded": [int(c) for c in guarded]}
+
 
 def class_recall(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per class, the share of the images labelled with it that ``pred`` gives it (NaN for a class with none).
