@@ -412,7 +412,8 @@ def sine_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.
 
     Returns, per class (rounded lists): ``"contrast"``, the largest (stripe − control) median over all stripes;
     ``"rate"``, the largest stripe median; ``"at"``, the stripe of the largest contrast (axis, frequency, phase);
-    and the settings.
+    ``"profile"``, per axis, the contrast per class and frequency (the best phase; ``profile[axis][c][i]`` is at
+    ``frequencies[axis][i]``), from which how narrowly a class's answer is tuned can be read; and the settings.
 
     Example:
         >>> from otbr.models import create_model
@@ -420,7 +421,7 @@ def sine_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.
         >>> x = torch.rand(12, 1, 8, 8)
         >>> r = sine_scan(net, x, net(x).argmax(1), 3)
         >>> sorted(r), len(r["contrast"])
-        (['amplitude', 'at', 'contrast', 'frequencies', 'phases', 'rate'], 3)
+        (['amplitude', 'at', 'contrast', 'frequencies', 'phases', 'profile', 'rate'], 3)
     """
 
     device = model_device(model)
@@ -431,6 +432,7 @@ def sine_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.
     rate = torch.zeros(num_classes, dtype=torch.float64)
     at: list[Any] = [None] * num_classes
     freqs: dict[str, list[int]] = {}
+    profile: dict[str, list[list[float]]] = {}
 
     def medians(pattern: torch.Tensor) -> torch.Tensor:
         pred = predict(model, (synthetic + pattern.to(device)).clamp(0, 1))
@@ -439,7 +441,8 @@ def sine_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.
     for axis, n, shape in (("columns", w, (1, 1, 1, w)), ("rows", h, (1, 1, h, 1))):
         j = torch.arange(n, dtype=torch.float64)
         freqs[axis] = list(range(1, max(n // 2 - 1, 1)))
-        for f in freqs[axis]:
+        per_f = torch.full((num_classes, len(freqs[axis])), -1.0, dtype=torch.float64)
+        for i, f in enumerate(freqs[axis]):
             for p in range(phases):
                 stripe = (amplitude * torch.sin(2 * math.pi * (j * f / n + p / phases))).float()
                 shuffled = stripe[torch.randperm(n, generator=gen)]
@@ -448,8 +451,10 @@ def sine_scan(model: torch.nn.Module, synthetic: torch.Tensor, reference: torch.
                 contrast = torch.where(better, on - off, contrast)
                 at = [[axis, f, p] if b else a for a, b in zip(at, better.tolist(), strict=True)]
                 rate = torch.maximum(rate, on)
+                per_f[:, i] = torch.maximum(per_f[:, i], on - off)
+        profile[axis] = [[round(float(v), 4) for v in row] for row in per_f.clamp(min=0)]
     return {"contrast": [round(float(v), 4) for v in contrast.clamp(min=0)], "rate": [round(float(v), 4) for v in rate],
-            "at": at, "amplitude": amplitude, "phases": phases, "frequencies": freqs}
+            "at": at, "profile": profile, "amplitude": amplitude, "phases": phases, "frequencies": freqs}
 
 
 
