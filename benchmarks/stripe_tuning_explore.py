@@ -32,6 +32,11 @@ fourth SIG-t6 0.42); VGG SIG-t2 (a weak backdoor) reached 0.19. The highest of a
   target on none of the 39. Then it is worth building as a suspect aid (the repair's guard, OTBR's suspect), each use
   measured on the models it changes. Not met: recorded, not built.
 
+**Outcome** (``python benchmarks/stripe_tuning_explore.py --models …`` in two processes, merged into
+``stripe-tuning-heldout-fmnist``): **not met**. The rule names the target on 3 of the 11 SIG models (VGG SIG-t8,
+SIG-d30-t4, SIG-t3) and shirt on 3 models with a right shipped suspect (WaNet-t0 0.58, WaNet-t7 0.40, VGG WaNet-t3
+0.38): shirt's answer can be as narrow as a SIG target's. Not built; ``sine_scan`` keeps its ``profile`` output.
+
 Usage:
     python benchmarks/stripe_tuning_explore.py --models main:sig,fourth:sig-t6,... [--out STEM]
     python benchmarks/stripe_tuning_explore.py --merge STEM_A,STEM_B [--out STEM]

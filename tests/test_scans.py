@@ -123,6 +123,9 @@ def test_the_sine_scan_names_the_class_that_answers_a_sinusoid_and_not_the_catch
     assert scan["rate"][1] == 1.0 and scan["rate"][2] == 1.0  # both reached by some stripe
     assert scan["contrast"][1] == 1.0 and scan["contrast"][2] == 0.0
     assert scan["at"][1] == ["columns", 3, 0]
+    profile, freqs = scan["profile"], scan["frequencies"]
+    assert [max(max(profile[a][c]) for a in profile) for c in range(3)] == scan["contrast"]  # the best stripe's
+    assert profile["columns"][1][freqs["columns"].index(3)] == 1.0 and max(profile["rows"][1]) < 1.0
     assert scans.sine_class(scan["contrast"]) == 1
     assert scans.sine_class([0.0, 0.4, 0.0]) is None  # below SINE_DECISIVE
     rates = scans.source_rates(torch.tensor([2, 2, 1]), torch.tensor([0, 0, 1]), 3)
