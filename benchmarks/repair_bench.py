@@ -119,6 +119,8 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
     src = f"auto ({args.auto_rule}, {source})" if (zoo, name) in chosen else "--gamma"
     if args.step_up and (zoo, name) in chosen:
         gamma, src = stepped(gamma, args.step_up), f"auto +{args.step_up} step(s)"
+    if args.gamma_cap is not None and (zoo, name) in chosen and gamma > args.gamma_cap:
+        gamma, src = args.gamma_cap, f"{src}, capped at {args.gamma_cap:g}"
     t0 = time.perf_counter()
     d = OTBR(gamma=gamma, input_shape=meta.input_shape, num_classes=meta.num_classes, progress=False)
     scores = d.scores(model)
@@ -255,6 +257,8 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
              + " or ".join(f"`{f}`" for f in p.get("auto_files") or ("auto-otbr-fmnist.json",)) + " has one"
              + (f", then {p['step_up']} grid step(s) up ({', '.join(map(str, sorted(GAMMA_GRID)))}; "
                 "`--step-up`: prune harder, then repair)" if p.get("step_up") else "")
+             + (f", at most {p['gamma_cap']:g} (`--gamma-cap`: prune lighter, then repair)"
+                if p.get("gamma_cap") is not None else "")
              + (", the scan guard on (`repair(scan_guard=True)`: the class the original's trigger scan reaches "
                 "most easily is guarded as well as the suspect)" if p.get("scan_guard") else "")
              + (f", {p['rebuild']} images per guarded class inverted from the student after the invariance phase "
@@ -318,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{COLLAPSE_LIMIT:g}; 1: none, as the runs before the guard)")
     ap.add_argument("--step-up", type=int, default=0,
                     help="prune this many grid steps above the automatic γ (0: the automatic γ itself)")
+    ap.add_argument("--gamma-cap", type=float, default=None,
+                    help="prune at most this γ (the automatic choice where it is lower): 'prune lighter, then "
+                         "repair', a rule fixed before looking at a model")
     ap.add_argument("--stripe-pass", action=argparse.BooleanOptionalAction,
                     default=inspect.signature(repair).parameters["stripe_pass"].default,
                     help="the repair's stripe pass (otbr.repair.repair(stripe_pass=…)); default: the repair's")
@@ -360,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             done.sort(key=lambda rs: order[(rs[0]["zoo"], rs[0]["model"])])
             payload = {"command": command.strip(), "steps": args.steps, "synthetic": args.synthetic,
                        "adversarial": args.adversarial, "compare": args.compare, "step_up": args.step_up,
+                       "gamma_cap": args.gamma_cap,
                        "scan_guard": not args.no_scan_guard, "auto_rule": args.auto_rule,
                        "collapse_limit": args.collapse_limit,
                        **({"auto_files": list(args.auto_files)} if args.auto_files else {}), "rebuild": args.rebuild,

@@ -336,6 +336,15 @@ SEVENTEENTH: dict[str, dict[str, Any]] = {
 #: named the real target on 7 of the 10 SIG models; models above 10 % ASR 8 → 2 (SIG-f8-t3, SIG-p05-t5: no stripe
 #: answered), mean DER 81.05 → 88.89, ACC loss 11.28 → 11.56, none pushed above 10 %; shirt named on LF-t9, Blended-t0
 #: and Blended-a15-t3 (DER −4.93, −2.68, +2.43). ``stripe_pass`` is on by default since.
+#: **Prune lighter, then repair, held out** (written 2026-11-25 at 05:54 UTC, before any capped repair ran on a model of
+#: the tenth to eighteenth zoos): ``repair_bench.py --gamma-cap 0.05`` prunes at min(automatic γ, 0.05), the
+#: published fixed γ, chosen before any run. Development (``repair-cap05-dev-cpu-fmnist``: main BadNets and Trojan,
+#: third LF-t8, fourth WaNet-t8, γ 0.15–0.2 → 0.05, against ``repair-gpu-fmnist``): ASR stays 0.00 on all four, ACC
+#: +1.3, +1.1, +0.6, +7.3. Held out: the 12 of the 35 held-out repair models whose automatic γ is 0.15 or 0.2 (the
+#: cap moves them two or three grid steps; the six at 0.1 are left for time), re-run with ``--gamma-cap 0.05`` at
+#: their recorded suspect, two at a time → ``repair-cap05-heldout-cpu-fmnist``, joined in place of their rows.
+#: **Adoption** (OTBR's ``--repair`` pruning at most 0.05) if, over the 12: the mean ACC loss falls, the mean DER does
+#: not fall, and no model at or below 10 % ASR goes above it.
 EIGHTEENTH: dict[str, dict[str, Any]] = {
     "sig-p05-t5": {**PREACT, "attack": "sig", "attack_kwargs": {"poison_rate": 0.05, "target": 5}},
     "vgg11-sig-t8": {**VGG, "attack": "sig", "attack_kwargs": {"target": 8}},
