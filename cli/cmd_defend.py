@@ -395,13 +395,17 @@ def defend() -> None:
               help="N > 0: replace the fusion by N steps of data-free repair of the pruned model (distillation "
                    "of the original on BatchNorm-inverted inputs, pruned neurons held at zero; see otbr repair). "
                    "When the repair's backdoor check rejects it, the fused model is written, as without --repair.")
+@click.option("--repair-gamma-cap", type=FiniteFloatRange(0, 1, min_open=True), default=None,
+              help="--repair with --gamma auto: the repair starts from the pruning at min(automatic γ, this); the "
+                   "automatic choice is still reported. 1: the automatic γ itself. Default: 0.05.")
 @click.option("--sweep", help="Comma-separated γ grid to evaluate (an ORACLE table: scored on poisoned data).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --sweep: PNG of ACC and ASR against γ.")
 @defense_options()
 def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: float, lean: float | None,
                 selection_repeats: int, suspect_rule: str | None, collapse_limit: float | None, lam: float,
                 variant: str, steps: int, batch_size: int, lr: float, solver: str,
-                repair_steps: int, sweep: str | None, plot: str | None, progress: bool, **kw: Any) -> None:
+                repair_steps: int, repair_gamma_cap: float | None, sweep: str | None, plot: str | None,
+                progress: bool, **kw: Any) -> None:
     """Data-free OTBR: random-noise unlearning → NWC pruning → optimal-transport fusion.
 
     Needs only the model file. The defense reads no data; the test set is used only for the
@@ -412,7 +416,8 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: fl
     fixed = None if gamma == "auto" else "without --gamma auto"
     no_fusion = "with --variant prune (no fusion)" if variant == "prune" else None
     refuse_moot({"gamma_grid": fixed, "clean_scale": fixed, "lean": fixed, "selection_repeats": fixed,
-                 "suspect_rule": fixed, "collapse_limit": fixed, "lam": no_fusion, "solver": no_fusion})
+                 "suspect_rule": fixed, "collapse_limit": fixed, "lam": no_fusion, "solver": no_fusion,
+                 "repair_gamma_cap": fixed or (None if repair_steps else "without --repair")})
     out = check_output(kw.get("output"), model, kw.get("force", False), required=sweep is None)
     check_plot(plot, kw.get("force", False), [model, kw.get("output"), kw.get("report")], needed=sweep is not None)
     net, meta = load_model_from_options(model, kw)
@@ -420,6 +425,7 @@ def defend_otbr(model: str, gamma: float | str, gamma_grid: str, clean_scale: fl
                              clean_scale=clean_scale, lean=lean, selection_repeats=selection_repeats, lam=lam,
                              **({} if suspect_rule is None else {"suspect_rule": suspect_rule}),
                              **({} if collapse_limit is None else {"collapse_limit": collapse_limit}),
+                             **({} if repair_gamma_cap is None else {"repair_gamma_cap": repair_gamma_cap}),
                              variant=variant, steps=steps,
                              batch_size=batch_size, repair_steps=repair_steps, lr=lr, solver=solver,
                              input_shape=meta.input_shape, num_classes=meta.num_classes, seed=kw["seed"],

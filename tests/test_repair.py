@@ -385,3 +385,82 @@ def test_otbr_says_when_the_repairs_stripe_pass_guarded_a_class(pruned_pair, mon
     res = OTBR(gamma=0.2, steps=5, batch_size=64, input_shape=(1, SIDE, SIDE), progress=False, repair_steps=2).run(net)
     assert 2 in res.info["repair"]["guarded"] and res.info["repair"]["stripe"]["class"] == 2
     assert any("with class 2 guarded too" in n for n in res.info["notes"])
+
+
+def test_otbr_repair_starts_from_the_capped_pruning_and_falls_back_to_the_automatic_one(pruned_pair,
+                                                                                         monkeypatch) -> None:
+    """With ``gamma="auto"`` and ``repair_steps``, the repair starts from the pruning at ``min(automatic γ,
+    repair_gamma_cap)`` — its held-zero neurons are that pruning's — while the automatic choice is reported as made
+    and a rejected repair still gives the fused model at the automatic γ; ``repair_gamma_cap=None`` starts from the
+    automatic γ itself. The choice is forced (γ 0.2, suspect 0) so that this tests the wiring alone."""
+    import otbr.repair as repair_module
+
+    net = pruned_pair[0]
+    kw = {"steps": 5, "batch_size": 64, "input_shape": (1, SIDE, SIDE), "progress": False, "repair_steps": 2,
+          "gamma_grid": (0.05, 0.2)}
+
+    class Forced:
+        value = 0.2
+
+        @staticmethod
+        def as_dict() -> dict:
+            return {"suspected_target": 0, "candidates": [{"value": 0.05, "estimated_der": 0.5},
+                                                          {"value": 0.2, "estimated_der": 0.6}]}
+
+    def select(self, work, scores, shape, num_classes):
+        return Forced(), {g: self._defend(work, scores, g) for g in self.gamma_grid}, 0.0
+
+    monkeypatch.setattr(OTBR, "_select", select)
+    scores = OTBR(gamma=0.2, steps=5, batch_size=64, input_shape=(1, SIDE, SIDE), progress=False).scores(net)
+    zeros = {g: int(sum(int(m.sum()) for m in global_topk(scores, g).values())) for g in (0.05, 0.2)}
+    assert zeros[0.05] < zeros[0.2]
+    capped = OTBR(**kw).run(net)
+    assert capped.info["gamma"] == 0.2 and capped.info["repair_gamma"] == 0.05
+    assert capped.info["repair"]["held_zero_neurons"] == zeros[0.05]
+    assert any("capped at repair_gamma_cap" in n for n in capped.info["notes"])
+    assert capped.config["repair_gamma_cap"] == 0.05 and "repair_gamma_cap" not in OTBR(gamma=0.1).config()
+    uncapped = OTBR(**kw, repair_gamma_cap=None).run(net)
+    assert "repair_gamma" not in uncapped.info and uncapped.info["repair"]["held_zero_neurons"] == zeros[0.2]
+    monkeypatch.setattr(repair_module, "backdoor_check", lambda *a, **k: {"flagged": [0]})
+    rejected = OTBR(**kw).run(net)
+    want = OTBR(**{**kw, "repair_steps": 0}).run(net).model.state_dict()
+    got = rejected.model.state_dict()
+    assert rejected.info["repair"]["returned"] == "fallback" and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(OtbrError, match="repair_gamma_cap"):
+        OTBR(input_shape=(1, 8, 8), repair_gamma_cap=0)
+
+
+def test_cli_repair_gamma_cap_reaches_the_defense_and_states_the_librarys_default(tmp_path, monkeypatch) -> None:
+    """``otbr defend otbr --repair N`` starts the repair from the capped pruning by default and from the automatic γ
+    with ``--repair-gamma-cap 1``; the option's stated default is :data:`REPAIR_GAMMA_CAP`. The choice is forced
+    (γ 0.2) so that this tests the wiring alone."""
+    from otbr.cli.main import main
+
+    from cli.cmd_defend import defend_otbr
+    from otbr.defenses.otbr import REPAIR_GAMMA_CAP
+
+    opt = next(p for p in defend_otbr.params if p.name == "repair_gamma_cap")
+    assert opt.default is None and f"Default: {REPAIR_GAMMA_CAP:g}." in opt.help
+
+    class Forced:
+        value = 0.2
+
+        @staticmethod
+        def as_dict() -> dict:
+            return {"suspected_target": 0, "chosen": 0.2, "candidates": [{"value": 0.05, "estimated_der": 0.5},
+                                                                         {"value": 0.2, "estimated_der": 0.6}]}
+
+    def select(self, work, scores, shape, num_classes):
+        return Forced(), {g: self._defend(work, scores, g) for g in self.gamma_grid}, 0.0
+
+    monkeypatch.setattr(OTBR, "_select", select)
+    model, _ = make_tiny_files(tmp_path, 40)
+    for extra, start in (([], REPAIR_GAMMA_CAP), (["--repair-gamma-cap", "1"], None)):
+        report = tmp_path / f"r{len(extra)}.json"
+        res = CliRunner().invoke(main, ["defend", "otbr", str(model), "--steps", "2", "--batch-size", "16",
+                                        "--gamma-grid", "0.05,0.2", "--repair", "1", "--no-eval", *extra,
+                                        "-o", str(tmp_path / f"o{len(extra)}.safetensors"), "--report", str(report)])
+        assert res.exit_code == 0, res.output
+        payload = json.loads(report.read_text())
+        assert payload["info"].get("repair_gamma") == start
+        assert payload["config"]["repair_gamma_cap"] == (REPAIR_GAMMA_CAP if not extra else 1.0)
