@@ -210,9 +210,13 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
             click.echo(f"suspect from the clean recall: the original gets {share:.0f} % of class {recall['named']}'s "
                        f"clean images right, below {recall['floor']:g} × the other classes' median (a clean-label "
                        f"backdoor's mark); the patch scan named class {recall['scan_suspect']}")
-        cost = clean_cost_line(auto)
+        rep = result.info.get("repair") or {}
+        cost = clean_cost_line(auto, replaced_by=rep.get("guarded") if rep.get("returned") == "repaired" else None)
         if cost:
             click.echo(cost)
+        if "repair_gamma" in result.info:
+            click.echo(f"repair: started from the pruning at γ {result.info['repair_gamma']:g}, the automatic "
+                       f"{auto['chosen']:g} capped (--repair-gamma-cap; 1 starts from the automatic γ itself)")
         if auto.get("repeats"):
             alone = [r["chosen"] for r in auto["repeats"]]
             click.echo(f"averaged over {len(alone)} synthetic sets; each set alone would choose "
@@ -241,25 +245,35 @@ def finish(model_path: str, net, meta, result, kw: dict[str, Any], out: Path | N
     return payload
 
 
-def clean_cost_line(auto: dict[str, Any]) -> str | None:
+def clean_cost_line(auto: dict[str, Any], replaced_by: Iterable[int] | None = None) -> str | None:
     """For a choice whose clean term is estimated with no data (OTBR), the estimated loss of clean accuracy of the
     chosen candidate and how far such estimates were from the truth on the zoo models; ``None`` otherwise (TSBD
-    measures its clean term on its subset).
+    measures its clean term on its subset). ``replaced_by``: the classes a kept repair guarded — the estimate is
+    then the fused candidate's, not the returned model's, and the line says so.
 
     Example:
-        >>> clean_cost_line({"clean_term": "synthetic disagreement × 0.7", "chosen": 0.1,
-        ...                  "candidates": [{"value": 0.1, "clean_drop": 0.123}]})[:62]
+        >>> auto = {"clean_term": "synthetic disagreement × 0.7", "chosen": 0.1,
+        ...         "candidates": [{"value": 0.1, "clean_drop": 0.123}]}
+        >>> clean_cost_line(auto)[:62]
         'estimated clean cost: about 12 % of the original accuracy lost'
+        >>> clean_cost_line(auto, replaced_by=[0])[:93]
+        'estimated clean cost of the fused candidate, which the repair replaced: about 12 % of the ori'
     """
     from otbr.selection import CLEAN_ESTIMATE_ERROR
 
     if not str(auto.get("clean_term", "")).startswith("synthetic"):
         return None
     chosen = next(c for c in auto["candidates"] if c["value"] == auto["chosen"])
-    return (f"estimated clean cost: about {100 * max(chosen['clean_drop'], 0.0):.0f} % of the original accuracy lost "
+    subject = "estimated clean cost" if replaced_by is None else \
+        "estimated clean cost of the fused candidate, which the repair replaced"
+    line = (f"{subject}: about {100 * max(chosen['clean_drop'], 0.0):.0f} % of the original accuracy lost "
             f"(from the inverted inputs; on the zoo models the real loss was within "
             f"{CLEAN_ESTIMATE_ERROR['median']:g} points of such estimates for half the candidates, within "
             f"{CLEAN_ESTIMATE_ERROR['p90']:g} for nine in ten)")
+    if replaced_by is not None:
+        line += (f"; the repaired model's own cost is not estimated, and it includes the guarded class(es) "
+                 f"{list(replaced_by)}")
+    return line
 
 
 def _package_versions() -> dict[str, str | None]:

@@ -431,11 +431,13 @@ def test_otbr_repair_starts_from_the_capped_pruning_and_falls_back_to_the_automa
 
 
 def test_cli_repair_gamma_cap_reaches_the_defense_and_states_the_librarys_default(tmp_path, monkeypatch) -> None:
-    """``otbr defend otbr --repair N`` starts the repair from the capped pruning by default and from the automatic γ
-    with ``--repair-gamma-cap 1``; the option's stated default is :data:`REPAIR_GAMMA_CAP`. The choice is forced
-    (γ 0.2) so that this tests the wiring alone."""
+    """``otbr defend otbr --repair N`` starts the repair from the capped pruning by default, and says so, and from the
+    automatic γ with ``--repair-gamma-cap 1``; the option's stated default is :data:`REPAIR_GAMMA_CAP`; with a kept
+    repair the clean-cost line says its estimate is the replaced fused candidate's. The choice and the check's verdict
+    are forced (γ 0.2, nothing flagged) so that this tests the wiring alone."""
     from otbr.cli.main import main
 
+    import otbr.repair as repair_module
     from cli.cmd_defend import defend_otbr
     from otbr.defenses.otbr import REPAIR_GAMMA_CAP
 
@@ -447,13 +449,15 @@ def test_cli_repair_gamma_cap_reaches_the_defense_and_states_the_librarys_defaul
 
         @staticmethod
         def as_dict() -> dict:
-            return {"suspected_target": 0, "chosen": 0.2, "candidates": [{"value": 0.05, "estimated_der": 0.5},
-                                                                         {"value": 0.2, "estimated_der": 0.6}]}
+            return {"suspected_target": 0, "chosen": 0.2, "clean_term": "synthetic disagreement × 0.7",
+                    "candidates": [{"value": 0.05, "estimated_der": 0.5, "clean_drop": 0.01},
+                                   {"value": 0.2, "estimated_der": 0.6, "clean_drop": 0.04}]}
 
     def select(self, work, scores, shape, num_classes):
         return Forced(), {g: self._defend(work, scores, g) for g in self.gamma_grid}, 0.0
 
     monkeypatch.setattr(OTBR, "_select", select)
+    monkeypatch.setattr(repair_module, "backdoor_check", lambda *a, **k: {"flagged": []})
     model, _ = make_tiny_files(tmp_path, 40)
     for extra, start in (([], REPAIR_GAMMA_CAP), (["--repair-gamma-cap", "1"], None)):
         report = tmp_path / f"r{len(extra)}.json"
@@ -464,3 +468,6 @@ def test_cli_repair_gamma_cap_reaches_the_defense_and_states_the_librarys_defaul
         payload = json.loads(report.read_text())
         assert payload["info"].get("repair_gamma") == start
         assert payload["config"]["repair_gamma_cap"] == (REPAIR_GAMMA_CAP if not extra else 1.0)
+        assert ("repair: started from the pruning at γ 0.05, the automatic 0.2 capped" in res.output) == (not extra)
+        assert "estimated clean cost of the fused candidate, which the repair replaced: about 4 %" in res.output
+        assert "includes the guarded class(es) [0" in res.output

@@ -311,6 +311,8 @@ class OTBR(Defense):
                 start_gamma = self.repair_gamma_cap
                 pruned = (built[start_gamma] if start_gamma in built else self._defend(work, scores, start_gamma))[0]
                 info["repair_gamma"] = start_gamma
+                log.info("repair: starting from the pruning at γ = %g (the automatic γ %g capped at "
+                         "repair_gamma_cap)", start_gamma, gamma)
                 info["notes"].append(f"repair: started from the pruning at γ = {start_gamma:g} (the automatic "
                                      f"γ {gamma:g} capped at repair_gamma_cap); the fallback is the fused model at "
                                      f"γ = {gamma:g}")
