@@ -387,6 +387,25 @@ def test_otbr_says_when_the_repairs_stripe_pass_guarded_a_class(pruned_pair, mon
     assert any("with class 2 guarded too" in n for n in res.info["notes"])
 
 
+def force_choice(monkeypatch) -> None:
+    """Make OTBR's automatic selection choose γ 0.2 with suspect 0 (its candidates still built over ``gamma_grid``;
+    clean-cost estimates 1 % and 4 %), so that a test sees the wiring after the choice alone."""
+
+    class Forced:
+        value = 0.2
+
+        @staticmethod
+        def as_dict() -> dict:
+            return {"suspected_target": 0, "chosen": 0.2, "clean_term": "synthetic disagreement × 0.7",
+                    "candidates": [{"value": 0.05, "estimated_der": 0.5, "clean_drop": 0.01},
+                                   {"value": 0.2, "estimated_der": 0.6, "clean_drop": 0.04}]}
+
+    def select(self, work, scores, shape, num_classes):
+        return Forced(), {g: self._defend(work, scores, g) for g in self.gamma_grid}, 0.0
+
+    monkeypatch.setattr(OTBR, "_select", select)
+
+
 def test_otbr_repair_starts_from_the_capped_pruning_and_falls_back_to_the_automatic_one(pruned_pair,
                                                                                          monkeypatch) -> None:
     """With ``gamma="auto"`` and ``repair_steps``, the repair starts from the pruning at ``min(automatic γ,
@@ -398,19 +417,7 @@ def test_otbr_repair_starts_from_the_capped_pruning_and_falls_back_to_the_automa
     net = pruned_pair[0]
     kw = {"steps": 5, "batch_size": 64, "input_shape": (1, SIDE, SIDE), "progress": False, "repair_steps": 2,
           "gamma_grid": (0.05, 0.2)}
-
-    class Forced:
-        value = 0.2
-
-        @staticmethod
-        def as_dict() -> dict:
-            return {"suspected_target": 0, "candidates": [{"value": 0.05, "estimated_der": 0.5},
-                                                          {"value": 0.2, "estimated_der": 0.6}]}
-
-    def select(self, work, scores, shape, num_classes):
-        return Forced(), {g: self._defend(work, scores, g) for g in self.gamma_grid}, 0.0
-
-    monkeypatch.setattr(OTBR, "_select", select)
+    force_choice(monkeypatch)
     scores = OTBR(gamma=0.2, steps=5, batch_size=64, input_shape=(1, SIDE, SIDE), progress=False).scores(net)
     zeros = {g: int(sum(int(m.sum()) for m in global_topk(scores, g).values())) for g in (0.05, 0.2)}
     assert zeros[0.05] < zeros[0.2]
@@ -444,19 +451,7 @@ def test_cli_repair_gamma_cap_reaches_the_defense_and_states_the_librarys_defaul
     opt = next(p for p in defend_otbr.params if p.name == "repair_gamma_cap")
     assert opt.default is None and f"Default: {REPAIR_GAMMA_CAP:g}." in opt.help
 
-    class Forced:
-        value = 0.2
-
-        @staticmethod
-        def as_dict() -> dict:
-            return {"suspected_target": 0, "chosen": 0.2, "clean_term": "synthetic disagreement × 0.7",
-                    "candidates": [{"value": 0.05, "estimated_der": 0.5, "clean_drop": 0.01},
-                                   {"value": 0.2, "estimated_der": 0.6, "clean_drop": 0.04}]}
-
-    def select(self, work, scores, shape, num_classes):
-        return Forced(), {g: self._defend(work, scores, g) for g in self.gamma_grid}, 0.0
-
-    monkeypatch.setattr(OTBR, "_select", select)
+    force_choice(monkeypatch)
     monkeypatch.setattr(repair_module, "backdoor_check", lambda *a, **k: {"flagged": []})
     model, _ = make_tiny_files(tmp_path, 40)
     for extra, start in (([], REPAIR_GAMMA_CAP), (["--repair-gamma-cap", "1"], None)):

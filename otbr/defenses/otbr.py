@@ -290,7 +290,6 @@ class OTBR(Defense):
         scores.unlearn = None  # drop the unlearned copy
         t2 = time.perf_counter()
         auto: dict[str, Any] | None = None
-        built: dict[float, tuple[nn.Module, nn.Module, dict]] = {}
         t_select = 0.0
         if self.gamma == "auto":
             choice, built, t_select = self._select(work, scores, shape, num_classes)
@@ -309,15 +308,15 @@ class OTBR(Defense):
             start_gamma = gamma  # the pruning the repair starts from
             if auto is not None and self.repair_gamma_cap is not None and gamma > self.repair_gamma_cap:
                 start_gamma = self.repair_gamma_cap
-                pruned = (built[start_gamma] if start_gamma in built else self._defend(work, scores, start_gamma))[0]
                 info["repair_gamma"] = start_gamma
-                log.info("repair: starting from the pruning at γ = %g (the automatic γ %g capped at "
-                         "repair_gamma_cap)", start_gamma, gamma)
-                info["notes"].append(f"repair: started from the pruning at γ = {start_gamma:g} (the automatic "
-                                     f"γ {gamma:g} capped at repair_gamma_cap); the fallback is the fused model at "
-                                     f"γ = {gamma:g}")
-            rr = repair(pruned, work, input_shape=shape, masks=global_topk(scores, start_gamma),
-                        num_classes=num_classes,
+                started = (f"repair: started from the pruning at γ = {start_gamma:g} (the automatic γ {gamma:g} "
+                           "capped at repair_gamma_cap)")
+                log.info(started)
+                info["notes"].append(f"{started}; the fallback is the fused model at γ = {gamma:g}")
+            masks = global_topk(scores, start_gamma)
+            if start_gamma != gamma:  # only the pruned model is needed: no fusion at the capped γ
+                pruned = prune_neurons(work, masks)
+            rr = repair(pruned, work, input_shape=shape, masks=masks, num_classes=num_classes,
                         suspect=None if auto is None else auto["suspected_target"], steps=self.repair_steps,
                         seed=self.seed, progress=self.progress, fallback=fused)
             fused, t_repair = rr.model, time.perf_counter() - t3
