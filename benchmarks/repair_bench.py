@@ -121,6 +121,8 @@ def run_model(zoo: str, name: str, args, test, chosen) -> list[dict[str, Any]]:
         gamma, src = stepped(gamma, args.step_up), f"auto +{args.step_up} step(s)"
     if args.gamma_cap is not None and (zoo, name) in chosen and gamma > args.gamma_cap:
         gamma, src = args.gamma_cap, f"{src}, capped at {args.gamma_cap:g}"
+    if args.start_gamma is not None:  # one point of the γ grid, whatever the automatic choice (repair_grid.py)
+        gamma, src = args.start_gamma, f"grid point {args.start_gamma:g} (not a choice)"
     t0 = time.perf_counter()
     d = OTBR(gamma=gamma, input_shape=meta.input_shape, num_classes=meta.num_classes, progress=False)
     scores = d.scores(model)
@@ -325,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gamma-cap", type=float, default=None,
                     help="prune at most this γ (the automatic choice where it is lower): 'prune lighter, then "
                          "repair', a rule fixed before looking at a model")
+    ap.add_argument("--start-gamma", type=float, default=None,
+                    help="prune (and start the repair) at this γ on every model, whatever its automatic choice: one "
+                         "point of the grid, for reading the repair's γ-grid oracle (benchmarks/repair_grid.py)")
     ap.add_argument("--stripe-pass", action=argparse.BooleanOptionalAction,
                     default=inspect.signature(repair).parameters["stripe_pass"].default,
                     help="the repair's stripe pass (otbr.repair.repair(stripe_pass=…)); default: the repair's")
@@ -355,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.append and jpath.is_file():
         prev = json.loads(jpath.read_text())
-        rows = [r for r in prev["rows"] if (r["zoo"], r["model"]) not in set(jobs)]
+        # with --start-gamma a file holds several grid points per model: only this point's rows are replaced
+        rows = [r for r in prev["rows"] if (r["zoo"], r["model"]) not in set(jobs)
+                or (args.start_gamma is not None and r["series"] != "original" and r["gamma"] != args.start_gamma)]
         args.note = [*prev.get("notes", []), *args.note]
         command = f"{prev['command']}, then {command}"
     order = {job: i for i, job in enumerate(jobs)}
@@ -367,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             done.sort(key=lambda rs: order[(rs[0]["zoo"], rs[0]["model"])])
             payload = {"command": command.strip(), "steps": args.steps, "synthetic": args.synthetic,
                        "adversarial": args.adversarial, "compare": args.compare, "step_up": args.step_up,
-                       "gamma_cap": args.gamma_cap,
+                       "gamma_cap": args.gamma_cap, "start_gamma": args.start_gamma,
                        "scan_guard": not args.no_scan_guard, "auto_rule": args.auto_rule,
                        "collapse_limit": args.collapse_limit,
                        **({"auto_files": list(args.auto_files)} if args.auto_files else {}), "rebuild": args.rebuild,
