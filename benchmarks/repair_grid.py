@@ -8,7 +8,7 @@ guard, capped at 0.05). This script reads, per model, the repair from every γ o
 --start-gamma G``: each point is what ``otbr defend otbr --gamma G --repair`` returns) and scores the automatic start
 against the best of them. It runs no model.
 
-Pre-registered (written and committed before any grid point ran, 2026-12-07 02:50 UTC):
+Pre-registered (written and committed in 6b6dc48 at 02:43 UTC on 2026-12-07, before any grid point ran):
 
 - Models: the twelfth zoo (SIG-t8, Blended-t0, BadNets-t6, VGG Blended-t1; the fused selection's worst held-out zoo,
   picked for that and not for anything the repair did there) and the eighteenth (SIG-p05-t5, VGG SIG-t8, SIG-t9,

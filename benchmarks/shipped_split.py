@@ -28,7 +28,7 @@ from typing import Any
 from auto_bench import COLLAPSE_LIMIT, guarded_choice, guarded_pick, zoos_from_ninth
 
 from otbr.report import ORACLE_NOTE, markdown_table, write_json
-from otbr.selection import OTBR_LEAN, REMOVAL_DROP
+from otbr.selection import OTBR_LEAN, REMOVAL_DROP, SYNTHETIC_CLEAN_SCALE, within_collapse_limit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = ("auto-otbr-stratified-fmnist,auto-otbr-stratified-guard-fmnist,auto-otbr-warp-guard-fmnist,"
@@ -72,6 +72,20 @@ ALT_LIMIT = 62.0
 FAMILY_LIMITS: tuple[float | None, ...] = (40.0, 50.0, 55.0, 60.0, 62.0, 65.0, 70.0, 75.0, 80.0, 90.0, None)
 FAMILY_LEANS = (0.0, 3.5, 6.5, 10.0)
 FAMILY = ["collapse_limit", "lean", "mean_gap", "worst_gap", "auto_is_oracle", "shipped"]
+#: a wider family over the same stored signals, every combination fitted on the rows (ORACLE): the clean term's scale
+#: (the shipped 0.7 calibrates synthetic disagreement to clean loss), the lean (points), the collapse limit (percent;
+#: ``None``: none), an evidence floor (percent of estimated backdoor drop; below it on every kept candidate, the
+#: smallest γ; ``None``: none) and a saturation stop (percent; the lean goes no further than the first γ from the best
+#: estimate on whose estimated drop reaches it; ``None``: none). 8 × 10 × 6 × 6 × 3 = 8 640 rules, the shipped one
+#: among them (0.7, 6.5, 70, ``None``, ``None``); the best fits lie inside the ranges (scale 2.5, lean 30), not at an
+#: edge
+WIDE_SCALES = (0.5, 0.7, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+WIDE_LEANS = (0.0, 3.5, 6.5, 10.0, 13.0, 20.0, 25.0, 30.0, 35.0, 50.0)
+WIDE_LIMITS: tuple[float | None, ...] = (40.0, 50.0, 60.0, 70.0, 80.0, None)
+WIDE_EVIDENCE: tuple[float | None, ...] = (None, 10.0, 20.0, 40.0, 60.0, 80.0)
+WIDE_SATURATION: tuple[float | None, ...] = (None, 95.0, 99.0)
+WIDE = ["group", "models", "rules", "meeting_goal", "shipped_mean", "shipped_worst", "best_mean", "its_worst",
+        "its_rule", "best_worst", "its_mean", "its_rule_by_worst"]
 REMOVAL = ["group", "reading", "models", "removed", "kept"]
 
 
@@ -212,6 +226,113 @@ def family(models: list[dict[str, Any]], limits: tuple[float | None, ...] = FAMI
     return out
 
 
+def wide_pick(m: dict[str, Any], scale: float, lean: float, limit: float | None, evidence: float | None,
+              saturation: float | None) -> dict[str, Any]:
+    """The candidate one rule of the wider family picks from a row's stored averaged estimates.
+
+    The estimated DER is re-weighted exactly: each set's estimate is ``(max(0, drop) − scale · disagreement + 100) / 2``
+    and the stored one is their mean at the row's ``clean_scale``, so changing the scale moves it by ``(scale −
+    clean_scale) / 2`` × the mean disagreement. The shipped rule is ``(0.7, 6.5, 70.0, None, None)``.
+
+    Example:
+        >>> m = {"clean_scale": 0.7, "candidates": [
+        ...     {"value": 0.1, "estimated_der": 90.0, "backdoor_drop_est": 99.5, "clean_disagreement_est": 20.0},
+        ...     {"value": 0.15, "estimated_der": 86.0, "backdoor_drop_est": 100.0, "clean_disagreement_est": 30.0}]}
+        >>> [wide_pick(m, 0.7, lean, 70.0, None, sat)["value"] for lean, sat in ((0, None), (6.5, None), (6.5, 99))]
+        [0.1, 0.15, 0.1]
+        >>> wide_pick(m, 0.7, 6.5, 70.0, 100.5, None)["value"]  # no candidate reaches the evidence floor
+        0.1
+    """
+    rows = sorted(m["candidates"], key=lambda c: c["value"])
+    kept = within_collapse_limit(rows, limit, key="clean_disagreement_est")
+    if evidence is not None and max(c["backdoor_drop_est"] for c in kept) < evidence:
+        return rows[0]
+    shift = (scale - m.get("clean_scale", SYNTHETIC_CLEAN_SCALE)) / 2
+    est = [c["estimated_der"] - shift * c["clean_disagreement_est"] for c in kept]
+    top = max(range(len(kept)), key=lambda i: (est[i], -kept[i]["value"]))
+    within = [i for i in range(len(kept)) if est[i] >= est[top] - lean - 1e-9]
+    if saturation is not None:
+        full = [i for i in within if i >= top and kept[i]["backdoor_drop_est"] >= saturation]
+        within = [i for i in within if not full or i <= full[0]]
+    return kept[max(within)]
+
+
+WideRule = tuple[float, float, float | None, float | None, float | None]
+#: the shipped selection as a member of the wider family
+SHIPPED_RULE: WideRule = (SYNTHETIC_CLEAN_SCALE, 100 * OTBR_LEAN, COLLAPSE_LIMIT, None, None)
+
+
+def wide_gaps(models: list[dict[str, Any]]) -> dict[WideRule, list[float]]:
+    """Every rule of the wider family (:data:`WIDE_SCALES` × … × :data:`WIDE_SATURATION`) → its DER gap per model."""
+    import itertools
+
+    return {rule: [m["oracle"]["der"] - wide_pick(m, *rule)["der"] for m in models]
+            for rule in itertools.product(WIDE_SCALES, WIDE_LEANS, WIDE_LIMITS, WIDE_EVIDENCE, WIDE_SATURATION)}
+
+
+def _fit(gaps: dict[WideRule, list[float]], rows: list[int]) -> WideRule:
+    """The rule with the lowest mean gap over ``rows`` (then the lowest worst): an ORACLE fit on them."""
+    return min(gaps, key=lambda r: (statistics.fmean(gaps[r][i] for i in rows), max(gaps[r][i] for i in rows)))
+
+
+def wide_family(models: list[dict[str, Any]], gaps: dict[WideRule, list[float]] | None = None) -> dict[str, Any]:
+    """The wider family scored over ``models`` (``gaps``: :func:`wide_gaps` of them, computed if not given): how many
+    rules meet issue 7's goal (mean gap ≤ 1, worst ≤ 5), the shipped rule's score, and the best mean and the best worst
+    any rule reaches with its rule — an ORACLE fit, a bound on what these stored signals allow, not a selector."""
+    gaps = wide_gaps(models) if gaps is None else gaps
+    scored = [(round(statistics.fmean(g), 2), round(max(g), 2), rule) for rule, g in gaps.items()]
+    by_mean = min(scored, key=lambda r: (r[0], r[1]))
+    by_worst = min(scored, key=lambda r: (r[1], r[0]))
+    shipped = next(r for r in scored if r[2] == SHIPPED_RULE)
+    return {"models": len(models), "rules": len(scored), "meeting_goal": sum(a <= 1 and w <= 5 for a, w, _ in scored),
+            "shipped_mean": shipped[0], "shipped_worst": shipped[1], "best_mean": by_mean[0], "its_worst": by_mean[1],
+            "its_rule": _rule_text(by_mean[2]), "best_worst": by_worst[1], "its_mean": by_worst[0],
+            "its_rule_by_worst": _rule_text(by_worst[2])}
+
+
+def leave_one_zoo_out(models: list[dict[str, Any]], gaps: dict[WideRule, list[float]]) -> dict[str, Any]:
+    """Fitting the wider family as a selection procedure, scored out of sample: for each zoo, the rule fitted (lowest
+    mean gap) on every other zoo's rows, applied to that zoo's. The mean and worst over all models say what re-tuning
+    on stored zoos would give a new one; the fitted bound of :func:`wide_family` does not.
+
+    Example:
+        >>> ms = [{"zoo": "a"}, {"zoo": "b"}]
+        >>> r = leave_one_zoo_out(ms, {(1, 0, None, None, None): [0.0, 9.0], (2, 0, None, None, None): [4.0, 1.0]})
+        >>> r["mean_gap"], r["worst_gap"], [z["rule"][:7] for z in r["zoos"]]  # a's fit is b's best rule, and back
+        (6.5, 9.0, ['scale 2', 'scale 1'])
+    """
+    out: list[float | None] = [None] * len(models)
+    zoos = []
+    for zoo in dict.fromkeys(m["zoo"] for m in models):
+        rows = [i for i, m in enumerate(models) if m["zoo"] == zoo]
+        rule = _fit(gaps, [i for i, m in enumerate(models) if m["zoo"] != zoo])
+        for i in rows:
+            out[i] = gaps[rule][i]
+        zoos.append({"zoo": zoo, "rule": _rule_text(rule),
+                     "gaps": ", ".join(f"{models[i].get('model', i)} {gaps[rule][i]:.2f}" for i in rows)})
+    done = [g for g in out if g is not None]
+    return {"mean_gap": round(statistics.fmean(done), 2), "worst_gap": round(max(done), 2), "zoos": zoos}
+
+
+def wide_groups(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`wide_family` over all rows, the held-out zoos, and the rows whose suspect is the real target (an ORACLE
+    group: what the rule could do were the suspect always right), and :func:`leave_one_zoo_out` over all rows."""
+    gaps = wide_gaps(models)
+    parts = (("all", range(len(models))),
+             (f"held out ({HELD_OUT[0]} to {HELD_OUT[-1]})", [i for i, m in enumerate(models) if m["zoo"] in HELD_OUT]),
+             ("suspect right (ORACLE group)",
+              [i for i, m in enumerate(models) if m["suspected_target"] == m["target"]]))
+    out = [{"group": label, **wide_family([models[i] for i in idx], {r: [g[i] for i in idx] for r, g in gaps.items()})}
+           for label, idx in parts if idx]
+    return {"groups": out, "leave_one_zoo_out": leave_one_zoo_out(models, gaps)}
+
+
+def _rule_text(rule: tuple[Any, ...]) -> str:
+    """``scale 0.7, lean 6.5, limit 70, evidence -, saturation -``."""
+    names = ("scale", "lean", "limit", "evidence", "saturation")
+    return ", ".join(f"{n} {'-' if v is None else f'{v:g}'}" for n, v in zip(names, rule, strict=True))
+
+
 def column_gaps(gaps: list[float | None], name: str) -> dict[str, float | None]:
     """``mean_gap_NAME`` and ``worst_gap_NAME`` of one gap column (``None`` unless every row has it).
 
@@ -269,7 +390,7 @@ def write_markdown(p: dict[str, Any], path: Path) -> None:
                           f"{c['median_abs_error']} points, 90th percentile {c['p90_abs_error']}, mean error (real "
                           f"− estimate) {c['mean_error']:+}. `otbr defend otbr` quotes the first two beside its "
                           "estimate.")(p["clean_estimate"]) if p.get("clean_estimate") else "(not recorded)", "",
-             *removal_lines(p), *family_lines(p), "## Per model (largest gap first)", "",
+             *removal_lines(p), *family_lines(p), *wide_lines(p), "## Per model (largest gap first)", "",
              markdown_table(rows, COLUMNS), ""]
     path.write_text("\n".join(lines))
 
@@ -284,6 +405,30 @@ def removal_lines(p: dict[str, Any]) -> list[str]:
             f"{REMOVED:g} % ASR that counts as removed here; not fitted). `removed`/`kept`: the choice's real ASR "
             f"≤ / > {REMOVED:g} % (ORACLE). The notes quote the first thirteen zoos' counts; the fourteenth zoo was "
             "defined with this reading pre-registered.", "", markdown_table(p["removal"], REMOVAL), ""]
+
+
+def wide_lines(p: dict[str, Any]) -> list[str]:
+    """The Markdown section of :func:`wide_groups` (none for payloads made before it)."""
+    if not p.get("wide"):
+        return []
+    lozo, shipped = p["wide"]["leave_one_zoo_out"], p["wide"]["groups"][0]
+    return ["## A wider family, fitted on these models (ORACLE bound)", "",
+            f"Every combination of the clean term's scale ({', '.join(f'{v:g}' for v in WIDE_SCALES)}), the lean "
+            f"({', '.join(f'{v:g}' for v in WIDE_LEANS)} points), the collapse limit "
+            f"({', '.join('none' if v is None else f'{v:g}' for v in WIDE_LIMITS)} %), an evidence floor (when no "
+            "kept candidate's estimated backdoor drop reaches it, the smallest γ: "
+            f"{', '.join('none' if v is None else f'{v:g}' for v in WIDE_EVIDENCE)} %) and a saturation stop (the "
+            "lean goes no further than the first γ at or above the best estimate whose estimated drop reaches it: "
+            f"{', '.join('none' if v is None else f'{v:g}' for v in WIDE_SATURATION)} %), applied to the same stored "
+            "estimates (`wide_pick`). `meeting_goal`: rules with mean gap ≤ 1 and worst ≤ 5 on the group. Picking "
+            "a rule here reads every model's poisoned test set: the table bounds what these data-free signals allow "
+            "on the models they would be fitted to.", "",
+            markdown_table(p["wide"]["groups"], WIDE), "",
+            "**Out of sample** (`leave_one_zoo_out`): the rule fitted (lowest mean gap) on every other zoo, applied to "
+            f"the zoo left out, over all models: mean gap {lozo['mean_gap']}, worst {lozo['worst_gap']}, against the "
+            f"shipped rule's {shipped['shipped_mean']} / {shipped['shipped_worst']} on the same models. Re-tuning this "
+            "family on the stored zoos is a selection procedure too, and this is what it would give a new zoo.", "",
+            markdown_table(lozo["zoos"], ["zoo", "rule", "gaps"]), ""]
 
 
 def family_lines(p: dict[str, Any]) -> list[str]:
@@ -313,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"command": "python benchmarks/shipped_split.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
                "runs": args.runs.split(","), "summary": groups(rows), "rows": rows,
                "clean_estimate": clean_estimate(list(models.values())), "removal": removal(rows),
-               "family": family(list(models.values())),
+               "family": family(list(models.values())), "wide": wide_groups(list(models.values())),
                "oracle_note": ORACLE_NOTE}
     out = RESULTS / f"{args.out}.json"
     write_json(out, payload)

@@ -243,6 +243,25 @@ def test_the_family_table_re_picks_every_row_under_each_limit_and_lean() -> None
     assert [k for k, r in cells.items() if r["shipped"]] == [(70.0, 6.5)]
 
 
+def test_the_wide_family_contains_the_shipped_rule_and_counts_the_rules_meeting_the_goal() -> None:
+    """The shipped member of the wider family re-makes the shipped choice (gap 0 on this row, whose 0.15 the lean
+    reaches), a rule with no lean misses it by 25 points, so some rules meet the goal and some do not; re-weighting
+    the clean term moves the estimate by (scale − 0.7) / 2 × the disagreement, exactly."""
+    split = pytest.importorskip("shipped_split")
+    m = _row(0.065)
+    for c, dis, drop in zip(m["candidates"], (10.0, 20.0, 30.0), (90.0, 99.5, 100.0), strict=True):
+        c.update(clean_disagreement_est=dis, backdoor_drop_est=drop)
+    assert split.wide_pick(m, 0.7, 6.5, 70.0, None, None)["value"] == 0.15
+    assert split.wide_pick(m, 0.7, 0.0, 70.0, None, None)["value"] == 0.1
+    assert split.wide_pick(m, 0.7, 6.5, 70.0, None, 99.0)["value"] == 0.15  # saturation stops at 0.15's 99.5
+    assert split.wide_pick(m, 0.7, 13.0, 70.0, None, 95.0)["value"] == 0.15  # not at the reachable 0.2
+    assert split.wide_pick(m, 1.7, 0.0, 70.0, None, None)["value"] == 0.1  # 90 − 5 = 85 vs 85 − 10 = 75
+    assert split.wide_pick(m, 0.7, 6.5, 15.0, None, None)["value"] == 0.1  # the limit keeps 0.1 alone
+    w = split.wide_family([m])
+    assert w["shipped_mean"] == 0.0 and w["rules"] == 8640 and 0 < w["meeting_goal"] < w["rules"]
+    assert w["best_mean"] == 0.0 and w["best_worst"] == 0.0
+
+
 def test_the_deployable_reading_leaves_out_candidates_below_half_the_original_accuracy() -> None:
     """The second reading's oracle skips a candidate at 44 % of a 90 % original (below half) and takes one at exactly
     half; a choice it leaves out scores a negative gap; with no candidate kept the full oracle stands."""
