@@ -74,10 +74,11 @@ def load_points(stems: list[str]) -> dict[tuple[str, str], dict[float, dict[str,
     return points
 
 
-def fused_grid(files: tuple[str, ...] = AUTO_FILES) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per model, the stored selection row (its candidates' measured DER: the fused output's grid)."""
+def fused_grid(files: tuple[str, ...] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per model, the stored selection row of ``files`` (default :data:`AUTO_FILES`; its candidates' measured DER:
+    the fused output's grid)."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for name in files:
+    for name in files or AUTO_FILES:
         for m in json.loads((RESULTS / name).read_text())["models"]:
             out.setdefault((m["zoo"], m["model"]), m)
     return out

@@ -101,6 +101,37 @@ def test_repair_bench_applies_the_collapse_guard_to_the_stored_estimates(tmp_pat
     assert repair_bench.auto_gammas()[("main", "m")] == (0.1, 1)
 
 
+def test_repair_grid_scores_the_capped_automatic_start_against_every_start(tmp_path, monkeypatch) -> None:
+    """The automatic start is min(the no-lean choice, the cap): this row's selection takes 0.15, so the repair's
+    automatic start is 0.05, scored against the best of the five starts (0.1 here: gap 2); a model missing a start is
+    listed as incomplete, not read; the fused grid's oracle is the stored row's."""
+    import json
+
+    repair_bench = pytest.importorskip("repair_bench")
+    grid = pytest.importorskip("repair_grid")
+    row = _row(0.065)
+    for r in row["candidates"]:
+        r["clean_disagreement_est"] = 10.0
+    (tmp_path / "sel.json").write_text(json.dumps({"models": [row, {**row, "model": "n"}]}))
+    ders = dict(zip((0.02, 0.05, 0.1, 0.15, 0.2), (80.0, 93.0, 95.0, 90.0, 85.0), strict=True))
+    rows = [{"zoo": "main", "model": "m", "series": "repair", "gamma": g, "der": d, "acc": 80.0, "asr": 0.0,
+             "target": 1} for g, d in ders.items()]
+    rows += [{"zoo": "main", "model": "n", "series": "repair", "gamma": 0.05, "der": 90.0, "acc": 80.0, "asr": 0.0}]
+    (tmp_path / "run.json").write_text(json.dumps({"rows": rows}))
+    (tmp_path / f"{grid.STORED}.json").write_text(json.dumps({"rows": [{**rows[1], "der": 92.5}]}))
+    for mod in (repair_bench, grid):
+        monkeypatch.setattr(mod, "RESULTS", tmp_path)
+    monkeypatch.setattr(grid, "AUTO_FILES", ("sel.json",))
+    assert grid.main(["--runs", "run", "--out", "out"]) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    (r,) = out["rows"]
+    assert (r["auto_start"], r["oracle_start"], r["gap"], r["stored_auto_der"]) == (0.05, 0.1, 2.0, 92.5)
+    assert r["fused_oracle"] == 0.15 and r["gap_to_fused_oracle"] == 2.0  # the stored row's oracle: DER 95
+    assert out["summary"][0]["goal_met"] is False and out["incomplete"] == ["main:n (0.05)"]  # mean gap 2 > 1
+    with pytest.raises(SystemExit):
+        grid.main(["--runs", "missing"])
+
+
 def test_guard_check_sets_a_guarded_run_beside_the_guards_re_scoring() -> None:
     """guard_check: the reference row (run without the guard) predicts 0.15 once 0.1 (80 % disagreement) is left
     out; a guarded run that chose 0.15 agrees, one that chose 0.2 does not; the estimates' move is reported."""
