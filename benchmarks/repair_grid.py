@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="repair-grid-a-cpu-fmnist,repair-grid-b-cpu-fmnist",
                     help="comma-separated repair_bench.py result stems holding --start-gamma points")
     ap.add_argument("--out", default="repair-grid-cpu-fmnist")
+    ap.add_argument("--note", action="append", default=[], help="a remark on the run for the result file")
     args = ap.parse_args(argv)
     try:
         points = load_points(args.runs.split(","))
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                                "not the test)", [r["gap_to_fused_oracle"] for r in rows], 0))
     payload = {"command": "python benchmarks/repair_grid.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
                "runs": args.runs.split(","), "grid": list(GAMMA_GRID), "cap": REPAIR_GAMMA_CAP, "summary": summary,
-               "rows": rows, "incomplete": incomplete, "oracle_note": ORACLE_NOTE}
+               "rows": rows, "incomplete": incomplete, "notes": args.note, "oracle_note": ORACLE_NOTE}
     out = RESULTS / f"{args.out}.json"
     write_json(out, payload)
     lines = ["# OTBR with the repair: the automatic start against every start of the γ grid (Fashion-MNIST)", "",
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
              "output's grid (the issue's oracle for OTBR without the repair) and `gap_to_fused_oracle` the repair's "
              f"distance to it (negative: the repair does better). Goal (issue 7): mean gap ≤ {GOAL_MEAN:g}, worst "
              f"≤ {GOAL_WORST:g}. The rule for reading it was written before the run (this script's docstring).", "",
+             *(["Notes on this run:", "", *(f"- {n}" for n in args.note), ""] if args.note else []),
              "## Summary", "", markdown_table(summary, SUMMARY), "",
              *([f"Not read (grid incomplete): {'; '.join(incomplete)}.", ""] if incomplete else []),
              "## Per model", "", markdown_table(rows, COLUMNS), ""]
