@@ -28,7 +28,7 @@ from typing import Any
 from auto_bench import COLLAPSE_LIMIT, guarded_choice, guarded_pick, zoos_from_ninth
 
 from otbr.report import ORACLE_NOTE, markdown_table, write_json
-from otbr.selection import OTBR_LEAN, REMOVAL_DROP, SYNTHETIC_CLEAN_SCALE, within_collapse_limit
+from otbr.selection import OTBR_LEAN, REMOVAL_DROP, SYNTHETIC_CLEAN_SCALE, pick, within_collapse_limit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = ("auto-otbr-stratified-fmnist,auto-otbr-stratified-guard-fmnist,auto-otbr-warp-guard-fmnist,"
@@ -248,13 +248,13 @@ def wide_pick(m: dict[str, Any], scale: float, lean: float, limit: float | None,
     if evidence is not None and max(c["backdoor_drop_est"] for c in kept) < evidence:
         return rows[0]
     shift = (scale - m.get("clean_scale", SYNTHETIC_CLEAN_SCALE)) / 2
-    est = [c["estimated_der"] - shift * c["clean_disagreement_est"] for c in kept]
-    top = max(range(len(kept)), key=lambda i: (est[i], -kept[i]["value"]))
-    within = [i for i in range(len(kept)) if est[i] >= est[top] - lean - 1e-9]
-    if saturation is not None:
-        full = [i for i in within if i >= top and kept[i]["backdoor_drop_est"] >= saturation]
-        within = [i for i in within if not full or i <= full[0]]
-    return kept[max(within)]
+    rescored = [{**c, "estimated_der": c["estimated_der"] - shift * c["clean_disagreement_est"]} for c in kept]
+    if saturation is not None:  # the lean may not pass the first γ from the best estimate on whose drop reaches it
+        top = pick(rescored)
+        full = [c["value"] for c in rescored if c["value"] >= top["value"] and c["backdoor_drop_est"] >= saturation
+                and c["estimated_der"] >= top["estimated_der"] - lean - 1e-12]
+        rescored = [c for c in rescored if not full or c["value"] <= full[0]]
+    return pick(rescored, lean)
 
 
 WideRule = tuple[float, float, float | None, float | None, float | None]
@@ -407,19 +407,24 @@ def removal_lines(p: dict[str, Any]) -> list[str]:
             "defined with this reading pre-registered.", "", markdown_table(p["removal"], REMOVAL), ""]
 
 
+def _listed(values: tuple[float | None, ...]) -> str:
+    """``none, 10, 20`` (``None`` read as none)."""
+    return ", ".join("none" if v is None else f"{v:g}" for v in values)
+
+
 def wide_lines(p: dict[str, Any]) -> list[str]:
     """The Markdown section of :func:`wide_groups` (none for payloads made before it)."""
     if not p.get("wide"):
         return []
     lozo, shipped = p["wide"]["leave_one_zoo_out"], p["wide"]["groups"][0]
     return ["## A wider family, fitted on these models (ORACLE bound)", "",
-            f"Every combination of the clean term's scale ({', '.join(f'{v:g}' for v in WIDE_SCALES)}), the lean "
-            f"({', '.join(f'{v:g}' for v in WIDE_LEANS)} points), the collapse limit "
-            f"({', '.join('none' if v is None else f'{v:g}' for v in WIDE_LIMITS)} %), an evidence floor (when no "
+            f"Every combination of the clean term's scale ({_listed(WIDE_SCALES)}), the lean "
+            f"({_listed(WIDE_LEANS)} points), the collapse limit "
+            f"({_listed(WIDE_LIMITS)} %), an evidence floor (when no "
             "kept candidate's estimated backdoor drop reaches it, the smallest γ: "
-            f"{', '.join('none' if v is None else f'{v:g}' for v in WIDE_EVIDENCE)} %) and a saturation stop (the "
+            f"{_listed(WIDE_EVIDENCE)} %) and a saturation stop (the "
             "lean goes no further than the first γ at or above the best estimate whose estimated drop reaches it: "
-            f"{', '.join('none' if v is None else f'{v:g}' for v in WIDE_SATURATION)} %), applied to the same stored "
+            f"{_listed(WIDE_SATURATION)} %), applied to the same stored "
             "estimates (`wide_pick`). `meeting_goal`: rules with mean gap ≤ 1 and worst ≤ 5 on the group. Picking "
             "a rule here reads every model's poisoned test set: the table bounds what these data-free signals allow "
             "on the models they would be fitted to.", "",
